@@ -15,6 +15,8 @@ import sys
 # Modules that provide `register(subparsers)` for their subcommands, in `vat --help` order.
 SUBCOMMAND_MODULES = (
     "vllm_ascend_triton.runtime.info",
+    "vllm_ascend_triton.kernels.cli",
+    "vllm_ascend_triton.codegen.cli",
     "vllm_ascend_triton.scheduler.cli",
 )
 

@@ -70,6 +70,8 @@ def lower_many(requests: Sequence[LoweringRequest], timeout: float = 600.0) -> l
     ]
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["VAT_BACKEND"] = "npu"  # our package must not switch the child to the interpreter
+    # The child imports kernels by module name: let it see every module this process sees.
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     with tempfile.TemporaryDirectory(prefix="vat-lower-") as cache_dir:
         env["TRITON_CACHE_DIR"] = cache_dir
         proc = subprocess.run(

@@ -36,3 +36,12 @@ def compare(kernel: str, case: str, actual: torch.Tensor, expected: torch.Tensor
     both = ~torch.isnan(e)
     err = (a[both] - e[both]).abs().max().item() if both.any() else 0.0
     return CheckResult(kernel, case, err, atol)
+
+
+def run_all_checks(families: tuple[str, ...] | None = None) -> list[CheckResult]:
+    from vllm_ascend_triton.kernels import FAMILIES, family_module
+
+    results: list[CheckResult] = []
+    for family in families or FAMILIES:
+        results.extend(family_module(family).self_check())
+    return results

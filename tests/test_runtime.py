@@ -1,0 +1,131 @@
+import json
+
+import pytest
+import torch
+from kernel_samples import double_kernel, scaled_add_kernel
+
+from vllm_ascend_triton.cli import main as vat_main
+from vllm_ascend_triton.runtime import device as device_mod
+from vllm_ascend_triton.runtime.backend import Backend, current_backend, decide_backend
+from vllm_ascend_triton.runtime.launch import bf16_shim, checks_enabled, persistent_grid
+from vllm_ascend_triton.runtime.sku import SKUS, UnknownSKUError, get_sku, supported_skus
+
+
+def test_sku_table_figures():
+    b3 = get_sku("Ascend910B3")
+    assert (b3.cube_cores, b3.vector_cores, b3.ub_bytes) == (20, 40, 196608)
+    assert get_sku("ascend910b1").cube_cores == 24  # case-insensitive
+    for sku in SKUS.values():
+        if sku.triton_supported:
+            assert sku.vector_cores == 2 * sku.cube_cores  # A2/A3: two AIV per AIC
+            assert sku.ub_bytes == 192 * 1024
+
+
+def test_unknown_sku_lists_known_ones():
+    with pytest.raises(UnknownSKUError) as err:
+        get_sku("Ascend999")
+    assert "Ascend999" in str(err.value)
+    for name in SKUS:
+        assert name in str(err.value)
+
+
+def test_310p_known_but_unsupported():
+    sku = get_sku("Ascend310P3")
+    assert not sku.triton_supported
+    assert "triton-ascend" in sku.unsupported_reason
+    assert "Ascend310P3" not in supported_skus()
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"VAT_BACKEND": "npu"}, Backend.NPU),
+        ({"VAT_BACKEND": "Interpreter"}, Backend.INTERPRETER),
+        ({"TRITON_INTERPRET": "1"}, Backend.INTERPRETER),
+        ({}, Backend.INTERPRETER),  # no torch_npu / no /dev/davinci* on this machine
+    ],
+)
+def test_decide_backend(env, expected):
+    assert decide_backend(env) is expected
+
+
+def test_bad_backend_name():
+    with pytest.raises(ValueError, match="VAT_BACKEND"):
+        decide_backend({"VAT_BACKEND": "cuda"})
+
+
+def test_this_process_uses_the_interpreter():
+    assert current_backend() is Backend.INTERPRETER
+    assert checks_enabled()
+
+
+def test_sku_override_and_default(monkeypatch):
+    monkeypatch.delenv("VAT_SKU", raising=False)
+    default = device_mod.current_device()
+    assert default.source == "default" and not default.npu_present
+    monkeypatch.setenv("VAT_SKU", "ascend910_9392")
+    dev = device_mod.current_device()
+    assert (dev.source, dev.sku.name, dev.cube_cores, dev.vector_cores) == ("env", "Ascend910_9392", 24, 48)
+    monkeypatch.setenv("VAT_SKU", "Ascend910X")
+    with pytest.raises(UnknownSKUError):
+        device_mod.current_device()
+
+
+def test_persistent_grid(monkeypatch):
+    monkeypatch.setenv("VAT_SKU", "Ascend910B3")
+    assert persistent_grid(1000) == (40,)
+    assert persistent_grid(1000, uses_cube=True) == (20,)
+    assert persistent_grid(3) == (3,)
+    assert persistent_grid(0) == (1,)
+    with pytest.raises(ValueError):
+        persistent_grid(-1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("n", [1, 300])
+def test_interpreter_launch_matches_torch(dtype, n):
+    x = torch.randn(n, dtype=dtype)
+    y = torch.randn(n, dtype=dtype)
+    out = torch.full((n,), float("nan"), dtype=dtype)
+    block = 64
+    with bf16_shim() as shim:
+        xs, ys, outs = shim.input(x), shim.input(y), shim.output(out)
+        scaled_add_kernel[persistent_grid(triton_cdiv(n, block))](xs, ys, outs, n, 0.5, BLOCK=block)
+    expected = (x.float() * 0.5 + y.float()).to(dtype)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0 if dtype != torch.float16 else 1e-3)
+
+
+def test_bf16_shim_fixes_interpreter_bf16():
+    # Why the shim exists: the interpreter mis-computes bf16 arithmetic (1.5 + 1.5 -> inf).
+    x = torch.full((40,), 1.5, dtype=torch.bfloat16)
+    expected = torch.full((40,), 3.0, dtype=torch.bfloat16)
+    raw = torch.zeros_like(x)
+    double_kernel[(1,)](x, raw, 40, BLOCK=64)
+    assert not torch.equal(raw, expected)
+    out = torch.zeros_like(x)
+    with bf16_shim() as shim:
+        double_kernel[(1,)](shim.input(x), shim.output(out), 40, BLOCK=64)
+    assert torch.equal(out, expected)
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def test_vat_info_json_for_910b3(monkeypatch, capsys):
+    monkeypatch.setenv("VAT_SKU", "Ascend910B3")
+    assert vat_main(["info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["npu"] is None and info["backend"] == "interpreter"
+    assert info["device"]["cube_cores"] == 20
+    assert info["device"]["vector_cores"] == 40
+    assert info["device"]["ub_bytes"] == 196608
+    assert info["versions"]["triton_ascend"] == "3.2.0"
+    assert info["versions"]["upstream_triton"] is None
+
+
+def test_vat_info_text(monkeypatch, capsys):
+    monkeypatch.setenv("VAT_SKU", "Ascend310P3")
+    assert vat_main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "no NPU" in out and "NOT supported" in out
