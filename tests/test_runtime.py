@@ -1,4 +1,7 @@
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -129,3 +132,17 @@ def test_vat_info_text(monkeypatch, capsys):
     assert vat_main(["info"]) == 0
     out = capsys.readouterr().out
     assert "no NPU" in out and "NOT supported" in out
+
+
+def test_forced_npu_backend_without_npu_fails_clearly():
+    # A fresh process: the backend is chosen once, at import.
+    code = (
+        "import torch\n"
+        "from vllm_ascend_triton.runtime.checks import check_tensor\n"
+        "check_tensor('query', torch.zeros(2))\n"
+    )
+    env = {**os.environ, "VAT_BACKEND": "npu"}
+    env.pop("TRITON_INTERPRET", None)
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "needs torch_npu and a visible Ascend NPU" in proc.stderr

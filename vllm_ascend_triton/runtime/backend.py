@@ -12,6 +12,7 @@ environment and looks for the Ascend driver's device files.
 from __future__ import annotations
 
 import enum
+import functools
 import glob
 import importlib.util
 import os
@@ -25,6 +26,7 @@ class Backend(str, enum.Enum):
 BACKEND_ENV = "VAT_BACKEND"
 
 
+@functools.lru_cache(maxsize=1)
 def npu_visible() -> bool:
     """torch_npu is installed and the Ascend driver exposes at least one device."""
     return importlib.util.find_spec("torch_npu") is not None and bool(glob.glob("/dev/davinci[0-9]*"))

@@ -6,6 +6,7 @@ from collections.abc import Collection
 
 import torch
 
+from vllm_ascend_triton.runtime.backend import npu_visible
 from vllm_ascend_triton.runtime.launch import expected_device_type
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -34,6 +35,11 @@ def check_tensor(
         if t.dim() not in allowed:
             raise ValueError(f"{name} must have {' or '.join(map(str, allowed))} dims, got shape {tuple(t.shape)}")
     want = device_type or expected_device_type()
+    if want == "npu" and not npu_visible():
+        raise RuntimeError(
+            "the npu backend (VAT_BACKEND=npu) needs torch_npu and a visible Ascend NPU (/dev/davinci*), "
+            "and this host has none; unset VAT_BACKEND to run kernels in Triton's interpreter on the CPU"
+        )
     if t.device.type != want:
         raise ValueError(f"{name} must be on a {want} device for this backend, got {t.device}")
     return t
