@@ -1,0 +1,170 @@
+"""The per-step DP load exchange, and where it runs inside vLLM's DP engine core.
+
+Where: vLLM 0.32's ``DPEngineCoreProc.run_busy_loop`` only calls ``scheduler.schedule()``
+on ranks that have requests (``EngineCore.step`` returns early otherwise) and runs
+``execute_dummy_batch()`` on the others, so a collective inside ``schedule()`` would
+deadlock as soon as one rank is idle. The one call that every rank makes exactly once per
+loop iteration while a wave is running, busy or idle, is
+``DPEngineCoreProc._has_global_unfinished_reqs`` (it already hosts upstream's own
+``dp_group`` all-reduce every ``dp_sync_interval`` steps, and it bumps the lockstep
+``step_counter``). :func:`install_dp_engine_hook` wraps it so that, before upstream's
+logic, the engine core calls ``scheduler.on_step_boundary(exchange)``; the exchange is one
+SUM all-reduce of a ``[dp_size, LOAD_VECTOR_LEN]`` int64 tensor on the existing gloo
+``dp_group``. The snapshot taken at the end of step N plans step N+1.
+
+The hook is installed by the scheduler's constructor (it runs inside the engine core
+process, before the busy loop starts). All ranks share one config, so either every rank
+exchanges or none does. If the wrapped method is missing (another vLLM version) the hook
+is not installed, no snapshot ever arrives and the scheduler behaves like vLLM's.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import threading
+from typing import Any, Sequence
+
+from vllm_ascend_triton.scheduler.plan import LOAD_VECTOR_LEN, LoadVector
+
+logger = logging.getLogger(__name__)
+
+
+class LoadExchange(abc.ABC):
+    """All-gather of one :class:`LoadVector` per DP rank. A collective: every rank must call
+    :meth:`all_gather` once per step, in the same order relative to other collectives."""
+
+    rank: int
+    world_size: int
+
+    @abc.abstractmethod
+    def all_gather(self, local: LoadVector) -> Sequence[LoadVector]:
+        """Every rank's vector, indexed by DP rank (identical on every rank)."""
+
+
+class GlooLoadExchange(LoadExchange):
+    """Over a torch.distributed CPU (gloo) group, e.g. the engine core's ``dp_group``."""
+
+    def __init__(self, group: Any) -> None:
+        import torch.distributed as dist
+
+        self.group = group
+        self.rank = dist.get_rank(group=group)
+        self.world_size = dist.get_world_size(group=group)
+
+    def all_gather(self, local: LoadVector) -> list[LoadVector]:
+        import torch
+        import torch.distributed as dist
+
+        # One SUM all-reduce of a zero-padded matrix: works on every backend (gloo has
+        # no all_gather_into_tensor) and is the same single collective on every rank.
+        buf = torch.zeros(self.world_size, LOAD_VECTOR_LEN, dtype=torch.int64)
+        buf[self.rank] = torch.tensor(local, dtype=torch.int64)
+        dist.all_reduce(buf, op=dist.ReduceOp.SUM, group=self.group)
+        return [LoadVector(*row) for row in buf.tolist()]
+
+
+class InProcessExchangeGroup:
+    """The exchange for ranks living in one process and stepped in lockstep by one driver
+    (the simulator). Each round every rank posts its vector through its member's
+    :meth:`InProcessExchange.all_gather`; the returned list is shared by all ranks and is
+    complete once the last rank has posted. Reading it earlier is a driver bug and raises.
+    """
+
+    def __init__(self, world_size: int) -> None:
+        if world_size < 1:
+            raise ValueError(f"world_size must be >= 1, got {world_size}")
+        self.world_size = world_size
+        self._lock = threading.Lock()
+        self._round: _Round = _Round(world_size)
+
+    def member(self, rank: int) -> InProcessExchange:
+        if not 0 <= rank < self.world_size:
+            raise ValueError(f"rank must be in [0, {self.world_size}), got {rank}")
+        return InProcessExchange(self, rank)
+
+    def _post(self, rank: int, local: LoadVector) -> _Round:
+        with self._lock:
+            rnd = self._round
+            if rnd.slots[rank] is not None:
+                raise RuntimeError(f"rank {rank} posted twice in one exchange round")
+            rnd.slots[rank] = LoadVector(*local)
+            rnd.posted += 1
+            if rnd.posted == self.world_size:
+                self._round = _Round(self.world_size)
+            return rnd
+
+
+class _Round(Sequence[LoadVector]):
+    def __init__(self, world_size: int) -> None:
+        self.slots: list[LoadVector | None] = [None] * world_size
+        self.posted = 0
+
+    def _complete(self) -> list[LoadVector]:
+        if self.posted != len(self.slots):
+            raise RuntimeError(
+                f"exchange round read before every rank posted ({self.posted}/{len(self.slots)})"
+            )
+        return self.slots  # type: ignore[return-value]
+
+    def __len__(self) -> int:
+        return len(self.slots)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        return self._complete()[i]
+
+    def __iter__(self):
+        return iter(self._complete())
+
+
+class InProcessExchange(LoadExchange):
+    def __init__(self, group: InProcessExchangeGroup, rank: int) -> None:
+        self.group = group
+        self.rank = rank
+        self.world_size = group.world_size
+
+    def all_gather(self, local: LoadVector) -> Sequence[LoadVector]:
+        return self.group._post(self.rank, local)
+
+
+_HOOK_LOCK = threading.Lock()
+_HOOK_ATTR = "_vat_balance_exchange_hook"
+
+
+def install_dp_engine_hook() -> bool:
+    """Make vLLM's DP engine core call ``scheduler.on_step_boundary(exchange)`` once per
+    lockstep iteration on every rank. Idempotent. Returns False (and logs) if this vLLM
+    has no ``DPEngineCoreProc._has_global_unfinished_reqs`` to wrap."""
+    try:
+        from vllm.v1.engine import core as engine_core
+    except ImportError:  # pragma: no cover - vLLM is a hard requirement of the scheduler
+        logger.warning("vLLM engine core not importable; DP balance exchange disabled")
+        return False
+    cls = getattr(engine_core, "DPEngineCoreProc", None)
+    original = getattr(cls, "_has_global_unfinished_reqs", None)
+    if cls is None or original is None:
+        logger.warning(
+            "vLLM has no DPEngineCoreProc._has_global_unfinished_reqs; "
+            "DP balance exchange disabled (plain vLLM scheduling)"
+        )
+        return False
+    with _HOOK_LOCK:
+        if getattr(cls, _HOOK_ATTR, False):
+            return True
+
+        def _has_global_unfinished_reqs(self: Any, local_unfinished: bool) -> bool:
+            hook = getattr(self.scheduler, "on_step_boundary", None)
+            group = getattr(self, "dp_group", None)
+            if hook is not None and group is not None:
+                exchange = getattr(self, "_vat_load_exchange", None)
+                # The group is replaced on elastic-EP reconfiguration: rebuild then.
+                if exchange is None or exchange.group is not group:
+                    exchange = GlooLoadExchange(group)
+                    self._vat_load_exchange = exchange
+                hook(exchange)
+            return original(self, local_unfinished)
+
+        cls._has_global_unfinished_reqs = _has_global_unfinished_reqs
+        setattr(cls, _HOOK_ATTR, True)
+    logger.info("DP balance exchange hooked into DPEngineCoreProc")
+    return True

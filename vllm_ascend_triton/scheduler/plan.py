@@ -1,0 +1,108 @@
+"""The DP balance plan: a pure, deterministic function of the exchanged load vectors.
+
+Every DP rank calls :func:`compute_plan` with the same snapshot (the all-gathered
+:class:`LoadVector` of every rank) and the same :class:`BalanceParams`, so every rank
+derives the same plan without a second round of communication. Only integer arithmetic
+and stable sorts are used, so the result does not depend on the rank that computes it.
+
+This module does not import vLLM: the simulator, the tests and the scheduler share it.
+See :mod:`vllm_ascend_triton.scheduler.balance` for the algorithm in prose.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple, Sequence
+
+MODES = ("off", "balance", "gate")
+
+
+class LoadVector(NamedTuple):
+    """One rank's load, as exchanged once per step (all small non-negative ints)."""
+
+    decode_tokens: int  # tokens the running decodes will need next step
+    running_prefill: int  # prompt tokens still to compute for running (chunked) prefills
+    waiting_prefill: int  # prompt tokens of waiting requests that fit the free slots
+    num_running: int
+    num_waiting: int
+    free_slots: int  # max_num_seqs - running
+    starve_steps: int  # consecutive steps in which the plan blocked a waiting admission
+    context_tokens: int  # tokens the running requests attend to (KV in use)
+
+    @property
+    def prefill_pending(self) -> int:
+        return self.running_prefill + self.waiting_prefill
+
+
+LOAD_VECTOR_LEN = len(LoadVector._fields)
+
+
+@dataclass(frozen=True)
+class BalanceParams:
+    """Knobs of the plan. Defaults are the ones the simulator's table was produced with."""
+
+    mode: str = "balance"
+    # Every rank with pending prefill may always schedule at least this many prefill tokens
+    # above the largest decode batch: progress for a lone prefill, and the chunk size floor.
+    min_chunk: int = 512
+    # The common token level is the one that at least this share of ranks can fill.
+    quorum: float = 0.5
+    # After this many consecutive steps with a blocked waiting admission, the rank may
+    # finish its running prefills plus one chunk (so the head request is admitted).
+    starvation_steps: int = 8
+    max_num_seqs: int = 128
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.min_chunk < 1:
+            raise ValueError(f"min_chunk must be >= 1, got {self.min_chunk}")
+        if not 0.0 < self.quorum <= 1.0:
+            raise ValueError(f"quorum must be in (0, 1], got {self.quorum}")
+        if self.starvation_steps < 1:
+            raise ValueError(f"starvation_steps must be >= 1, got {self.starvation_steps}")
+
+
+class RankPlan(NamedTuple):
+    """What one rank may do this step. ``prefill_allowance`` None means unlimited."""
+
+    prefill_allowance: int | None
+    admit_new: bool
+
+
+UNLIMITED = RankPlan(None, True)
+
+
+def compute_plan(
+    loads: Sequence[LoadVector], params: BalanceParams, token_budget: int
+) -> list[RankPlan]:
+    """The plan for every rank, from one snapshot. ``token_budget`` is the per-rank
+    ``max_num_scheduled_tokens`` (the same on every rank)."""
+    n = len(loads)
+    if n <= 1 or params.mode == "off":
+        return [UNLIMITED] * n
+    if params.mode == "gate":
+        # vllm-ascend's balance scheduling: nobody admits while any rank is full.
+        admit = all(lv.num_running < params.max_num_seqs for lv in loads)
+        return [RankPlan(None, admit)] * n
+
+    demand = [max(0, min(token_budget - lv.decode_tokens, lv.prefill_pending)) for lv in loads]
+    if not any(demand):
+        # Nothing to balance: new arrivals may be admitted as vLLM would.
+        return [UNLIMITED] * n
+    totals = sorted((lv.decode_tokens + d for lv, d in zip(loads, demand)), reverse=True)
+    k = max(1, math.ceil(n * params.quorum))
+    max_decode = max(lv.decode_tokens for lv in loads)
+    # The step costs what the largest rank batch costs (DP ranks are padded to it), so
+    # fill every rank up to the level that a quorum of ranks reaches anyway.
+    level = min(token_budget, max(totals[k - 1], max_decode + params.min_chunk))
+    plan = []
+    for lv in loads:
+        allowance = max(0, level - lv.decode_tokens)
+        if lv.starve_steps >= params.starvation_steps:
+            # Starvation bound: finish this rank's running prefills and admit the head.
+            allowance = max(allowance, lv.running_prefill + params.min_chunk)
+        allowance = min(allowance, max(0, token_budget - lv.decode_tokens))
+        plan.append(RankPlan(allowance, True))
+    return plan

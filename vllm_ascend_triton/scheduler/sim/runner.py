@@ -1,0 +1,268 @@
+"""The lockstep DP simulator: N real vLLM schedulers in one process.
+
+One iteration mirrors one iteration of vLLM's ``DPEngineCoreProc.run_busy_loop``:
+
+1. arrivals up to the current simulated time are routed: pinned ones to their rank, the
+   rest to the least-loaded rank by vLLM's DP load-balancer score ``4 * waiting +
+   running`` (ties to the lowest rank);
+2. every rank with requests calls ``schedule()`` (``cadence:N`` passes upstream's
+   ``throttle_prefills`` flag exactly as the DP engine core does); ranks without requests
+   run a dummy batch;
+3. the step lasts :meth:`StepModel.step_time` of the per-rank scheduled tokens and
+   attended contexts; every scheduled request whose prompt is complete samples one token,
+   and the ``ModelRunnerOutput`` goes back through ``update_from_output``;
+4. ``balance`` and ``gate`` ranks call ``on_step_boundary`` with an in-process
+   implementation of the load exchange (the same call the engine hook makes).
+
+The run is bounded by ``max_steps`` lockstep steps (or when no work is left). Metrics are
+taken over the steps after ``warmup_steps``; all times are simulated seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from vllm_ascend_triton.scheduler.sim.stepmodel import StepModel
+from vllm_ascend_triton.scheduler.sim.vllm_setup import (
+    SchedulerShape,
+    fake_model_output,
+    make_request,
+    make_scheduler,
+    make_vllm_config,
+)
+from vllm_ascend_triton.scheduler.sim.workloads import Workload
+
+logger = logging.getLogger(__name__)
+
+POLICY_HELP = "default | cadence:N | gate | balance"
+
+
+@dataclass(frozen=True)
+class Policy:
+    name: str
+    mode: str  # "off" | "balance" | "gate"
+    cadence: int = 1
+    balance_overrides: tuple[tuple[str, Any], ...] = ()
+
+    @staticmethod
+    def parse(text: str) -> Policy:
+        text = text.strip()
+        if text == "default":
+            return Policy("default", "off")
+        if text == "gate":
+            return Policy("gate", "gate")
+        if text == "balance":
+            return Policy("balance", "balance")
+        if text.startswith("cadence:"):
+            try:
+                n = int(text.split(":", 1)[1])
+            except ValueError:
+                n = 0
+            if n < 1:
+                raise ValueError(f"cadence needs a positive integer, got {text!r}")
+            return Policy(text, "off", cadence=n)
+        raise ValueError(f"unknown policy {text!r}; expected {POLICY_HELP}")
+
+
+@dataclass
+class _Req:
+    arrival: float
+    rank: int
+    prompt_len: int
+    output_len: int
+    first_token: float | None = None
+    finish: float | None = None
+    n_out: int = 0
+
+
+@dataclass
+class RunResult:
+    workload: str
+    policy: str
+    dp: int
+    steps: int
+    sim_seconds: float
+    wall_seconds: float
+    output_tok_s: float
+    ttft_p50_s: float
+    ttft_p99_s: float
+    tpot_p50_ms: float
+    tpot_p99_ms: float
+    idle_share: float
+    requests_finished: int
+    requests_measured_ttft: int
+    preemptions: int
+    series: dict[str, list[float]] = field(default_factory=dict, repr=False)
+
+    def summary(self) -> dict[str, Any]:
+        d = {k: v for k, v in self.__dict__.items() if k != "series" and not k.startswith("_")}
+        return d
+
+
+def _pct(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+def run_simulation(
+    workload: Workload,
+    policy: Policy,
+    dp: int,
+    shape: SchedulerShape | None = None,
+    step_model: StepModel | None = None,
+    max_steps: int = 2000,
+    warmup_steps: int = 0,
+    balance_overrides: dict[str, Any] | None = None,
+    check_invariants: bool = False,
+) -> RunResult:
+    """Run one (workload, policy) pair; see the module docstring."""
+    from vllm_ascend_triton.scheduler.balance import BalanceScheduler
+    from vllm_ascend_triton.scheduler.exchange import InProcessExchangeGroup
+    from vllm_ascend_triton.scheduler.plan import BalanceParams
+
+    shape = shape or SchedulerShape()
+    model = step_model or StepModel()
+    if dp < 1:
+        raise ValueError(f"dp must be >= 1, got {dp}")
+    if warmup_steps >= max_steps:
+        raise ValueError("warmup_steps must be smaller than max_steps")
+    cfg = make_vllm_config(shape)
+    params = BalanceParams(
+        mode=policy.mode, max_num_seqs=shape.max_num_seqs, **dict(balance_overrides or {})
+    )
+    scheds = [make_scheduler(BalanceScheduler, shape, cfg, balance=params) for _ in range(dp)]
+    exchange = InProcessExchangeGroup(dp)
+    members = [exchange.member(r) for r in range(dp)]
+    exchanging = policy.mode != "off"
+
+    reqs: dict[str, _Req] = {}
+    t = 0.0
+    wall0 = time.perf_counter()
+    step = 0
+    wave_step = 0  # lockstep step counter of the current wave, as DPEngineCoreProc keeps it
+    t_warm = 0.0
+    out_tokens_window = 0
+    idle_rank_time = 0.0
+    total_rank_time = 0.0
+    preemptions = 0
+    series: dict[str, list[float]] = {"t": [], "step_ms": [], "max_tokens": [], "mean_tokens": []}
+    next_id = 0
+
+    while step < max_steps:
+        for arr in workload.pop_until(t):
+            if arr.rank is not None:
+                rank = arr.rank % dp
+            else:
+                scores = []
+                for s in scheds:
+                    running, waiting = s.get_request_counts()
+                    scores.append(4 * waiting + running)
+                rank = int(np.argmin(scores))
+            rid = f"{workload.name}{next_id}"
+            scheds[rank].add_request(
+                make_request(rid, arr.prompt_len, arr.output_len, arr.time, token_offset=next_id)
+            )
+            reqs[rid] = _Req(arr.time, rank, arr.prompt_len, arr.output_len)
+            next_id += 1
+
+        if not any(s.has_requests() for s in scheds):
+            nxt = workload.next_time()
+            if nxt is None:
+                break
+            # The cluster is idle until the next arrival: a new wave starts then.
+            t = max(t, nxt)
+            wave_step = 0
+            continue
+
+        throttle = policy.cadence > 1 and wave_step % policy.cadence != 0
+        outputs: list[Any] = []
+        tokens: list[int] = []
+        contexts: list[int] = []
+        for s in scheds:
+            if s.has_requests():
+                so = s.schedule(throttle)
+                n = so.total_num_scheduled_tokens
+                ctx = sum(s.requests[r].num_computed_tokens for r in so.num_scheduled_tokens)
+                preemptions += len(so.preempted_req_ids or ())
+            else:
+                so, n, ctx = None, 0, 0
+            outputs.append(so)
+            tokens.append(n)
+            contexts.append(ctx)
+
+        dt = model.step_time(tokens, contexts)
+        t += dt
+        step += 1
+        wave_step += 1
+        if step == warmup_steps:
+            t_warm = t
+        in_window = step > warmup_steps
+        if in_window:
+            total_rank_time += dt * dp
+            idle_rank_time += sum(dt - min(dt, model.rank_cost(n, c)) for n, c in zip(tokens, contexts))
+        series["t"].append(t)
+        series["step_ms"].append(dt * 1e3)
+        series["max_tokens"].append(max(tokens))
+        series["mean_tokens"].append(sum(tokens) / dp)
+
+        for s, so in zip(scheds, outputs):
+            if so is None:
+                continue
+            eco = s.update_from_output(so, fake_model_output(s, so))
+            for client_out in eco.values():
+                for o in client_out.outputs:
+                    rec = reqs[o.request_id]
+                    k = len(o.new_token_ids)
+                    if k and rec.first_token is None:
+                        rec.first_token = t
+                    rec.n_out += k
+                    if in_window:
+                        out_tokens_window += k
+                    if o.finish_reason is not None:
+                        rec.finish = t
+                        workload.on_finish(t)
+            if check_invariants:
+                _check_scheduler(s)
+
+        if exchanging:
+            for s, m in zip(scheds, members):
+                s.on_step_boundary(m)
+
+    window = t - t_warm
+    ttft = [r.first_token - r.arrival for r in reqs.values()
+            if r.first_token is not None and r.first_token > t_warm]
+    tpot = [(r.finish - r.first_token) / (r.n_out - 1) for r in reqs.values()
+            if r.finish is not None and r.finish > t_warm and r.n_out > 1]
+    result = RunResult(
+        workload=workload.name,
+        policy=policy.name,
+        dp=dp,
+        steps=step,
+        sim_seconds=t,
+        wall_seconds=time.perf_counter() - wall0,
+        output_tok_s=out_tokens_window / window if window > 0 else 0.0,
+        ttft_p50_s=_pct(ttft, 50),
+        ttft_p99_s=_pct(ttft, 99),
+        tpot_p50_ms=_pct(tpot, 50) * 1e3,
+        tpot_p99_ms=_pct(tpot, 99) * 1e3,
+        idle_share=idle_rank_time / total_rank_time if total_rank_time else 0.0,
+        requests_finished=sum(1 for r in reqs.values() if r.finish is not None),
+        requests_measured_ttft=len(ttft),
+        preemptions=preemptions,
+        series=series,
+    )
+    result._schedulers = scheds  # type: ignore[attr-defined]  # for tests' leak checks
+    logger.info("sim %s/%s: %d steps in %.1fs wall", workload.name, policy.name, step,
+                result.wall_seconds)
+    return result
+
+
+def _check_scheduler(s: Any) -> None:
+    """Cheap invariants after each step (tests): no more running than slots, block pool sane."""
+    assert len(s.running) <= s.max_num_running_reqs
+    pool = s.kv_cache_manager.block_pool
+    assert 0 <= pool.get_num_free_blocks() <= pool.num_gpu_blocks

@@ -1,0 +1,141 @@
+"""Seeded, deterministic request streams for the simulator.
+
+* ``a``: closed loop. ``2 * dp * max_num_seqs`` clients each keep one request in flight
+  (twice what the ranks can run), prompts 3500 and outputs 1500 tokens with uniform
+  +-10% jitter: the shape of vllm-ascend's balance-scheduling benchmark. A client sends
+  its next request the moment the previous one finishes.
+* ``b``: open loop, Poisson arrivals of mixed ShareGPT-like lengths: 75% chat turns
+  (log-normal prompt, median 256, and output, median 192) and 25% long-context turns
+  (prompt median 2048, output median 256), capped at 8192 / 2048 tokens.
+* ``c``: bursts. A Poisson background of chat turns plus, every ``burst_every_s``
+  seconds, a burst of long prompts (6K-8K tokens, 128-384 output) pinned to the first
+  quarter of the ranks (as a prefix-cache- or session-affine router would send one
+  tenant's documents), so load is skewed onto some ranks.
+
+Arrival rates scale with ``dp`` so every DP size sees a similar per-rank load.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+
+import numpy as np
+
+WORKLOADS = ("a", "b", "c")
+
+
+@dataclass(order=True)
+class Arrival:
+    time: float
+    seq: int
+    prompt_len: int = field(compare=False)
+    output_len: int = field(compare=False)
+    rank: int | None = field(compare=False, default=None)  # pinned rank, else routed
+
+
+class Workload:
+    """Base: a heap of future arrivals; closed-loop workloads refill it on finishes."""
+
+    name = "?"
+    description = ""
+
+    def __init__(self, dp: int, max_num_seqs: int, seed: int) -> None:
+        self.dp = dp
+        self.max_num_seqs = max_num_seqs
+        self.rng = np.random.default_rng(seed)
+        self._heap: list[Arrival] = []
+        self._seq = 0
+
+    def _push(self, t: float, prompt_len: int, output_len: int, rank: int | None = None) -> None:
+        heapq.heappush(self._heap, Arrival(t, self._seq, int(prompt_len), int(output_len), rank))
+        self._seq += 1
+
+    def pop_until(self, t: float) -> list[Arrival]:
+        out = []
+        while self._heap and self._heap[0].time <= t:
+            out.append(heapq.heappop(self._heap))
+        return out
+
+    def next_time(self) -> float | None:
+        return self._heap[0].time if self._heap else None
+
+    def on_finish(self, t: float) -> None:
+        """A request finished at ``t`` (closed-loop workloads issue the next one)."""
+
+
+class ClosedLoopLong(Workload):
+    name = "a"
+    description = "closed loop, 2x capacity in flight, prompt 3500 / output 1500 +-10%"
+
+    def __init__(self, dp: int, max_num_seqs: int, seed: int, prompt: int = 3500, output: int = 1500):
+        super().__init__(dp, max_num_seqs, seed)
+        self.prompt, self.output = prompt, output
+        for _ in range(2 * dp * max_num_seqs):
+            self._new(0.0)
+
+    def _new(self, t: float) -> None:
+        jp, jo = self.rng.uniform(0.9, 1.1, size=2)
+        self._push(t, max(1, round(self.prompt * jp)), max(1, round(self.output * jo)))
+
+    def on_finish(self, t: float) -> None:
+        self._new(t)
+
+
+def _lognormal(rng: np.random.Generator, median: float, sigma: float, cap: int) -> int:
+    return int(min(cap, max(4, round(rng.lognormal(np.log(median), sigma)))))
+
+
+class PoissonShareGPT(Workload):
+    name = "b"
+    description = "Poisson arrivals, ShareGPT-like mixed lengths"
+
+    def __init__(self, dp: int, max_num_seqs: int, seed: int, rate_per_rank: float = 5.0,
+                 horizon_s: float = 3600.0):
+        super().__init__(dp, max_num_seqs, seed)
+        rate = rate_per_rank * dp
+        t = 0.0
+        while True:
+            t += self.rng.exponential(1.0 / rate)
+            if t > horizon_s:
+                break
+            if self.rng.random() < 0.75:
+                p, o = _lognormal(self.rng, 256, 0.9, 8192), _lognormal(self.rng, 192, 0.8, 2048)
+            else:
+                p, o = _lognormal(self.rng, 2048, 0.6, 8192), _lognormal(self.rng, 256, 0.7, 2048)
+            self._push(t, p, o)
+
+
+class SkewedBursts(Workload):
+    name = "c"
+    description = "chat background + bursts of long prompts pinned to 1/4 of the ranks"
+
+    def __init__(self, dp: int, max_num_seqs: int, seed: int, rate_per_rank: float = 3.0,
+                 burst_every_s: float = 8.0, burst_per_rank: int = 12, horizon_s: float = 3600.0):
+        super().__init__(dp, max_num_seqs, seed)
+        t = 0.0
+        rate = rate_per_rank * dp
+        while True:
+            t += self.rng.exponential(1.0 / rate)
+            if t > horizon_s:
+                break
+            self._push(t, _lognormal(self.rng, 256, 0.9, 8192), _lognormal(self.rng, 192, 0.8, 2048))
+        hot = max(1, dp // 4)
+        tb = burst_every_s / 2
+        while tb <= horizon_s:
+            for r in range(hot):
+                for _ in range(burst_per_rank):
+                    p = int(self.rng.integers(6144, 8193))
+                    o = int(self.rng.integers(128, 385))
+                    self._push(tb + float(self.rng.uniform(0, 0.2)), p, o, rank=r)
+            tb += burst_every_s
+
+
+def make_workload(name: str, dp: int, max_num_seqs: int, seed: int) -> Workload:
+    if name == "a":
+        return ClosedLoopLong(dp, max_num_seqs, seed)
+    if name == "b":
+        return PoissonShareGPT(dp, max_num_seqs, seed)
+    if name == "c":
+        return SkewedBursts(dp, max_num_seqs, seed)
+    raise ValueError(f"workload must be one of {WORKLOADS}, got {name!r}")
