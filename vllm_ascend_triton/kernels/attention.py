@@ -227,9 +227,13 @@ def _attention_kernel(
     USE_SINKS: tl.constexpr,
     SPLIT: tl.constexpr,
 ):
+    # Row r of a query tile = (token r // QPK_PAD, head r % QPK_PAD) of the tile's KV group;
+    # used for masks only, memory is addressed through the 3-D (offs_qt, offs_qh) view.
     offs_r = tl.arange(0, BLOCK_M)
     r_tok = offs_r // QPK_PAD
     r_head = offs_r % QPK_PAD
+    offs_qt = tl.arange(0, BLOCK_Q)
+    offs_qh = tl.arange(0, QPK_PAD)
     offs_d = tl.arange(0, HEAD_PAD)
     d_mask = offs_d < HEAD_SIZE
     offs_n = tl.arange(0, TILE_N)
@@ -257,15 +261,21 @@ def _attention_kernel(
             seq_len = tl.load(seqused_ptr + seq).to(tl.int32)
             ctx = seq_len - q_len
             tok = tok0 + r_tok
-            head = kvh * QPK + r_head
-            row_ok = (r_tok < BLOCK_Q) & (r_head < QPK) & (tok < q_len)
+            row_ok = (r_head < QPK) & (tok < q_len)
             q_pos = ctx + tok
             row0 = (q_start + tok0).to(tl.int64)
-            q = tl.load(
-                q_ptr + row0 * q_stride_t + r_tok[:, None] * q_stride_t + head[:, None] * q_stride_h + offs_d[None, :],
-                mask=row_ok[:, None] & d_mask[None, :],
+            # 3-D [token, head, dim] addresses are affine per axis (rows r // QPK_PAD would make
+            # the adapter scalarize the access); reshape to the 2-D rows the cube wants.
+            tok3 = tok0 + offs_qt
+            ok3 = ((tok3 < q_len)[:, None] & (offs_qh < QPK)[None, :])[:, :, None] & d_mask[None, None, :]
+            head3 = kvh * QPK + offs_qh
+            q3 = tl.load(
+                q_ptr + row0 * q_stride_t + offs_qt[:, None, None] * q_stride_t
+                + head3[None, :, None] * q_stride_h + offs_d[None, None, :],
+                mask=ok3,
                 other=0.0,
             )
+            q = tl.reshape(q3, (BLOCK_M, HEAD_PAD))
             # Keys this tile's rows may see: [k_lo, k_hi).
             q_first = ctx + tok0
             q_last = ctx + tl.minimum(tok0 + BLOCK_Q, q_len) - 1
@@ -289,10 +299,13 @@ def _attention_kernel(
             l_i = tl.zeros([BLOCK_M], tl.float32)
             if USE_SINKS:
                 if not SPLIT:  # split: the reduction adds the sink once
-                    m_i = tl.load(sinks_ptr + head, mask=row_ok, other=float("-inf")).to(tl.float32)
+                    sink = tl.load(sinks_ptr + head3, mask=offs_qh < QPK, other=float("-inf")).to(tl.float32)
+                    m_i = tl.reshape(tl.broadcast_to(sink[None, :], (BLOCK_Q, QPK_PAD)), (BLOCK_M,))
+                    m_i = tl.where(row_ok, m_i, float("-inf"))
                     l_i = tl.where(m_i > float("-inf"), 1.0, 0.0)
             if USE_ALIBI:
-                slope = tl.load(alibi_ptr + head, mask=row_ok, other=0.0).to(tl.float32)
+                slope = tl.load(alibi_ptr + head3, mask=offs_qh < QPK, other=0.0).to(tl.float32)
+                slope = tl.reshape(tl.broadcast_to(slope[None, :], (BLOCK_Q, QPK_PAD)), (BLOCK_M,))
             acc = tl.zeros([BLOCK_M, HEAD_PAD], tl.float32)
             bt_row = bt_ptr + tl.cast(seq, tl.int64) * bt_stride
             for j in range(j_lo, j_hi):
@@ -331,23 +344,25 @@ def _attention_kernel(
                 m_i = m_new
 
             if SPLIT:
-                # Row (token, head, seg) of the fp32 workspace; rows are num_segments apart per head.
+                # Workspace [token, head, segment, HEAD_PAD] (fp32), addressed per axis like q.
                 ws_row0 = row0 * num_q_heads * num_segments
-                ws_row = (r_tok * num_q_heads + head) * num_segments + seg
-                tl.store(ws_m_ptr + ws_row0 + ws_row, m_i, mask=row_ok)
-                tl.store(ws_l_ptr + ws_row0 + ws_row, l_i, mask=row_ok)
+                ws_rows = (offs_qt[:, None] * num_q_heads + head3[None, :]) * num_segments + seg
+                ok2 = (tok3 < q_len)[:, None] & (offs_qh < QPK)[None, :]
+                tl.store(ws_m_ptr + ws_row0 + ws_rows, tl.reshape(m_i, (BLOCK_Q, QPK_PAD)), mask=ok2)
+                tl.store(ws_l_ptr + ws_row0 + ws_rows, tl.reshape(l_i, (BLOCK_Q, QPK_PAD)), mask=ok2)
                 tl.store(
-                    ws_acc_ptr + ws_row0 * HEAD_PAD + ws_row[:, None] * HEAD_PAD + offs_d[None, :],
-                    acc,
-                    mask=row_ok[:, None],
+                    ws_acc_ptr + ws_row0 * HEAD_PAD + ws_rows[:, :, None] * HEAD_PAD + offs_d[None, None, :],
+                    tl.reshape(acc, (BLOCK_Q, QPK_PAD, HEAD_PAD)),
+                    mask=ok2[:, :, None],
                 )
             else:
                 l_safe = tl.where(l_i > 0.0, l_i, 1.0)
-                o = acc / l_safe[:, None]
+                o = tl.reshape(acc / l_safe[:, None], (BLOCK_Q, QPK_PAD, HEAD_PAD))
                 tl.store(
-                    out_ptr + row0 * o_stride_t + r_tok[:, None] * o_stride_t + head[:, None] * o_stride_h + offs_d[None, :],
+                    out_ptr + row0 * o_stride_t + offs_qt[:, None, None] * o_stride_t
+                    + head3[None, :, None] * o_stride_h + offs_d[None, None, :],
                     o.to(out_ptr.dtype.element_ty),
-                    mask=row_ok[:, None] & d_mask[None, :],
+                    mask=ok3,
                 )
 
 
@@ -438,8 +453,11 @@ def _attention_launch_config(
     tile_n = int(cfg["TILE_N"])
     if tile_n < 1 or tile_n & (tile_n - 1) or block_size % tile_n:
         raise ValueError(f"unified_attention config TILE_N={tile_n} must be a power of two dividing block_size={block_size}")
-    block_q = 1 if decode else max(1, int(cfg["BLOCK_M"]) // qpk_pad)
-    block_m = max(_MIN_BLOCK_M, block_q * qpk_pad)
+    # Decode tiles hold one real token; the cube still wants >= 16 rows, so the tile keeps the
+    # minimum row count (its extra tokens are past the sequence's single query and masked).
+    rows = _MIN_BLOCK_M if decode else max(_MIN_BLOCK_M, int(cfg["BLOCK_M"]))
+    block_q = max(1, rows // qpk_pad)
+    block_m = block_q * qpk_pad
     return {"BLOCK_Q": block_q, "BLOCK_M": block_m, "TILE_N": tile_n, "HEAD_PAD": head_pad, "QPK_PAD": qpk_pad}
 
 
