@@ -262,14 +262,18 @@ def _heads_view(
         raise ValueError(f"{name} must have 2 or 3 dims ([T, H*D] or [T, H, D]), got shape {tuple(x.shape)}")
     if x.numel() > 0 and x.stride(-1) != 1:
         raise ValueError(f"{name} must be contiguous in its last dim, got strides {x.stride()}")
-    if x.dim() == 3 and len(token_shape) == 2 and tuple(x.shape[:2]) == token_shape and x.shape[2] != head_size:
-        # [B, S, H*D] with [B, S] positions: merge the two token dims.
-        if x.shape[0] > 1 and x.stride(0) != x.shape[1] * x.stride(1):
-            raise ValueError(f"{name} of shape {tuple(x.shape)} cannot merge its [B, S] token dims (strides {x.stride()})")
-        width, token_stride = x.shape[2], x.stride(1)
-        if width % head_size:
-            raise ValueError(f"{name}'s last dim {width} is not a multiple of head_size {head_size}")
-        return token_stride, head_size, width // head_size
+    if x.dim() == 3 and len(token_shape) == 2 and tuple(x.shape[:2]) == token_shape:
+        # [B, S, H*D] with [B, S] positions: token b*S + s lives at b*stride(0) + s*stride(1),
+        # which must be one token stride.
+        batch, seq = token_shape
+        token_stride = x.stride(0) if seq == 1 else x.stride(1)
+        if batch > 1 and seq > 1 and x.stride(0) != seq * x.stride(1):
+            raise ValueError(
+                f"{name} of shape {tuple(x.shape)} cannot merge its [B, S] token dims (strides {x.stride()})"
+            )
+        if x.shape[2] % head_size:
+            raise ValueError(f"{name}'s last dim {x.shape[2]} is not a multiple of head_size {head_size}")
+        return token_stride, head_size, x.shape[2] // head_size
     if x.shape[0] != num_tokens:
         raise ValueError(f"{name} has {x.shape[0]} tokens (dim 0), positions have {num_tokens}")
     if x.dim() == 2:
@@ -318,7 +322,9 @@ def _check_position_range(name: str, index: torch.Tensor, max_pos: int) -> None:
         return
     lo, hi = int(index.min()), int(index.max())
     if lo < 0 or hi >= max_pos:
-        raise ValueError(f"{name} must index cos_sin_cache rows in [0, {max_pos}), got values in [{lo}, {hi}]")
+        raise ValueError(
+            f"{name} must index cos_sin_cache rows in [0, {max_pos}), got values in [{lo}, {hi}]"
+        )
 
 
 def _default_config(half_rot: int, num_heads: int) -> dict[str, int]:
@@ -327,7 +333,9 @@ def _default_config(half_rot: int, num_heads: int) -> dict[str, int]:
     return {"BLOCK_H": block_h}
 
 
-def _launch_config(kernel: str, head_size: int, rot_dim: int, num_heads: int, num_tokens: int) -> tuple[dict, tuple[int]]:
+def _launch_config(
+    kernel: str, head_size: int, rot_dim: int, num_heads: int, num_tokens: int
+) -> tuple[dict, tuple[int]]:
     dev = current_device()
     key = {"head_size": head_size, "rot_dim": rot_dim, "num_heads": num_heads, "num_tokens": num_tokens}
     config = lookup_config(dev.sku.name, kernel, key, _default_config(rot_dim // 2, num_heads))
@@ -361,12 +369,16 @@ def rotary_embedding(
     token_shape = tuple(positions.shape)
     num_tokens = positions.numel()
     q_ts, q_hs, num_q_heads = _heads_view("query", query, num_tokens, token_shape, head_size)
-    k_ts, k_hs, num_k_heads = _heads_view("key", key, num_tokens, token_shape, head_size) if key is not None else (0, 0, 0)
+    k_ts, k_hs, num_k_heads = (
+        _heads_view("key", key, num_tokens, token_shape, head_size) if key is not None else (0, 0, 0)
+    )
     if offsets is not None:
         check_tensor("offsets", offsets, dtypes=INDEX_DTYPES)
         check_same_device(positions=positions, offsets=offsets)
         if offsets.shape != positions.shape:
-            raise ValueError(f"offsets must have the shape of positions {token_shape}, got {tuple(offsets.shape)}")
+            raise ValueError(
+                f"offsets must have the shape of positions {token_shape}, got {tuple(offsets.shape)}"
+            )
     max_pos = cos_sin_cache.shape[0]
     pos = positions.reshape(-1)
     off = offsets.reshape(-1) if offsets is not None else None
@@ -432,7 +444,9 @@ def mrope_rotary_embedding(
         raise ValueError(f"positions must be [3, T] (T/H/W rows) or [T], got shape {tuple(positions.shape)}")
     num_tokens = positions.shape[1]
     q_ts, q_hs, num_q_heads = _heads_view("query", query, num_tokens, (num_tokens,), head_size)
-    k_ts, k_hs, num_k_heads = _heads_view("key", key, num_tokens, (num_tokens,), head_size) if key is not None else (0, 0, 0)
+    k_ts, k_hs, num_k_heads = (
+        _heads_view("key", key, num_tokens, (num_tokens,), head_size) if key is not None else (0, 0, 0)
+    )
     max_pos = cos_sin_cache.shape[0]
     _check_position_range("positions", positions, max_pos)
     if num_tokens == 0 or num_q_heads + num_k_heads == 0:
@@ -468,7 +482,9 @@ def mrope_rotary_embedding(
 # ----------------------------------------------------------------------------------------------
 
 
-def _rotate_ref(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, head_size: int, is_neox: bool) -> torch.Tensor:
+def _rotate_ref(
+    x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, head_size: int, is_neox: bool
+) -> torch.Tensor:
     """x [T, ...]; cos/sin [T, rot_dim/2] already in x's dtype."""
     shape = x.shape
     x = x.reshape(shape[0], -1, head_size)
@@ -499,7 +515,11 @@ def rope_reference(
         idx = idx + offsets.reshape(-1).long()
     cos, sin = cos_sin_cache[idx].to(query.dtype).chunk(2, dim=-1)
     q = _rotate_ref(query.reshape(idx.numel(), -1), cos, sin, head_size, is_neox).reshape(query.shape)
-    k = None if key is None else _rotate_ref(key.reshape(idx.numel(), -1), cos, sin, head_size, is_neox).reshape(key.shape)
+    k = (
+        None
+        if key is None
+        else _rotate_ref(key.reshape(idx.numel(), -1), cos, sin, head_size, is_neox).reshape(key.shape)
+    )
     return q, k
 
 
@@ -535,7 +555,11 @@ def mrope_reference(
     sin = cs[rows, :, half + chan].T.to(query.dtype)
     n = positions.shape[1]
     q = _rotate_ref(query.reshape(n, -1), cos, sin, head_size, is_neox).reshape(query.shape)
-    k = None if key is None else _rotate_ref(key.reshape(n, -1), cos, sin, head_size, is_neox).reshape(key.shape)
+    k = (
+        None
+        if key is None
+        else _rotate_ref(key.reshape(n, -1), cos, sin, head_size, is_neox).reshape(key.shape)
+    )
     return q, k
 
 
@@ -568,7 +592,7 @@ def lowering_requests(sku: str) -> list[LoweringRequest]:
     """Default-config variants of both kernels for `sku` (fp16/bf16/fp32, NeoX/GPT-J, offsets,
     partial rotary, MRoPE contiguous and interleaved)."""
     reqs = []
-    for label, dtype, head_size, rot_dim, heads, neox in _LOWERING_SHAPES:
+    for label, dtype, _head_size, rot_dim, heads, neox in _LOWERING_SHAPES:
         half = rot_dim // 2
         sig = {"pos_ptr": "*i64", "off_ptr": "*i64", **_common_signature(dtype, dtype)}
         consts = {
