@@ -1,0 +1,256 @@
+"""moe_permute / moe_unpermute / fused_experts under the interpreter, against torch references
+(and vLLM's CPU fused-MoE op where it is importable), plus lowering for Ascend910B3."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vllm_ascend_triton.kernels import fused_experts, moe_permute, moe_unpermute
+from vllm_ascend_triton.kernels import fused_moe as fm
+
+SKU = "Ascend910B3"
+UB_BYTES = 192 * 1024
+
+
+def _routing(m: int, e: int, k: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    weights, ids = torch.topk(torch.randn(m, e, generator=gen).softmax(-1), k)
+    return weights.float(), ids.to(torch.int32)
+
+
+def _expert_map(e: int, num_local: int, seed: int = 1) -> torch.Tensor:
+    """A scattered (not range-shaped) global -> local map with num_local local experts."""
+    gen = torch.Generator().manual_seed(seed)
+    local = torch.randperm(e, generator=gen)[:num_local].sort().values
+    emap = torch.full((e,), -1, dtype=torch.int32)
+    emap[local] = torch.randperm(num_local, generator=gen).to(torch.int32)
+    return emap
+
+
+def _weights(e: int, h: int, i: int, dtype: torch.dtype, seed: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    w13 = torch.randn(e, 2 * i, h, generator=gen) / h**0.5
+    w2 = torch.randn(e, h, i, generator=gen) / i**0.5
+    return w13.to(dtype), w2.to(dtype)
+
+
+def _assert_permute_equal(got: fm.MoePermuteResult, ref: fm.MoePermuteResult) -> None:
+    for field in fm.MoePermuteResult._fields:
+        a, b = getattr(got, field), getattr(ref, field)
+        assert a.dtype == b.dtype, field
+        assert a.shape == b.shape, field
+        assert torch.equal(a, b), field
+
+
+# (M, E, k, H, num_local or None, dtype): Mixtral 8x2, Qwen3-30B-A3B 128x8, DeepSeek-sized 512 experts
+# with top-16, odd sizes, one token, every expert chosen.
+PERMUTE_CASES = [
+    pytest.param(33, 8, 2, 64, None, torch.float32, id="mixtral_fp32"),
+    pytest.param(20, 128, 8, 64, 40, torch.float16, id="qwen3_ep_fp16"),
+    pytest.param(7, 512, 16, 48, None, torch.float32, id="e512_k16_fp32"),
+    pytest.param(1, 9, 3, 40, 4, torch.float32, id="m1_odd_ep_fp32"),
+    pytest.param(5, 8, 8, 24, None, torch.bfloat16, id="all_experts_bf16"),
+    pytest.param(300, 16, 4, 16, 5, torch.float16, id="many_chunks_ep_fp16"),
+]
+
+
+@pytest.mark.parametrize("m,e,k,h,num_local,dtype", PERMUTE_CASES)
+def test_permute_unpermute_match_reference(m, e, k, h, num_local, dtype):
+    weights, ids = _routing(m, e, k)
+    x = torch.randn(m, h).to(dtype)
+    emap = _expert_map(e, num_local) if num_local else None
+    got = moe_permute(x, ids, e, emap)
+    ref = fm.moe_permute_ref(x, ids, e, emap)
+    _assert_permute_equal(got, ref)
+    # Layout facts independent of the reference: expert-contiguous, each row its source token.
+    n_valid = int(got.expert_first_token_offset[-1])
+    assert n_valid == int((got.inv_permuted_idx >= 0).sum())
+    src = got.permuted_idx[:n_valid].long()
+    assert torch.equal(got.permuted_hidden_states[:n_valid], x[src // k])
+    # ascending local expert, and inside one expert ascending slot (stable by token, then k slot)
+    local = (emap.long()[ids.long()] if emap is not None else ids.long()).flatten()
+    sort_key = local[src] * (m * k) + src
+    assert torch.all(sort_key[1:] > sort_key[:-1])
+    assert torch.all(got.permuted_hidden_states[n_valid:] == 0)
+
+    y = torch.randn(m * k, h).to(dtype)
+    out = moe_unpermute(y, weights, got.inv_permuted_idx)
+    expected = fm.moe_unpermute_ref(y, weights, ref.inv_permuted_idx)
+    atol = 1e-5 if dtype == torch.float32 else 1e-2
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.float(), expected.float(), atol=atol, rtol=0)
+
+
+def test_permute_is_stable_by_token_then_slot():
+    # Every token picks the same experts: rows of an expert must come in token order.
+    ids = torch.tensor([[3, 1]] * 6, dtype=torch.int32)
+    x = torch.arange(6, dtype=torch.float32)[:, None].repeat(1, 16)
+    got = moe_permute(x, ids, 4)
+    assert got.tokens_per_expert.tolist() == [0, 6, 0, 6]
+    assert got.expert_first_token_offset.tolist() == [0, 0, 6, 6, 12]
+    assert got.permuted_idx.tolist() == [1, 3, 5, 7, 9, 11, 0, 2, 4, 6, 8, 10]
+    assert got.inv_permuted_idx[:, 0].tolist() == list(range(6, 12))
+    assert got.permuted_hidden_states[:, 0].tolist() == list(range(6)) * 2
+
+
+def test_permute_empty_batch():
+    x = torch.empty(0, 32)
+    got = moe_permute(x, torch.empty(0, 2, dtype=torch.int32), 8)
+    assert got.permuted_hidden_states.shape == (0, 32)
+    assert got.tokens_per_expert.tolist() == [0] * 8
+    assert got.expert_first_token_offset.tolist() == [0] * 9
+    assert got.inv_permuted_idx.shape == (0, 2)
+    out = moe_unpermute(got.permuted_hidden_states, torch.empty(0, 2), got.inv_permuted_idx)
+    assert out.shape == (0, 32)
+
+
+def test_unpermute_skips_non_local_and_writes_out():
+    y = torch.arange(3 * 16, dtype=torch.float32).view(3, 16)
+    w = torch.tensor([[0.5, 0.25], [1.0, 2.0]])
+    inv = torch.tensor([[2, -1], [-1, -1]], dtype=torch.int32)
+    out = torch.full((2, 16), 7.0)
+    res = moe_unpermute(y, w, inv, out=out)
+    assert res is out
+    torch.testing.assert_close(out[0], 0.5 * y[2])
+    assert torch.all(out[1] == 0)  # a token with no local expert gets zeros
+
+
+# (M, E, k, H, I, num_local or None, dtype, atol): scaled-down hidden sizes for the interpreter.
+# fp32 to 1e-5: tl.dot accumulates in fp32 like the reference; only the summation order differs.
+EXPERT_CASES = [
+    pytest.param(17, 8, 2, 64, 32, None, torch.float32, 1e-5, id="mixtral_fp32"),
+    pytest.param(9, 8, 2, 64, 96, None, torch.float16, 1e-2, id="mixtral_fp16"),
+    pytest.param(12, 128, 8, 64, 32, None, torch.float32, 1e-5, id="qwen3_fp32"),
+    pytest.param(10, 128, 8, 32, 48, 48, torch.float16, 1e-2, id="qwen3_ep_fp16"),
+    pytest.param(1, 5, 3, 40, 24, None, torch.float32, 1e-5, id="m1_odd_fp32"),
+    pytest.param(70, 6, 2, 24, 20, 3, torch.float32, 1e-5, id="multi_tile_ep_fp32"),
+    pytest.param(6, 8, 2, 32, 16, None, torch.bfloat16, 3e-2, id="bf16_shim"),
+]
+
+
+@pytest.mark.parametrize("m,e,k,h,i,num_local,dtype,atol", EXPERT_CASES)
+def test_fused_experts_matches_reference(m, e, k, h, i, num_local, dtype, atol):
+    weights, ids = _routing(m, e, k, seed=m)
+    x = torch.randn(m, h).to(dtype)
+    emap = _expert_map(e, num_local) if num_local else None
+    w13, w2 = _weights(num_local or e, h, i, dtype)
+    out = fused_experts(x, w13, w2, weights, ids, expert_map=emap)
+    expected = fm.fused_experts_ref(x, w13, w2, weights, ids, expert_map=emap)
+    assert out.dtype == dtype and out.shape == (m, h)
+    torch.testing.assert_close(out.float(), expected.float(), atol=atol, rtol=0)
+
+
+def test_fused_experts_nan_stays_in_its_token_and_empty_batch():
+    weights, ids = _routing(4, 8, 2)
+    x = torch.randn(4, 32)
+    x[2, 5] = float("nan")
+    w13, w2 = _weights(8, 32, 16, torch.float32)
+    out = fused_experts(x, w13, w2, weights, ids)
+    assert torch.isnan(out[2]).all()
+    assert not torch.isnan(out[[0, 1, 3]]).any()
+    empty = fused_experts(x[:0], w13, w2, weights[:0], ids[:0])
+    assert empty.shape == (0, 32)
+
+
+def _vllm_cpu_fused_moe():
+    try:
+        from vllm import _custom_ops as ops
+
+        ops.cpu_prepack_moe_weight(torch.zeros(1, 64, 32), "vec")
+    except Exception as exc:  # vLLM without its CPU extension
+        pytest.skip(f"vLLM's CPU fused MoE op is not usable here: {exc}")
+    return ops
+
+
+@pytest.mark.parametrize("m,e,k,h,i", [(11, 8, 2, 64, 32), (6, 128, 8, 32, 64)], ids=["mixtral", "qwen3"])
+def test_fused_experts_matches_vllm_cpu_op(m, e, k, h, i):
+    ops = _vllm_cpu_fused_moe()
+    weights, ids = _routing(m, e, k, seed=3)
+    x = torch.randn(m, h)
+    w13, w2 = _weights(e, h, i, torch.float32)
+    expected = torch.empty(m, h)
+    ops.cpu_fused_moe(expected, x, ops.cpu_prepack_moe_weight(w13, "vec"), ops.cpu_prepack_moe_weight(w2, "vec"),
+                      None, None, weights, ids, "silu", "vec")
+    torch.testing.assert_close(fused_experts(x, w13, w2, weights, ids), expected, atol=1e-5, rtol=0)
+
+
+def _bad_input_cases():
+    x = torch.randn(4, 32)
+    w, ids = _routing(4, 8, 2)
+    w13, w2 = _weights(8, 32, 16, torch.float32)
+    return x, w, ids, w13, w2
+
+
+@pytest.mark.parametrize(
+    "call,exc,match",
+    [
+        (lambda x, w, ids, w13, w2: moe_permute(x.half().int(), ids, 8), TypeError, "hidden_states"),
+        (lambda x, w, ids, w13, w2: moe_permute(x, ids.float(), 8), TypeError, "topk_ids"),
+        (lambda x, w, ids, w13, w2: moe_permute(x, ids[:3], 8), ValueError, "topk_ids"),
+        (lambda x, w, ids, w13, w2: moe_permute(x, ids, 4), ValueError, "topk_ids values"),
+        (lambda x, w, ids, w13, w2: moe_permute(x, ids, 0), ValueError, "num_experts"),
+        (lambda x, w, ids, w13, w2: moe_permute(x, ids, 2048), ValueError, "num_experts"),
+        (lambda x, w, ids, w13, w2: moe_permute(x, ids.repeat(1, 40), 8), ValueError, "columns"),
+        (lambda x, w, ids, w13, w2: moe_permute(x, ids, 8, torch.zeros(7, dtype=torch.int32)), ValueError,
+         "expert_map"),
+        (lambda x, w, ids, w13, w2: moe_permute(x, ids, 8, torch.full((8,), -3, dtype=torch.int32), 2),
+         ValueError, "expert_map values"),
+        (lambda x, w, ids, w13, w2: moe_permute(x, ids, 8, torch.full((8,), -1, dtype=torch.int32)), ValueError,
+         "expert_map"),
+        (lambda x, w, ids, w13, w2: moe_unpermute(x, w, ids.long()), TypeError, "inv_permuted_idx"),
+        (lambda x, w, ids, w13, w2: moe_unpermute(x, w[:2], ids), ValueError, "inv_permuted_idx"),
+        (lambda x, w, ids, w13, w2: moe_unpermute(x[:2], w, ids), ValueError, "inv_permuted_idx values"),
+        (lambda x, w, ids, w13, w2: moe_unpermute(x, w, ids, out=torch.empty(4, 31)), ValueError, "out"),
+        (lambda x, w, ids, w13, w2: fused_experts(x, w13, w2, w, ids, activation="relu"), ValueError,
+         "activation"),
+        (lambda x, w, ids, w13, w2: fused_experts(x, w13.half(), w2, w, ids), TypeError, "w13"),
+        (lambda x, w, ids, w13, w2: fused_experts(x, w13, w2[:, :, :8], w, ids), ValueError, "w2"),
+        (lambda x, w, ids, w13, w2: fused_experts(x[:, :16], w13, w2, w, ids), ValueError, "hidden_states"),
+        (lambda x, w, ids, w13, w2: fused_experts(x, w13[:, :15], w2, w, ids), ValueError, "w13"),
+        (lambda x, w, ids, w13, w2: fused_experts(x, w13, w2, w[:, :1], ids), ValueError, "topk_weights"),
+        (lambda x, w, ids, w13, w2: fused_experts(x, w13, w2, w.int(), ids), TypeError, "topk_weights"),
+        (lambda x, w, ids, w13, w2: fused_experts(x, w13, w2, w, ids, global_num_experts=16), ValueError,
+         "global_num_experts"),
+        (lambda x, w, ids, w13, w2: fused_experts(x, w13[:4], w2[:4], w, ids,
+                                                  expert_map=torch.arange(8, dtype=torch.int32)),
+         ValueError, "expert_map values"),
+        (lambda x, w, ids, w13, w2: fused_experts(x, w13, w2, w, [[0, 1]] * 4), TypeError, "topk_ids"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call(*_bad_input_cases())
+
+
+def test_self_check_passes():
+    results = fm.self_check()
+    assert results and all(r.ok for r in results), [r for r in results if not r.ok]
+
+
+@pytest.fixture(scope="module")
+def lowered():
+    from vllm_ascend_triton.codegen.lower import lower_many
+
+    requests = fm.lowering_requests(SKU)
+    return {r.request.label: r for r in lower_many(requests)}
+
+
+@pytest.mark.slow
+def test_every_kernel_lowers_for_ascend(lowered):
+    from vllm_ascend_triton.codegen.report import parse_adapter_ir
+
+    kernels = {r.request.kernel.rsplit(":", 1)[1] for r in lowered.values()}
+    assert kernels == {"_count_kernel", "_scan_kernel", "_position_kernel", "_gather_rows_kernel",
+                       "_unpermute_kernel", "_grouped_gemm_kernel"}
+    for label, result in lowered.items():
+        assert result.ok, f"{label}: {result.error}"
+        report = parse_adapter_ir(result.ttadapter)
+        assert report.fits_ub(UB_BYTES), f"{label}: {report.ub_bytes} bytes of UB"
+        if label.startswith("moe_gemm"):
+            assert report.mix_mode != "aiv" and report.uses_cube, label
+        else:
+            assert report.mix_mode == "aiv", label
+        if label.startswith(("moe_permute_rows", "moe_unpermute", "moe_gemm", "moe_scan")):
+            # one scalar index per row, contiguous row tiles: nothing scalarized
+            assert report.discrete_accesses == 0, label
