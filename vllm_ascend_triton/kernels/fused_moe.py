@@ -270,12 +270,14 @@ def _grouped_gemm_kernel(
                 ks = k0 + k_offs
                 kmask = ks < k_dim
                 a = tl.load(a_ptr + rows[:, None] * k_dim + ks[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0)
-                bmask = kmask[:, None] & cmask[None, :]
-                b = tl.load(b_expert + cols[None, :] * k_dim + ks[:, None], mask=bmask, other=0.0)
-                acc = tl.dot(a, b, acc)
+                # weight rows are contiguous along K: load [BLOCK_N, BLOCK_K] tiles (tail axis
+                # contiguous for the DMA) and transpose on chip
+                bmask = cmask[:, None] & kmask[None, :]
+                b = tl.load(b_expert + cols[:, None] * k_dim + ks[None, :], mask=bmask, other=0.0)
+                acc = tl.dot(a, tl.trans(b), acc)
                 if GATED:
-                    b_up = tl.load(b_expert + (cols[None, :] + n_out) * k_dim + ks[:, None], mask=bmask, other=0.0)
-                    acc_up = tl.dot(a, b_up, acc_up)
+                    b_up = tl.load(b_expert + (cols[:, None] + n_out) * k_dim + ks[None, :], mask=bmask, other=0.0)
+                    acc_up = tl.dot(a, tl.trans(b_up), acc_up)
             if GATED:
                 acc = acc / (1.0 + tl.exp(-acc)) * acc_up
             tl.store(c_ptr + rows[:, None] * n_out + cols[None, :], acc.to(c_ptr.dtype.element_ty), mask=rmask[:, None] & cmask[None, :])
