@@ -1,0 +1,308 @@
+"""reshape_and_cache and unified_attention on the interpreter against plain torch references,
+bad inputs, out-of-bounds poisoning, and lowering for Ascend910B3 / Ascend910_9392.
+
+The axes (dtype, head size, block size, GQA ratio, features, batch shape, split-KV) are covered
+pairwise by the case table below rather than as a full product: the interpreter is slow.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from vllm_ascend_triton.codegen.lower import lower_many
+from vllm_ascend_triton.codegen.report import parse_adapter_ir
+from vllm_ascend_triton.kernels import reshape_and_cache, unified_attention
+from vllm_ascend_triton.kernels.attention import (
+    _choose_splits,
+    lowering_requests,
+    make_paged_case,
+    reshape_and_cache_reference,
+    self_check,
+    unified_attention_reference,
+)
+from vllm_ascend_triton.runtime.sku import get_sku
+
+POISON = 12345.0
+ATOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 3e-2}
+
+
+def _poisoned_out(num_tokens: int, num_heads: int, head_size: int, dtype: torch.dtype, pad_tokens: int = 0):
+    """`out` as a strided view inside a poisoned buffer: a margin of rows, heads and dims around
+    the valid region (plus `pad_tokens` padding rows at the end that no sequence owns)."""
+    big = torch.full((num_tokens + pad_tokens + 2, num_heads + 1, head_size + 8), POISON, dtype=dtype)
+    return big, big[1 : num_tokens + pad_tokens + 1, :num_heads, :head_size]
+
+
+def _check_poison(big: torch.Tensor, num_valid: int, num_heads: int, head_size: int) -> None:
+    region = torch.zeros_like(big, dtype=torch.bool)
+    region[1 : num_valid + 1, :num_heads, :head_size] = True
+    assert bool((big[~region] == POISON).all()), "a write landed outside the valid output region"
+
+
+def _run(
+    q_lens, kv_lens, hq, hkv, d, bs, dtype, *, causal=True, window=(-1, -1), softcap=0.0, alibi=False,
+    sinks=False, splits=None, extra_blocks=1, pad_tokens=0, seed=0,
+):  # fmt: skip
+    c = make_paged_case(q_lens, kv_lens, hq, hkv, d, bs, dtype, extra_blocks=extra_blocks, seed=seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    slopes = (torch.rand(hq, generator=g) * 0.5).float() if alibi else None
+    sink_t = torch.randn(hq, generator=g).float() if sinks else None
+    total = c["q"].shape[0]
+    q = c["q"]
+    if pad_tokens:  # vLLM pads q past cu_seqlens_q[-1]; those rows must stay untouched
+        q = torch.cat([q, torch.randn(pad_tokens, hq, d, generator=g).to(dtype)])
+    big, out = _poisoned_out(total, hq, d, dtype, pad_tokens)
+    scale = d**-0.5
+    unified_attention(
+        q, c["k_cache"], c["v_cache"], out, c["cu_seqlens_q"], max(q_lens), c["seqused_k"], max(kv_lens),
+        scale, causal, window, c["block_table"], softcap, alibi_slopes=slopes, sinks=sink_t, num_kv_splits=splits,
+    )  # fmt: skip
+    ref = unified_attention_reference(
+        c["q"], c["k_cache"], c["v_cache"], c["cu_seqlens_q"], c["seqused_k"], scale, causal, window,
+        c["block_table"], softcap, slopes, sink_t,
+    )  # fmt: skip
+    _check_poison(big, total, hq, d)
+    return out[:total].double(), ref
+
+
+# (id, q_lens, kv_lens, hq, hkv, head, block, dtype, options)
+CASES = [
+    ("decode1_mha_h64_b16_fp32", [1], [1], 1, 1, 64, 16, torch.float32, {}),
+    ("mixed_zero_tokens_gqa2_h64_b16_fp32", [4, 0, 1, 3], [9, 7, 30, 3], 4, 2, 64, 16, torch.float32, {}),
+    ("prefill_gqa4_h128_b32_fp16", [17, 5], [17, 40], 8, 2, 128, 32, torch.float16, {}),
+    ("chunked_odd_gqa3_h80_b16_fp32_window", [6, 2], [37, 20], 6, 2, 80, 16, torch.float32, {"window": (7, 0)}),
+    ("window_larger_than_seq_h96_b64_fp16", [5, 1], [12, 50], 2, 1, 96, 64, torch.float16, {"window": (127, 0)}),
+    ("softcap_mqa_h256_b16_fp32", [3, 1], [19, 33], 4, 1, 256, 16, torch.float32, {"softcap": 5.0}),
+    ("alibi_gqa2_h64_b128_fp16", [4, 1], [140, 9], 4, 2, 64, 128, torch.float16, {"alibi": True}),
+    ("sinks_gqa8_h128_b16_fp32", [2, 1], [21, 18], 8, 1, 128, 16, torch.float32, {"sinks": True}),
+    ("noncausal_window_h64_b32_fp32", [5, 3], [5, 40], 2, 2, 64, 32, torch.float32, {"causal": False, "window": (4, 4)}),
+    ("noncausal_h80_b64_fp16_softcap", [6], [70], 3, 1, 80, 64, torch.float16, {"causal": False, "softcap": 10.0}),
+    ("bf16_gqa2_h128_b16_sinks", [3, 1], [20, 45], 4, 2, 128, 16, torch.bfloat16, {"sinks": True}),
+    ("padded_q_rows_h64_b16_fp16", [2, 1], [10, 17], 2, 1, 64, 16, torch.float16, {"pad_tokens": 3}),
+    ("no_trailing_blocks_h96_b32_fp32", [1, 2], [64, 33], 2, 1, 96, 32, torch.float32, {"extra_blocks": 0}),
+    # split-KV (forced) on decode and on a mixed batch, with the features that touch the reduction
+    ("split3_decode_gqa4_h128_b16_fp16", [1, 1], [70, 9], 4, 1, 128, 16, torch.float16, {"splits": 3}),
+    ("split4_sinks_alibi_h64_b32_fp32", [1, 1, 1], [90, 1, 33], 2, 2, 64, 32, torch.float32, {"splits": 4, "sinks": True, "alibi": True}),
+    ("split2_mixed_window_h80_b16_fp32", [3, 0, 1], [25, 4, 40], 2, 1, 80, 16, torch.float32, {"splits": 2, "window": (9, 0)}),
+    ("split5_softcap_bf16_h256_b64", [1], [200], 2, 1, 256, 64, torch.bfloat16, {"splits": 5, "softcap": 3.0}),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_unified_attention_matches_reference(case):
+    _, q_lens, kv_lens, hq, hkv, d, bs, dtype, opts = case
+    out, ref = _run(q_lens, kv_lens, hq, hkv, d, bs, dtype, **opts)
+    assert not torch.isnan(out).any()
+    torch.testing.assert_close(out, ref, atol=ATOL[dtype], rtol=0)
+
+
+def test_sixty_four_sequences_tiny():
+    q_lens = [1 if s % 3 else 2 for s in range(64)]
+    kv_lens = [1 + (s * 7) % 19 for s in range(64)]
+    kv_lens = [max(k, q) for k, q in zip(kv_lens, q_lens)]
+    out, ref = _run(q_lens, kv_lens, 2, 1, 64, 16, torch.float16)
+    torch.testing.assert_close(out, ref, atol=1e-2, rtol=0)
+
+
+def test_split_and_unsplit_agree():
+    c = make_paged_case([1, 1], [150, 77], 4, 2, 64, 16, torch.float32, seed=5)
+    outs = []
+    for splits in (1, 6):
+        out = torch.zeros_like(c["q"])
+        unified_attention(
+            c["q"], c["k_cache"], c["v_cache"], out, c["cu_seqlens_q"], 1, c["seqused_k"], 150,
+            0.125, True, (-1, -1), c["block_table"], 0.0, num_kv_splits=splits,
+        )  # fmt: skip
+        outs.append(out)
+    torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=0)
+
+
+def test_long_context_split_kv_4k():
+    """4K-token decode, 1 sequence, 1 KV head: the wrapper must choose split-KV by itself."""
+    sku = get_sku("Ascend910B3")
+    assert _choose_splits(1, 1, 1, 4096, 64, sku.cube_cores) > 1
+    assert _choose_splits(64, 8, 1, 4096, 64, sku.cube_cores) == 1  # full batch: no split
+    assert _choose_splits(1, 1, 7, 4096, 64, sku.cube_cores) == 1  # prefill: no split
+    start = time.perf_counter()
+    out, ref = _run([1], [4096], 1, 1, 64, 128, torch.float32, extra_blocks=0)
+    elapsed = time.perf_counter() - start
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=0)
+    print(f"4K split-KV decode on the interpreter: {elapsed:.2f} s")
+
+
+def test_empty_batch_and_zero_query_tokens_write_nothing():
+    c = make_paged_case([0, 0], [5, 3], 2, 1, 64, 16, torch.float32)
+    q = torch.randn(2, 2, 64)  # padding rows only
+    out = torch.full_like(q, POISON)
+    unified_attention(
+        q, c["k_cache"], c["v_cache"], out, c["cu_seqlens_q"], 0, c["seqused_k"], 5,
+        0.1, True, (-1, -1), c["block_table"], 0.0,
+    )  # fmt: skip
+    assert bool((out == POISON).all())
+    empty_q = torch.empty(0, 2, 64)
+    unified_attention(
+        empty_q, c["k_cache"], c["v_cache"], empty_q.clone(), torch.zeros(1, dtype=torch.int32), 0,
+        torch.zeros(0, dtype=torch.int32), 0, 0.1, True, (-1, -1), c["block_table"][:0], 0.0,
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input
+# ---------------------------------------------------------------------------------------------
+
+
+def _good_args():
+    c = make_paged_case([2, 1], [10, 20], 4, 2, 64, 16, torch.float32)
+    return dict(
+        q=c["q"], k_cache=c["k_cache"], v_cache=c["v_cache"], out=torch.zeros_like(c["q"]),
+        cu_seqlens_q=c["cu_seqlens_q"], max_seqlen_q=2, seqused_k=c["seqused_k"], max_seqlen_k=20,
+        softmax_scale=0.125, causal=True, window_size=(-1, -1), block_table=c["block_table"], softcap=0.0,
+    )  # fmt: skip
+
+
+def _bad_cases():
+    def mismatched_heads(a):
+        a["q"] = torch.randn(3, 3, 64)
+        a["out"] = torch.zeros(3, 3, 64)
+
+    def short_block_table(a):
+        a["block_table"] = a["block_table"][:, :1]  # seqused_k 20 needs 2 blocks of 16
+
+    def out_of_range_block_id(a):
+        a["block_table"] = a["block_table"].clone()
+        a["block_table"][1, 1] = 10_000
+
+    def seqused_below_query_len(a):
+        a["seqused_k"] = torch.tensor([1, 20], dtype=torch.int32)
+
+    def cu_len(a):
+        a["cu_seqlens_q"] = a["cu_seqlens_q"][:2]
+
+    return [
+        ("mismatched head counts", mismatched_heads, ValueError, "multiple"),
+        ("block table too short", short_block_table, ValueError, "block_table has 1 entries"),
+        ("block id out of range", out_of_range_block_id, ValueError, "block_table entries"),
+        ("seqused_k < query len", seqused_below_query_len, ValueError, "seqused_k"),
+        ("cu_seqlens_q length", cu_len, ValueError, "cu_seqlens_q"),
+        ("float cu_seqlens_q", lambda a: a.update(cu_seqlens_q=a["cu_seqlens_q"].float()), TypeError, "cu_seqlens_q"),
+        ("fp16 cache with fp32 q", lambda a: a.update(k_cache=a["k_cache"].half()), TypeError, "k_cache"),
+        ("int q", lambda a: a.update(q=a["q"].int()), TypeError, "q"),
+        ("float block_table", lambda a: a.update(block_table=a["block_table"].float()), TypeError, "block_table"),
+        ("out shape", lambda a: a.update(out=a["out"][:, :2]), ValueError, "out"),
+        ("head size 512", lambda a: a.update(q=torch.randn(3, 4, 512), out=torch.zeros(3, 4, 512)), ValueError, "head_size"),
+        ("window not a pair", lambda a: a.update(window_size=(3,)), ValueError, "window_size"),
+        ("negative softcap", lambda a: a.update(softcap=-1.0), ValueError, "softcap"),
+        ("sinks length", lambda a: a.update(sinks=torch.zeros(3)), ValueError, "sinks"),
+        ("alibi dtype", lambda a: a.update(alibi_slopes=torch.zeros(4, dtype=torch.float16)), TypeError, "alibi_slopes"),
+        ("max_seqlen_q too small", lambda a: a.update(max_seqlen_q=1), ValueError, "max_seqlen_q"),
+        ("causal not bool", lambda a: a.update(causal=1), TypeError, "causal"),
+        ("num_kv_splits zero", lambda a: a.update(num_kv_splits=0), ValueError, "num_kv_splits"),
+    ]
+
+
+@pytest.mark.parametrize("name,mutate,exc,match", _bad_cases(), ids=[c[0] for c in _bad_cases()])
+def test_unified_attention_bad_input(name, mutate, exc, match):
+    args = _good_args()
+    mutate(args)
+    with pytest.raises(exc, match=match):
+        unified_attention(**args)
+
+
+# ---------------------------------------------------------------------------------------------
+# reshape_and_cache
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "dtype,key_dtype,heads,head_size,block_size",
+    [
+        (torch.float32, torch.float32, 2, 64, 16),
+        (torch.float16, torch.float16, 3, 80, 32),
+        (torch.bfloat16, torch.bfloat16, 1, 128, 16),
+        (torch.float16, torch.float32, 4, 256, 128),  # cast on write
+    ],
+)
+def test_reshape_and_cache_packed_layout(dtype, key_dtype, heads, head_size, block_size):
+    g = torch.Generator().manual_seed(11)
+    num_blocks, num_slots_used = 5, 7
+    # vLLM 0.32: one [num_blocks, 2, block_size, H, D] tensor; K and V are strided views of it.
+    kv = torch.randn(num_blocks, 2, block_size, heads, head_size, generator=g).to(dtype)
+    # key/value as slices of a fused qkv tensor with 2 padding rows past slot_mapping
+    qkv = torch.randn(num_slots_used + 2, 3 * heads, head_size, generator=g).to(key_dtype)
+    key, value = qkv[:, heads : 2 * heads], qkv[:, 2 * heads :]
+    slots = torch.randperm(num_blocks * block_size, generator=g)[:num_slots_used]
+    slots[2] = -1
+    slots[5] = num_blocks * block_size - 1  # last slot of the cache
+    expect = kv.clone()
+    reshape_and_cache_reference(key, value, expect[:, 0], expect[:, 1], slots)
+    reshape_and_cache(key, value, kv[:, 0], kv[:, 1], slots.to(torch.int32))
+    assert torch.equal(kv, expect)
+
+
+def test_reshape_and_cache_empty_and_all_skipped():
+    kv = torch.randn(2, 2, 16, 1, 64)
+    before = kv.clone()
+    key = torch.randn(3, 1, 64)
+    reshape_and_cache(key, key, kv[:, 0], kv[:, 1], torch.full((3,), -1, dtype=torch.int64))
+    reshape_and_cache(key, key, kv[:, 0], kv[:, 1], torch.empty(0, dtype=torch.int64))
+    assert torch.equal(kv, before)
+
+
+@pytest.mark.parametrize(
+    "mutate,exc,match",
+    [
+        (lambda a: a.update(slot_mapping=torch.tensor([0, 32, 1])), ValueError, "slot_mapping values"),
+        (lambda a: a.update(slot_mapping=torch.tensor([0, -2, 1])), ValueError, "slot_mapping values"),
+        (lambda a: a.update(slot_mapping=torch.tensor([0.0, 1.0, 2.0])), TypeError, "slot_mapping"),
+        (lambda a: a.update(key=torch.randn(3, 2, 64)), ValueError, "key must be"),
+        (lambda a: a.update(value=torch.randn(2, 1, 64)), ValueError, "rows"),
+        (lambda a: a.update(value_cache=torch.zeros(2, 16, 1, 32)), ValueError, "value_cache shape"),
+        (lambda a: a.update(key_cache=torch.zeros(2, 16, 64)), ValueError, "key_cache"),
+    ],
+    ids=["slot_too_big", "slot_below_minus_one", "float_slots", "head_mismatch", "too_few_rows", "cache_shape", "cache_rank"],
+)
+def test_reshape_and_cache_bad_input(mutate, exc, match):
+    args = dict(
+        key=torch.randn(3, 1, 64), value=torch.randn(3, 1, 64), key_cache=torch.zeros(2, 16, 1, 64),
+        value_cache=torch.zeros(2, 16, 1, 64), slot_mapping=torch.tensor([0, 5, 31]),
+    )  # fmt: skip
+    mutate(args)
+    with pytest.raises(exc, match=match):
+        reshape_and_cache(**args)
+
+
+def test_self_check_passes():
+    results = self_check()
+    assert results and all(r.ok for r in results), [r for r in results if not r.ok]
+
+
+# ---------------------------------------------------------------------------------------------
+# Lowering for Ascend (subprocess, no CANN: stops after the adapter)
+# ---------------------------------------------------------------------------------------------
+
+LOWER_SKUS = ("Ascend910B3", "Ascend910_9392")
+
+
+@pytest.fixture(scope="module")
+def lowered():
+    reqs = [r for sku in LOWER_SKUS for r in lowering_requests(sku)]
+    return lower_many(reqs)
+
+
+@pytest.mark.slow
+def test_lowering_all_variants(lowered):
+    assert {r.request.sku for r in lowered} == set(LOWER_SKUS)
+    for res in lowered:
+        assert res.ok, f"{res.request.label} on {res.request.sku}: {res.error}"
+        report = parse_adapter_ir(res.ttadapter)
+        ub = get_sku(res.request.sku).ub_bytes
+        assert report.fits_ub(ub), f"{res.request.label}: {report.ub_bytes} B of buffers"
+        # Per-tile scalar block-id lookup and per-axis q/out addressing: no scalarized accesses.
+        assert report.discrete_accesses == 0, f"{res.request.label}: {report.discrete_accesses} discrete accesses"
+        if "unified_attention" in res.request.label:
+            assert report.mix_mode != "aiv", f"{res.request.label} must use the cube cores"
+        else:
+            assert report.mix_mode == "aiv", f"{res.request.label} should be vector-only"
