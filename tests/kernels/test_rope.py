@@ -121,11 +121,13 @@ def test_rotary_embedding_matches_vllm(case: Case) -> None:
         assert torch.equal(qkv[:, (case.heads + case.kv_heads) * case.head_size :], value_before)
 
 
-@pytest.mark.parametrize("neox", [True, False])
-def test_bf16_through_the_interpreter_shim(neox: bool) -> None:
+@pytest.mark.parametrize("neox,layout", [(True, "qkv"), (False, "3d")])
+def test_bf16_through_the_interpreter_shim(neox: bool, layout: str) -> None:
+    case = Case(64, 48, 3, 1, neox, torch.bfloat16, layout)
     positions = torch.randint(0, MAX_POS, (4,))
-    query = torch.randn(4, 3 * 64).bfloat16()
-    key = torch.randn(4, 64).bfloat16()
+    query, key, qkv = _make_qk(case, 4)
+    if layout == "3d":  # a head-strided view: every other head of a wider tensor
+        query = torch.randn(4, 6, 64).bfloat16()[:, ::2]
     cache = _cache(48, torch.float32)  # the cache in another dtype, as vLLM allows
     eq, ek = RotaryEmbedding.forward_static(positions, query.clone(), key.clone(), 64, 48, cache, neox)
     rotary_embedding(positions, query, key, 64, cache, neox)

@@ -285,6 +285,19 @@ def _heads_view(
     return x.stride(0), x.stride(1), x.shape[1]
 
 
+def _qk_layout(
+    query: torch.Tensor,
+    key: torch.Tensor | None,
+    num_tokens: int,
+    token_shape: tuple[int, ...],
+    head_size: int,
+) -> tuple[int, int, int, int, int, int]:
+    """(q_token_stride, q_head_stride, num_q_heads, k_token_stride, k_head_stride, num_k_heads)."""
+    q = _heads_view("query", query, num_tokens, token_shape, head_size)
+    k = _heads_view("key", key, num_tokens, token_shape, head_size) if key is not None else (0, 0, 0)
+    return (*q, *k)
+
+
 def _validate_common(
     positions: torch.Tensor,
     query: torch.Tensor,
@@ -368,10 +381,8 @@ def rotary_embedding(
     rot_dim = _validate_common(positions, query, key, head_size, cos_sin_cache, is_neox, (1, 2))
     token_shape = tuple(positions.shape)
     num_tokens = positions.numel()
-    q_ts, q_hs, num_q_heads = _heads_view("query", query, num_tokens, token_shape, head_size)
-    k_ts, k_hs, num_k_heads = (
-        _heads_view("key", key, num_tokens, token_shape, head_size) if key is not None else (0, 0, 0)
-    )
+    layout = _qk_layout(query, key, num_tokens, token_shape, head_size)
+    num_q_heads, num_k_heads = layout[2], layout[5]
     if offsets is not None:
         check_tensor("offsets", offsets, dtypes=INDEX_DTYPES)
         check_same_device(positions=positions, offsets=offsets)
@@ -392,11 +403,12 @@ def rotary_embedding(
         q = shim.output(query)
         k = shim.output(key)
         cache = shim.input(_kernel_cache(cos_sin_cache, query, shim.active))
+        # The shim's fp32 copies of bf16 views may be laid out differently: strides from them.
+        layout = _qk_layout(q, k, num_tokens, token_shape, head_size)
         _rope_kernel[grid](
             pos, off if off is not None else pos, q, k if k is not None else q, cache,
             num_tokens, max_pos,
-            q_ts, q_hs, num_q_heads,
-            k_ts, k_hs, num_k_heads,
+            *layout,
             cache.stride(0),
             HALF_ROT=rot_dim // 2,
             HALF_PAD=triton.next_power_of_2(rot_dim // 2),
@@ -443,10 +455,8 @@ def mrope_rotary_embedding(
     if positions.shape[0] != 3:
         raise ValueError(f"positions must be [3, T] (T/H/W rows) or [T], got shape {tuple(positions.shape)}")
     num_tokens = positions.shape[1]
-    q_ts, q_hs, num_q_heads = _heads_view("query", query, num_tokens, (num_tokens,), head_size)
-    k_ts, k_hs, num_k_heads = (
-        _heads_view("key", key, num_tokens, (num_tokens,), head_size) if key is not None else (0, 0, 0)
-    )
+    layout = _qk_layout(query, key, num_tokens, (num_tokens,), head_size)
+    num_q_heads, num_k_heads = layout[2], layout[5]
     max_pos = cos_sin_cache.shape[0]
     _check_position_range("positions", positions, max_pos)
     if num_tokens == 0 or num_q_heads + num_k_heads == 0:
@@ -458,11 +468,12 @@ def mrope_rotary_embedding(
         q = shim.output(query)
         k = shim.output(key)
         cache = shim.input(_kernel_cache(cos_sin_cache, query, shim.active))
+        # The shim's fp32 copies of bf16 views may be laid out differently: strides from them.
+        layout = _qk_layout(q, k, num_tokens, (num_tokens,), head_size)
         _mrope_kernel[grid](
             pos, pos.stride(0), q, k if k is not None else q, cache,
             num_tokens, max_pos,
-            q_ts, q_hs, num_q_heads,
-            k_ts, k_hs, num_k_heads,
+            *layout,
             cache.stride(0),
             HALF_ROT=rot_dim // 2,
             HALF_PAD=triton.next_power_of_2(rot_dim // 2),
