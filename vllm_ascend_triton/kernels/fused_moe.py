@@ -38,8 +38,9 @@ Ascend design
   with tile-wise cumsums; `_position_kernel` recomputes the one-hot, adds a cumsum along the
   chunk axis (stable rank inside the chunk) and the chunk's bases to get each slot's row, and
   writes the inverse map. The only gathers are the expert_map lookup and the scatter of
-  `permuted_idx` (4 bytes per slot). BLOCK_S * BLOCK_E is capped at 8192 elements so the int32
-  tiles stay at 32 KB each in the 192 KB UB.
+  `permuted_idx` (4 bytes per slot). BLOCK_S * BLOCK_E is capped at 4096 elements (8 x 512 for
+  512 experts): the one-hot, its cumsum and their product are 16 KB fp32 tiles each, well inside
+  the 192 KB UB even double-buffered.
 - Row moves (`_gather_rows_kernel`, `_unpermute_kernel`): one scalar index per row, then the row
   as contiguous BLOCK_H tiles: no discrete (scalarized) accesses.
 - Expert GEMMs (`_grouped_gemm_kernel`, cube cores, `tl.dot` with fp32 accumulation): work items
@@ -79,7 +80,7 @@ logger = logging.getLogger(__name__)
 MAX_EXPERTS = 1024
 MAX_TOPK = 64
 MAX_SLOTS = 2**24  # counts are reduced in fp32
-ONE_HOT_BUDGET = 8192  # elements of a [BLOCK_S, BLOCK_E] int32 tile (32 KB)
+ONE_HOT_BUDGET = 4096  # elements of a [BLOCK_S, BLOCK_E] fp32 tile (16 KB; ~3 such tiles live)
 ACTIVATIONS = ("silu",)
 _INT32_MAX = 2**31 - 1
 
@@ -295,7 +296,7 @@ def _block_e(num_local: int) -> int:
 def _sort_blocks(num_local: int) -> tuple[int, int]:
     """(BLOCK_S, BLOCK_E) with BLOCK_S * BLOCK_E <= ONE_HOT_BUDGET."""
     block_e = _block_e(num_local)
-    return max(16, min(256, ONE_HOT_BUDGET // block_e)), block_e
+    return max(8, min(256, ONE_HOT_BUDGET // block_e)), block_e
 
 
 def _check_routing(hidden_states: torch.Tensor, topk_ids: torch.Tensor, num_experts: int,
@@ -660,9 +661,10 @@ def lowering_requests(sku: str) -> list[LoweringRequest]:
         gemm_sig = {"a_ptr": ty, "b_ptr": ty, "offsets_ptr": "*i32", "c_ptr": ty, "n_out": "i32", "k_dim": "i32",
                     "num_local": "i32", "max_row_tiles": "i32"}
         for gated, default, label in ((True, DEFAULT_GEMM1_CONFIG, "gate_up"), (False, DEFAULT_GEMM2_CONFIG, "down")):
-            reqs.append(LoweringRequest(
-                f"{_MODULE}:_grouped_gemm_kernel", gemm_sig,
-                {"GATED": gated, **default, "BLOCK_E": 128}, sku, f"moe_gemm_{label}_{name}"))
+            for block_e in (128, 512) if dtype == torch.float16 else (128,):
+                reqs.append(LoweringRequest(
+                    f"{_MODULE}:_grouped_gemm_kernel", gemm_sig,
+                    {"GATED": gated, **default, "BLOCK_E": block_e}, sku, f"moe_gemm_{label}_{name}_e{block_e}"))
     return reqs
 
 
