@@ -170,8 +170,18 @@ def test_fused_experts_matches_vllm_cpu_op(m, e, k, h, i):
     x = torch.randn(m, h)
     w13, w2 = _weights(e, h, i, torch.float32)
     expected = torch.empty(m, h)
-    ops.cpu_fused_moe(expected, x, ops.cpu_prepack_moe_weight(w13, "vec"), ops.cpu_prepack_moe_weight(w2, "vec"),
-                      None, None, weights, ids, "silu", "vec")
+    ops.cpu_fused_moe(
+        expected,
+        x,
+        ops.cpu_prepack_moe_weight(w13, "vec"),
+        ops.cpu_prepack_moe_weight(w2, "vec"),
+        None,
+        None,
+        weights,
+        ids,
+        "silu",
+        "vec",
+    )
     torch.testing.assert_close(fused_experts(x, w13, w2, weights, ids), expected, atol=1e-5, rtol=0)
 
 
@@ -192,29 +202,48 @@ def _bad_input_cases():
         (lambda x, w, ids, w13, w2: moe_permute(x, ids, 0), ValueError, "num_experts"),
         (lambda x, w, ids, w13, w2: moe_permute(x, ids, 2048), ValueError, "num_experts"),
         (lambda x, w, ids, w13, w2: moe_permute(x, ids.repeat(1, 40), 8), ValueError, "columns"),
-        (lambda x, w, ids, w13, w2: moe_permute(x, ids, 8, torch.zeros(7, dtype=torch.int32)), ValueError,
-         "expert_map"),
-        (lambda x, w, ids, w13, w2: moe_permute(x, ids, 8, torch.full((8,), -3, dtype=torch.int32), 2),
-         ValueError, "expert_map values"),
-        (lambda x, w, ids, w13, w2: moe_permute(x, ids, 8, torch.full((8,), -1, dtype=torch.int32)), ValueError,
-         "expert_map"),
+        (
+            lambda x, w, ids, w13, w2: moe_permute(x, ids, 8, torch.zeros(7, dtype=torch.int32)),
+            ValueError,
+            "expert_map",
+        ),
+        (
+            lambda x, w, ids, w13, w2: moe_permute(x, ids, 8, torch.full((8,), -3, dtype=torch.int32), 2),
+            ValueError,
+            "expert_map values",
+        ),
+        (
+            lambda x, w, ids, w13, w2: moe_permute(x, ids, 8, torch.full((8,), -1, dtype=torch.int32)),
+            ValueError,
+            "expert_map",
+        ),
         (lambda x, w, ids, w13, w2: moe_unpermute(x, w, ids.long()), TypeError, "inv_permuted_idx"),
         (lambda x, w, ids, w13, w2: moe_unpermute(x, w[:2], ids), ValueError, "inv_permuted_idx"),
         (lambda x, w, ids, w13, w2: moe_unpermute(x[:2], w, ids), ValueError, "inv_permuted_idx values"),
         (lambda x, w, ids, w13, w2: moe_unpermute(x, w, ids, out=torch.empty(4, 31)), ValueError, "out"),
-        (lambda x, w, ids, w13, w2: fused_experts(x, w13, w2, w, ids, activation="relu"), ValueError,
-         "activation"),
+        (
+            lambda x, w, ids, w13, w2: fused_experts(x, w13, w2, w, ids, activation="relu"),
+            ValueError,
+            "activation",
+        ),
         (lambda x, w, ids, w13, w2: fused_experts(x, w13.half(), w2, w, ids), TypeError, "w13"),
         (lambda x, w, ids, w13, w2: fused_experts(x, w13, w2[:, :, :8], w, ids), ValueError, "w2"),
         (lambda x, w, ids, w13, w2: fused_experts(x[:, :16], w13, w2, w, ids), ValueError, "hidden_states"),
         (lambda x, w, ids, w13, w2: fused_experts(x, w13[:, :15], w2, w, ids), ValueError, "w13"),
         (lambda x, w, ids, w13, w2: fused_experts(x, w13, w2, w[:, :1], ids), ValueError, "topk_weights"),
         (lambda x, w, ids, w13, w2: fused_experts(x, w13, w2, w.int(), ids), TypeError, "topk_weights"),
-        (lambda x, w, ids, w13, w2: fused_experts(x, w13, w2, w, ids, global_num_experts=16), ValueError,
-         "global_num_experts"),
-        (lambda x, w, ids, w13, w2: fused_experts(x, w13[:4], w2[:4], w, ids,
-                                                  expert_map=torch.arange(8, dtype=torch.int32)),
-         ValueError, "expert_map values"),
+        (
+            lambda x, w, ids, w13, w2: fused_experts(x, w13, w2, w, ids, global_num_experts=16),
+            ValueError,
+            "global_num_experts",
+        ),
+        (
+            lambda x, w, ids, w13, w2: fused_experts(
+                x, w13[:4], w2[:4], w, ids, expert_map=torch.arange(8, dtype=torch.int32)
+            ),
+            ValueError,
+            "expert_map values",
+        ),
         (lambda x, w, ids, w13, w2: fused_experts(x, w13, w2, w, [[0, 1]] * 4), TypeError, "topk_ids"),
     ],
 )
@@ -241,8 +270,14 @@ def test_every_kernel_lowers_for_ascend(lowered):
     from vllm_ascend_triton.codegen.report import parse_adapter_ir
 
     kernels = {r.request.kernel.rsplit(":", 1)[1] for r in lowered.values()}
-    assert kernels == {"_count_kernel", "_scan_kernel", "_position_kernel", "_gather_rows_kernel",
-                       "_unpermute_kernel", "_grouped_gemm_kernel"}
+    assert kernels == {
+        "_count_kernel",
+        "_scan_kernel",
+        "_position_kernel",
+        "_gather_rows_kernel",
+        "_unpermute_kernel",
+        "_grouped_gemm_kernel",
+    }
     for label, result in lowered.items():
         assert result.ok, f"{label}: {result.error}"
         report = parse_adapter_ir(result.ttadapter)

@@ -120,8 +120,15 @@ def _local_ids(ids_ptr, map_ptr, slots, smask, HAS_MAP: tl.constexpr):
 
 @triton.jit
 def _count_kernel(
-    ids_ptr, map_ptr, chunk_counts_ptr, num_slots, num_local, num_chunks,
-    HAS_MAP: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_E: tl.constexpr,
+    ids_ptr,
+    map_ptr,
+    chunk_counts_ptr,
+    num_slots,
+    num_local,
+    num_chunks,
+    HAS_MAP: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    BLOCK_E: tl.constexpr,
 ):
     """chunk_counts[c, e] = number of slots of chunk c whose local expert is e."""
     pid = tl.program_id(0)
@@ -137,8 +144,14 @@ def _count_kernel(
 
 @triton.jit
 def _scan_kernel(
-    chunk_counts_ptr, chunk_base_ptr, tokens_per_expert_ptr, offsets_ptr, num_local, num_chunks,
-    BLOCK_C: tl.constexpr, BLOCK_E: tl.constexpr,
+    chunk_counts_ptr,
+    chunk_base_ptr,
+    tokens_per_expert_ptr,
+    offsets_ptr,
+    num_local,
+    num_chunks,
+    BLOCK_C: tl.constexpr,
+    BLOCK_E: tl.constexpr,
 ):
     """One program: chunk_base[c, e] = rows of expert e in chunks before c; the expert counts and
     offsets[1:] (offsets[0] is zero-initialised by the host)."""
@@ -160,9 +173,18 @@ def _scan_kernel(
 
 @triton.jit
 def _position_kernel(
-    ids_ptr, map_ptr, chunk_base_ptr, offsets_ptr, inv_idx_ptr, permuted_idx_ptr,
-    num_slots, num_local, num_chunks,
-    HAS_MAP: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_E: tl.constexpr,
+    ids_ptr,
+    map_ptr,
+    chunk_base_ptr,
+    offsets_ptr,
+    inv_idx_ptr,
+    permuted_idx_ptr,
+    num_slots,
+    num_local,
+    num_chunks,
+    HAS_MAP: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    BLOCK_E: tl.constexpr,
 ):
     """Each slot's permuted row: expert offset + chunk base + stable rank inside the chunk."""
     pid = tl.program_id(0)
@@ -175,7 +197,9 @@ def _position_kernel(
         smask = slots < num_slots
         local = _local_ids(ids_ptr, map_ptr, slots, smask, HAS_MAP)
         one_hot = (local[:, None] == e_offs[None, :]).to(tl.float32)
-        base = expert_start + tl.load(chunk_base_ptr + c * num_local + e_offs, mask=emask, other=0).to(tl.float32)
+        base = expert_start + tl.load(chunk_base_ptr + c * num_local + e_offs, mask=emask, other=0).to(
+            tl.float32
+        )
         # inclusive cumsum down the chunk: 1-based rank of the slot among its expert's slots
         rank = tl.cumsum(one_hot, axis=0)
         pos = tl.sum(one_hot * (base[None, :] + rank - 1.0), axis=1).to(tl.int32)
@@ -187,7 +211,12 @@ def _position_kernel(
 
 @triton.jit
 def _gather_rows_kernel(
-    src_ptr, permuted_idx_ptr, dst_ptr, num_rows, hidden, topk,
+    src_ptr,
+    permuted_idx_ptr,
+    dst_ptr,
+    num_rows,
+    hidden,
+    topk,
     BLOCK_H: tl.constexpr,
 ):
     """dst[p] = src[permuted_idx[p] // topk], zeros for unused rows: one scalar index per row,
@@ -209,7 +238,13 @@ def _gather_rows_kernel(
 
 @triton.jit
 def _unpermute_kernel(
-    y_ptr, weights_ptr, inv_idx_ptr, out_ptr, num_tokens, hidden, topk,
+    y_ptr,
+    weights_ptr,
+    inv_idx_ptr,
+    out_ptr,
+    num_tokens,
+    hidden,
+    topk,
     BLOCK_H: tl.constexpr,
 ):
     """out[t] = sum_j w[t, j] * y[inv[t, j]] (inv == -1 skipped), fp32 accumulation."""
@@ -231,8 +266,18 @@ def _unpermute_kernel(
 
 @triton.jit
 def _grouped_gemm_kernel(
-    a_ptr, b_ptr, offsets_ptr, c_ptr, n_out, k_dim, num_local, max_row_tiles,
-    GATED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    a_ptr,
+    b_ptr,
+    offsets_ptr,
+    c_ptr,
+    n_out,
+    k_dim,
+    num_local,
+    max_row_tiles,
+    GATED: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
     BLOCK_E: tl.constexpr,
 ):
     """Per expert e, on its permuted rows [offsets[e], offsets[e+1]):
@@ -270,18 +315,28 @@ def _grouped_gemm_kernel(
             for k0 in range(0, k_dim, BLOCK_K):
                 ks = k0 + k_offs
                 kmask = ks < k_dim
-                a = tl.load(a_ptr + rows[:, None] * k_dim + ks[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0)
+                a = tl.load(
+                    a_ptr + rows[:, None] * k_dim + ks[None, :],
+                    mask=rmask[:, None] & kmask[None, :],
+                    other=0.0,
+                )
                 # weight rows are contiguous along K: load [BLOCK_N, BLOCK_K] tiles (tail axis
                 # contiguous for the DMA) and transpose on chip
                 bmask = cmask[:, None] & kmask[None, :]
                 b = tl.load(b_expert + cols[:, None] * k_dim + ks[None, :], mask=bmask, other=0.0)
                 acc = tl.dot(a, tl.trans(b), acc)
                 if GATED:
-                    b_up = tl.load(b_expert + (cols[:, None] + n_out) * k_dim + ks[None, :], mask=bmask, other=0.0)
+                    b_up = tl.load(
+                        b_expert + (cols[:, None] + n_out) * k_dim + ks[None, :], mask=bmask, other=0.0
+                    )
                     acc_up = tl.dot(a, tl.trans(b_up), acc_up)
             if GATED:
                 acc = acc / (1.0 + tl.exp(-acc)) * acc_up
-            tl.store(c_ptr + rows[:, None] * n_out + cols[None, :], acc.to(c_ptr.dtype.element_ty), mask=rmask[:, None] & cmask[None, :])
+            tl.store(
+                c_ptr + rows[:, None] * n_out + cols[None, :],
+                acc.to(c_ptr.dtype.element_ty),
+                mask=rmask[:, None] & cmask[None, :],
+            )
 
 
 # --------------------------------------------------------------------------------------------
@@ -299,16 +354,23 @@ def _sort_blocks(num_local: int) -> tuple[int, int]:
     return max(8, min(256, ONE_HOT_BUDGET // block_e)), block_e
 
 
-def _check_routing(hidden_states: torch.Tensor, topk_ids: torch.Tensor, num_experts: int,
-                   expert_map: torch.Tensor | None, topk_weights: torch.Tensor | None = None) -> None:
+def _check_routing(
+    hidden_states: torch.Tensor,
+    topk_ids: torch.Tensor,
+    num_experts: int,
+    expert_map: torch.Tensor | None,
+    topk_weights: torch.Tensor | None = None,
+) -> None:
     check_tensor("hidden_states", hidden_states, dtypes=FLOAT_DTYPES, ndim=2)
     check_tensor("topk_ids", topk_ids, dtypes=INDEX_DTYPES, ndim=2)
     check_positive_int("num_experts", num_experts)
     if num_experts > MAX_EXPERTS:
         raise ValueError(f"num_experts must be <= {MAX_EXPERTS}, got {num_experts}")
     if topk_ids.shape[0] != hidden_states.shape[0]:
-        raise ValueError(f"topk_ids must have {hidden_states.shape[0]} rows (one per token of hidden_states), "
-                         f"got shape {tuple(topk_ids.shape)}")
+        raise ValueError(
+            f"topk_ids must have {hidden_states.shape[0]} rows (one per token of hidden_states), "
+            f"got shape {tuple(topk_ids.shape)}"
+        )
     if not 1 <= topk_ids.shape[1] <= MAX_TOPK:
         raise ValueError(f"topk_ids must have 1..{MAX_TOPK} columns, got shape {tuple(topk_ids.shape)}")
     if topk_ids.device != hidden_states.device:
@@ -318,14 +380,18 @@ def _check_routing(hidden_states: torch.Tensor, topk_ids: torch.Tensor, num_expe
     if topk_weights is not None:
         check_tensor("topk_weights", topk_weights, dtypes=FLOAT_DTYPES, ndim=2)
         if topk_weights.shape != topk_ids.shape:
-            raise ValueError(f"topk_weights must have the shape of topk_ids {tuple(topk_ids.shape)}, "
-                             f"got {tuple(topk_weights.shape)}")
+            raise ValueError(
+                f"topk_weights must have the shape of topk_ids {tuple(topk_ids.shape)}, "
+                f"got {tuple(topk_weights.shape)}"
+            )
         if topk_weights.device != hidden_states.device:
             raise ValueError(f"topk_weights must be on {hidden_states.device}, got {topk_weights.device}")
     if expert_map is not None:
         check_tensor("expert_map", expert_map, dtypes=INDEX_DTYPES, ndim=1)
         if expert_map.shape[0] != num_experts:
-            raise ValueError(f"expert_map must have num_experts={num_experts} entries, got {expert_map.shape[0]}")
+            raise ValueError(
+                f"expert_map must have num_experts={num_experts} entries, got {expert_map.shape[0]}"
+            )
         if expert_map.device != hidden_states.device:
             raise ValueError(f"expert_map must be on {hidden_states.device}, got {expert_map.device}")
     if checks_enabled() and topk_ids.numel():
@@ -338,7 +404,9 @@ def _num_local(num_experts: int, expert_map: torch.Tensor | None, num_local_expe
     if num_local_experts is not None:
         check_positive_int("num_local_experts", num_local_experts)
         if num_local_experts > num_experts:
-            raise ValueError(f"num_local_experts must be <= num_experts={num_experts}, got {num_local_experts}")
+            raise ValueError(
+                f"num_local_experts must be <= num_experts={num_experts}, got {num_local_experts}"
+            )
     if expert_map is None:
         if num_local_experts not in (None, num_experts):
             raise ValueError("num_local_experts must equal num_experts without an expert_map")
@@ -360,8 +428,9 @@ def _check_int32_extent(name: str, rows: int, cols: int) -> None:
         raise ValueError(f"{name}: {rows} x {cols} elements exceed int32 index math")
 
 
-def _route(topk_ids: torch.Tensor, num_experts: int, expert_map: torch.Tensor | None, num_local: int,
-           num_tokens: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _route(
+    topk_ids: torch.Tensor, expert_map: torch.Tensor | None, num_local: int, num_tokens: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The counting sort: (tokens_per_expert, offsets, inv_permuted_idx, permuted_idx)."""
     device = topk_ids.device
     topk = topk_ids.shape[1]
@@ -380,18 +449,48 @@ def _route(topk_ids: torch.Tensor, num_experts: int, expert_map: torch.Tensor | 
     chunk_base = torch.empty_like(chunk_counts)
     grid = persistent_grid(num_chunks)
     has_map = expert_map is not None
-    _count_kernel[grid](ids, emap, chunk_counts, num_slots, num_local, num_chunks,
-                        HAS_MAP=has_map, BLOCK_S=block_s, BLOCK_E=block_e)
-    _scan_kernel[(1,)](chunk_counts, chunk_base, tokens_per_expert, offsets, num_local, num_chunks,
-                       BLOCK_C=max(1, ONE_HOT_BUDGET // block_e), BLOCK_E=block_e)
-    _position_kernel[grid](ids, emap, chunk_base, offsets, inv_idx, permuted_idx, num_slots, num_local,
-                           num_chunks, HAS_MAP=has_map, BLOCK_S=block_s, BLOCK_E=block_e)
+    _count_kernel[grid](
+        ids,
+        emap,
+        chunk_counts,
+        num_slots,
+        num_local,
+        num_chunks,
+        HAS_MAP=has_map,
+        BLOCK_S=block_s,
+        BLOCK_E=block_e,
+    )
+    _scan_kernel[(1,)](
+        chunk_counts,
+        chunk_base,
+        tokens_per_expert,
+        offsets,
+        num_local,
+        num_chunks,
+        BLOCK_C=max(1, ONE_HOT_BUDGET // block_e),
+        BLOCK_E=block_e,
+    )
+    _position_kernel[grid](
+        ids,
+        emap,
+        chunk_base,
+        offsets,
+        inv_idx,
+        permuted_idx,
+        num_slots,
+        num_local,
+        num_chunks,
+        HAS_MAP=has_map,
+        BLOCK_S=block_s,
+        BLOCK_E=block_e,
+    )
     return tokens_per_expert, offsets, inv_idx, permuted_idx
 
 
 def _rows_config(hidden: int, dtype: torch.dtype, kernel: str) -> dict:
-    cfg = lookup_config(current_device().sku.name, kernel, {"hidden": hidden, "dtype": str(dtype)},
-                        DEFAULT_ROWS_CONFIG)
+    cfg = lookup_config(
+        current_device().sku.name, kernel, {"hidden": hidden, "dtype": str(dtype)}, DEFAULT_ROWS_CONFIG
+    )
     cfg["BLOCK_H"] = min(cfg["BLOCK_H"], max(16, triton.next_power_of_2(hidden)))
     return cfg
 
@@ -411,12 +510,13 @@ def moe_permute(
     num_tokens, hidden = hidden_states.shape
     topk = topk_ids.shape[1]
     _check_int32_extent("permuted_hidden_states", num_tokens * topk, hidden)
-    tokens_per_expert, offsets, inv_idx, permuted_idx = _route(topk_ids, num_experts, expert_map, num_local,
-                                                               num_tokens)
+    tokens_per_expert, offsets, inv_idx, permuted_idx = _route(topk_ids, expert_map, num_local, num_tokens)
     permuted = torch.empty(num_tokens * topk, hidden, dtype=hidden_states.dtype, device=hidden_states.device)
     if permuted.numel():
         with bf16_shim() as shim:
-            _launch_gather_rows(shim.input(hidden_states.contiguous()), permuted_idx, shim.output(permuted), topk)
+            _launch_gather_rows(
+                shim.input(hidden_states.contiguous()), permuted_idx, shim.output(permuted), topk
+            )
     return MoePermuteResult(permuted, tokens_per_expert, offsets, inv_idx, permuted_idx)
 
 
@@ -437,10 +537,14 @@ def moe_unpermute(
     check_tensor("topk_weights", topk_weights, dtypes=FLOAT_DTYPES, ndim=2)
     check_tensor("inv_permuted_idx", inv_permuted_idx, dtypes=(torch.int32,), ndim=2)
     if inv_permuted_idx.shape != topk_weights.shape:
-        raise ValueError(f"inv_permuted_idx must have the shape of topk_weights {tuple(topk_weights.shape)}, "
-                         f"got {tuple(inv_permuted_idx.shape)}")
+        raise ValueError(
+            f"inv_permuted_idx must have the shape of topk_weights {tuple(topk_weights.shape)}, "
+            f"got {tuple(inv_permuted_idx.shape)}"
+        )
     if not 1 <= topk_weights.shape[1] <= MAX_TOPK:
-        raise ValueError(f"topk_weights must have 1..{MAX_TOPK} columns, got shape {tuple(topk_weights.shape)}")
+        raise ValueError(
+            f"topk_weights must have 1..{MAX_TOPK} columns, got shape {tuple(topk_weights.shape)}"
+        )
     for name, t in (("topk_weights", topk_weights), ("inv_permuted_idx", inv_permuted_idx)):
         if t.device != permuted_out.device:
             raise ValueError(f"{name} must be on {permuted_out.device}, got {t.device}")
@@ -452,43 +556,83 @@ def moe_unpermute(
     else:
         check_tensor("out", out, dtypes=FLOAT_DTYPES, ndim=2)
         if out.shape != (num_tokens, hidden) or not out.is_contiguous():
-            raise ValueError(f"out must be a contiguous {(num_tokens, hidden)} tensor, got {tuple(out.shape)}")
+            raise ValueError(
+                f"out must be a contiguous {(num_tokens, hidden)} tensor, got {tuple(out.shape)}"
+            )
     if checks_enabled() and inv_permuted_idx.numel():
         lo, hi = int(inv_permuted_idx.min()), int(inv_permuted_idx.max())
         if lo < -1 or hi >= permuted_out.shape[0]:
-            raise ValueError(f"inv_permuted_idx values must be -1 or in [0, {permuted_out.shape[0]}), got [{lo}, {hi}]")
+            raise ValueError(
+                f"inv_permuted_idx values must be -1 or in [0, {permuted_out.shape[0]}), got [{lo}, {hi}]"
+            )
     if out.numel():
         with bf16_shim() as shim:
-            _launch_unpermute(shim.input(permuted_out.contiguous()), shim.input(topk_weights.contiguous()),
-                              inv_permuted_idx.contiguous(), shim.output(out))
+            _launch_unpermute(
+                shim.input(permuted_out.contiguous()),
+                shim.input(topk_weights.contiguous()),
+                inv_permuted_idx.contiguous(),
+                shim.output(out),
+            )
     return out
 
 
-def _launch_unpermute(y: torch.Tensor, weights: torch.Tensor, inv_idx: torch.Tensor, out: torch.Tensor) -> None:
+def _launch_unpermute(
+    y: torch.Tensor, weights: torch.Tensor, inv_idx: torch.Tensor, out: torch.Tensor
+) -> None:
     num_tokens, hidden = out.shape
     cfg = _rows_config(hidden, y.dtype, "moe_unpermute")
-    _unpermute_kernel[persistent_grid(num_tokens)](y, weights, inv_idx, out, num_tokens, hidden,
-                                                   weights.shape[1], **cfg)
+    _unpermute_kernel[persistent_grid(num_tokens)](
+        y, weights, inv_idx, out, num_tokens, hidden, weights.shape[1], **cfg
+    )
 
 
 def _gemm_config(kernel: str, n_out: int, k_dim: int, dtype: torch.dtype, default: dict) -> dict:
-    cfg = lookup_config(current_device().sku.name, kernel, {"n": n_out, "k": k_dim, "dtype": str(dtype)}, default)
+    cfg = lookup_config(
+        current_device().sku.name, kernel, {"n": n_out, "k": k_dim, "dtype": str(dtype)}, default
+    )
     # tl.dot needs every tile side >= 16; don't pad tiny problems beyond the next power of two.
     cfg["BLOCK_N"] = max(16, min(cfg["BLOCK_N"], triton.next_power_of_2(n_out)))
     cfg["BLOCK_K"] = max(16, min(cfg["BLOCK_K"], triton.next_power_of_2(k_dim)))
     return cfg
 
 
-def _launch_grouped_gemm(a: torch.Tensor, b: torch.Tensor, offsets: torch.Tensor, c: torch.Tensor,
-                         gated: bool, kernel: str, default: dict) -> None:
+def _launch_grouped_gemm(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    offsets: torch.Tensor,
+    c: torch.Tensor,
+    gated: bool,
+    kernel: str,
+    default: dict,
+) -> None:
     num_rows, k_dim = a.shape
     n_out = c.shape[1]
     num_local = b.shape[0]
     cfg = _gemm_config(kernel, n_out, k_dim, a.dtype, default)
     max_row_tiles = triton.cdiv(num_rows, cfg["BLOCK_M"]) + min(num_local, num_rows)
     work = max_row_tiles * triton.cdiv(n_out, cfg["BLOCK_N"])
+    logger.debug(
+        "%s: %d rows x %d x %d, %d work items (upper bound), config %s",
+        kernel,
+        num_rows,
+        n_out,
+        k_dim,
+        work,
+        cfg,
+    )
     _grouped_gemm_kernel[persistent_grid(work, uses_cube=True)](
-        a, b, offsets, c, n_out, k_dim, num_local, max_row_tiles, GATED=gated, BLOCK_E=_block_e(num_local), **cfg)
+        a,
+        b,
+        offsets,
+        c,
+        n_out,
+        k_dim,
+        num_local,
+        max_row_tiles,
+        GATED=gated,
+        BLOCK_E=_block_e(num_local),
+        **cfg,
+    )
 
 
 def fused_experts(
@@ -506,20 +650,25 @@ def fused_experts(
     w13 [L, 2I, H] (gate rows then up rows), w2 [L, H, I]; L = local experts. topk_ids are global
     ids in [0, global_num_experts) (default: expert_map's length, else L); expert_map maps them to
     local ids (-1 = not local: skipped)."""
+    check_tensor("hidden_states", hidden_states, dtypes=FLOAT_DTYPES, ndim=2)
     check_tensor("w13", w13, dtypes=FLOAT_DTYPES, ndim=3)
     check_tensor("w2", w2, dtypes=FLOAT_DTYPES, ndim=3)
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
     num_local, two_i, hidden = w13.shape
-    if hidden_states.dim() == 2 and hidden_states.shape[1] != hidden:
-        raise ValueError(f"hidden_states must have {hidden} columns (w13 is {tuple(w13.shape)}), "
-                         f"got shape {tuple(hidden_states.shape)}")
+    if hidden_states.shape[1] != hidden:
+        raise ValueError(
+            f"hidden_states must have {hidden} columns (w13 is {tuple(w13.shape)}), "
+            f"got shape {tuple(hidden_states.shape)}"
+        )
     if two_i % 2 or two_i == 0:
         raise ValueError(f"w13 dim 1 must be 2 * intermediate_size (even, > 0), got shape {tuple(w13.shape)}")
     inter = two_i // 2
     if w2.shape != (num_local, hidden, inter):
-        raise ValueError(f"w2 must have shape {(num_local, hidden, inter)} to match w13 {tuple(w13.shape)}, "
-                         f"got {tuple(w2.shape)}")
+        raise ValueError(
+            f"w2 must have shape {(num_local, hidden, inter)} to match w13 {tuple(w13.shape)}, "
+            f"got {tuple(w2.shape)}"
+        )
     if global_num_experts is None:
         global_num_experts = expert_map.shape[0] if isinstance(expert_map, torch.Tensor) else num_local
     _check_routing(hidden_states, topk_ids, global_num_experts, expert_map, topk_weights)
@@ -529,8 +678,10 @@ def fused_experts(
         if t.device != hidden_states.device:
             raise ValueError(f"{name} must be on {hidden_states.device}, got {t.device}")
     if expert_map is None and global_num_experts != num_local:
-        raise ValueError(f"without an expert_map, global_num_experts ({global_num_experts}) must equal "
-                         f"w13's expert count ({num_local})")
+        raise ValueError(
+            f"without an expert_map, global_num_experts ({global_num_experts}) must equal "
+            f"w13's expert count ({num_local})"
+        )
     if expert_map is not None:
         _num_local(global_num_experts, expert_map, num_local)  # values fit w13's expert count
     num_tokens, topk = topk_ids.shape
@@ -541,7 +692,7 @@ def fused_experts(
     out = torch.empty(num_tokens, hidden, dtype=hidden_states.dtype, device=hidden_states.device)
     if num_tokens == 0:
         return out
-    _, offsets, inv_idx, permuted_idx = _route(topk_ids, global_num_experts, expert_map, num_local, num_tokens)
+    _, offsets, inv_idx, permuted_idx = _route(topk_ids, expert_map, num_local, num_tokens)
     with bf16_shim() as shim:
         x = shim.input(hidden_states.contiguous())
         w13_c = shim.input(w13.contiguous())
@@ -568,8 +719,13 @@ def _local_ids_ref(topk_ids: torch.Tensor, expert_map: torch.Tensor | None) -> t
     return expert_map.long()[ids] if expert_map is not None else ids
 
 
-def moe_permute_ref(hidden_states: torch.Tensor, topk_ids: torch.Tensor, num_experts: int,
-                    expert_map: torch.Tensor | None = None, num_local_experts: int | None = None) -> MoePermuteResult:
+def moe_permute_ref(
+    hidden_states: torch.Tensor,
+    topk_ids: torch.Tensor,
+    num_experts: int,
+    expert_map: torch.Tensor | None = None,
+    num_local_experts: int | None = None,
+) -> MoePermuteResult:
     """Plain-torch moe_permute (stable sort of the flat slots by local expert id)."""
     num_tokens, topk = topk_ids.shape
     num_local = num_local_experts or (int(expert_map.max()) + 1 if expert_map is not None else num_experts)
@@ -589,17 +745,23 @@ def moe_permute_ref(hidden_states: torch.Tensor, topk_ids: torch.Tensor, num_exp
     return MoePermuteResult(permuted, counts, offsets, inv.view(num_tokens, topk), permuted_idx)
 
 
-def moe_unpermute_ref(permuted_out: torch.Tensor, topk_weights: torch.Tensor,
-                      inv_permuted_idx: torch.Tensor) -> torch.Tensor:
+def moe_unpermute_ref(
+    permuted_out: torch.Tensor, topk_weights: torch.Tensor, inv_permuted_idx: torch.Tensor
+) -> torch.Tensor:
     inv = inv_permuted_idx.long()
     rows = permuted_out.float()[inv.clamp(min=0)]  # [M, k, H]
     w = torch.where(inv >= 0, topk_weights.float(), 0.0)
     return (w[..., None] * rows).sum(1).to(permuted_out.dtype)
 
 
-def fused_experts_ref(hidden_states: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
-                      topk_weights: torch.Tensor, topk_ids: torch.Tensor,
-                      expert_map: torch.Tensor | None = None) -> torch.Tensor:
+def fused_experts_ref(
+    hidden_states: torch.Tensor,
+    w13: torch.Tensor,
+    w2: torch.Tensor,
+    topk_weights: torch.Tensor,
+    topk_ids: torch.Tensor,
+    expert_map: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Loop over experts in fp32; the SiLU-and-mul output is rounded to the input dtype as vLLM does."""
     dtype = hidden_states.dtype
     x = hidden_states.float()
@@ -631,40 +793,115 @@ def lowering_requests(sku: str) -> list[LoweringRequest]:
     for num_local, has_map in ((8, False), (128, True), (512, False)):
         block_s, block_e = _sort_blocks(num_local)
         sort_sig = {"ids_ptr": "*i32", "map_ptr": "*i32"}
-        reqs.append(LoweringRequest(
-            f"{_MODULE}:_count_kernel",
-            {**sort_sig, "chunk_counts_ptr": "*i32", "num_slots": "i32", "num_local": "i32", "num_chunks": "i32"},
-            {"HAS_MAP": has_map, "BLOCK_S": block_s, "BLOCK_E": block_e}, sku, f"moe_count_e{num_local}"))
-        reqs.append(LoweringRequest(
-            f"{_MODULE}:_scan_kernel",
-            {"chunk_counts_ptr": "*i32", "chunk_base_ptr": "*i32", "tokens_per_expert_ptr": "*i32",
-             "offsets_ptr": "*i32", "num_local": "i32", "num_chunks": "i32"},
-            {"BLOCK_C": ONE_HOT_BUDGET // block_e, "BLOCK_E": block_e}, sku, f"moe_scan_e{num_local}"))
-        reqs.append(LoweringRequest(
-            f"{_MODULE}:_position_kernel",
-            {**sort_sig, "chunk_base_ptr": "*i32", "offsets_ptr": "*i32", "inv_idx_ptr": "*i32",
-             "permuted_idx_ptr": "*i32", "num_slots": "i32", "num_local": "i32", "num_chunks": "i32"},
-            {"HAS_MAP": has_map, "BLOCK_S": block_s, "BLOCK_E": block_e}, sku, f"moe_position_e{num_local}"))
+        reqs.append(
+            LoweringRequest(
+                f"{_MODULE}:_count_kernel",
+                {
+                    **sort_sig,
+                    "chunk_counts_ptr": "*i32",
+                    "num_slots": "i32",
+                    "num_local": "i32",
+                    "num_chunks": "i32",
+                },
+                {"HAS_MAP": has_map, "BLOCK_S": block_s, "BLOCK_E": block_e},
+                sku,
+                f"moe_count_e{num_local}",
+            )
+        )
+        reqs.append(
+            LoweringRequest(
+                f"{_MODULE}:_scan_kernel",
+                {
+                    "chunk_counts_ptr": "*i32",
+                    "chunk_base_ptr": "*i32",
+                    "tokens_per_expert_ptr": "*i32",
+                    "offsets_ptr": "*i32",
+                    "num_local": "i32",
+                    "num_chunks": "i32",
+                },
+                {"BLOCK_C": ONE_HOT_BUDGET // block_e, "BLOCK_E": block_e},
+                sku,
+                f"moe_scan_e{num_local}",
+            )
+        )
+        reqs.append(
+            LoweringRequest(
+                f"{_MODULE}:_position_kernel",
+                {
+                    **sort_sig,
+                    "chunk_base_ptr": "*i32",
+                    "offsets_ptr": "*i32",
+                    "inv_idx_ptr": "*i32",
+                    "permuted_idx_ptr": "*i32",
+                    "num_slots": "i32",
+                    "num_local": "i32",
+                    "num_chunks": "i32",
+                },
+                {"HAS_MAP": has_map, "BLOCK_S": block_s, "BLOCK_E": block_e},
+                sku,
+                f"moe_position_e{num_local}",
+            )
+        )
     for dtype in (torch.float16, torch.bfloat16):
         ty = f"*{_TRITON_DTYPE[dtype]}"
         name = _TRITON_DTYPE[dtype]
-        reqs.append(LoweringRequest(
-            f"{_MODULE}:_gather_rows_kernel",
-            {"src_ptr": ty, "permuted_idx_ptr": "*i32", "dst_ptr": ty, "num_rows": "i32", "hidden": "i32",
-             "topk": "i32"},
-            dict(DEFAULT_ROWS_CONFIG), sku, f"moe_permute_rows_{name}"))
-        reqs.append(LoweringRequest(
-            f"{_MODULE}:_unpermute_kernel",
-            {"y_ptr": ty, "weights_ptr": "*fp32", "inv_idx_ptr": "*i32", "out_ptr": ty, "num_tokens": "i32",
-             "hidden": "i32", "topk": "i32"},
-            dict(DEFAULT_ROWS_CONFIG), sku, f"moe_unpermute_{name}"))
-        gemm_sig = {"a_ptr": ty, "b_ptr": ty, "offsets_ptr": "*i32", "c_ptr": ty, "n_out": "i32", "k_dim": "i32",
-                    "num_local": "i32", "max_row_tiles": "i32"}
-        for gated, default, label in ((True, DEFAULT_GEMM1_CONFIG, "gate_up"), (False, DEFAULT_GEMM2_CONFIG, "down")):
+        reqs.append(
+            LoweringRequest(
+                f"{_MODULE}:_gather_rows_kernel",
+                {
+                    "src_ptr": ty,
+                    "permuted_idx_ptr": "*i32",
+                    "dst_ptr": ty,
+                    "num_rows": "i32",
+                    "hidden": "i32",
+                    "topk": "i32",
+                },
+                dict(DEFAULT_ROWS_CONFIG),
+                sku,
+                f"moe_permute_rows_{name}",
+            )
+        )
+        reqs.append(
+            LoweringRequest(
+                f"{_MODULE}:_unpermute_kernel",
+                {
+                    "y_ptr": ty,
+                    "weights_ptr": "*fp32",
+                    "inv_idx_ptr": "*i32",
+                    "out_ptr": ty,
+                    "num_tokens": "i32",
+                    "hidden": "i32",
+                    "topk": "i32",
+                },
+                dict(DEFAULT_ROWS_CONFIG),
+                sku,
+                f"moe_unpermute_{name}",
+            )
+        )
+        gemm_sig = {
+            "a_ptr": ty,
+            "b_ptr": ty,
+            "offsets_ptr": "*i32",
+            "c_ptr": ty,
+            "n_out": "i32",
+            "k_dim": "i32",
+            "num_local": "i32",
+            "max_row_tiles": "i32",
+        }
+        for gated, default, label in (
+            (True, DEFAULT_GEMM1_CONFIG, "gate_up"),
+            (False, DEFAULT_GEMM2_CONFIG, "down"),
+        ):
             for block_e in (128, 512) if dtype == torch.float16 else (128,):
-                reqs.append(LoweringRequest(
-                    f"{_MODULE}:_grouped_gemm_kernel", gemm_sig,
-                    {"GATED": gated, **default, "BLOCK_E": block_e}, sku, f"moe_gemm_{label}_{name}_e{block_e}"))
+                reqs.append(
+                    LoweringRequest(
+                        f"{_MODULE}:_grouped_gemm_kernel",
+                        gemm_sig,
+                        {"GATED": gated, **default, "BLOCK_E": block_e},
+                        sku,
+                        f"moe_gemm_{label}_{name}_e{block_e}",
+                    )
+                )
     return reqs
 
 
@@ -683,18 +920,36 @@ def self_check() -> list[CheckResult]:
     for label, m in (("e16_k4", None), ("e16_k4_expert_map", emap)):
         got, ref = moe_permute(x, ids, 16, m), moe_permute_ref(x, ids, 16, m)
         ok_idx = torch.equal(got.inv_permuted_idx, ref.inv_permuted_idx) and torch.equal(
-            got.expert_first_token_offset, ref.expert_first_token_offset)
-        results.append(compare("moe_permute", f"{label} rows", got.permuted_hidden_states,
-                               ref.permuted_hidden_states, 0.0))
+            got.expert_first_token_offset, ref.expert_first_token_offset
+        )
+        results.append(
+            compare(
+                "moe_permute", f"{label} rows", got.permuted_hidden_states, ref.permuted_hidden_states, 0.0
+            )
+        )
         results.append(CheckResult("moe_permute", f"{label} indices", 0.0 if ok_idx else float("inf"), 0.0))
         un = moe_unpermute(got.permuted_hidden_states, w, got.inv_permuted_idx)
-        results.append(compare("moe_unpermute", label, un, moe_unpermute_ref(ref.permuted_hidden_states, w,
-                                                                             ref.inv_permuted_idx), 1e-5))
+        results.append(
+            compare(
+                "moe_unpermute",
+                label,
+                un,
+                moe_unpermute_ref(ref.permuted_hidden_states, w, ref.inv_permuted_idx),
+                1e-5,
+            )
+        )
     w, ids = routing(9, 8, 2)
     for dtype, atol in ((torch.float32, 1e-4), (torch.float16, 1e-2)):
         x = torch.randn(9, 48, generator=gen).to(dtype)
         w13 = (torch.randn(8, 64, 48, generator=gen) / 48**0.5).to(dtype)
         w2 = (torch.randn(8, 48, 32, generator=gen) / 32**0.5).to(dtype)
-        results.append(compare("fused_experts", f"e8_k2_{_TRITON_DTYPE[dtype]}",
-                               fused_experts(x, w13, w2, w, ids), fused_experts_ref(x, w13, w2, w, ids), atol))
+        results.append(
+            compare(
+                "fused_experts",
+                f"e8_k2_{_TRITON_DTYPE[dtype]}",
+                fused_experts(x, w13, w2, w, ids),
+                fused_experts_ref(x, w13, w2, w, ids),
+                atol,
+            )
+        )
     return results
