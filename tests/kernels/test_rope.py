@@ -97,7 +97,9 @@ def test_rotary_embedding_matches_vllm(case: Case) -> None:
     num_tokens = 1
     for n in case.pos_shape:
         num_tokens *= n
-    positions = torch.randint(0, MAX_POS, case.pos_shape)
+    # int32 positions with the [B, S] cases, int64 otherwise.
+    pos_dtype = torch.int32 if len(case.pos_shape) == 2 else torch.int64
+    positions = torch.randint(0, MAX_POS, case.pos_shape, dtype=pos_dtype)
     cache = _cache(case.rot_dim, case.cache_dtype or case.dtype)
     query, key, qkv = _make_qk(case, num_tokens)
     value_before = (

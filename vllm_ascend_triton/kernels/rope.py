@@ -29,6 +29,9 @@ rows; half-dim channel `c` takes its cos/sin from the row chosen by `mrope_secti
 sections T, H, W; or, interleaved, H where `c % 3 == 1 and c < 3*h`, W where
 `c % 3 == 2 and c < 3*w`, T elsewhere). Positions `[T]` mean text only: plain rope. A token
 with any of its three positions outside the cache is left unchanged (or raises, with checks on).
+Like vLLM's MRotaryEmbedding it takes no offsets. Not covered: vLLM's separate
+`MRotaryEmbeddingInterleaved` class (a different channel order built from an id list), and the
+`rope_dim_offset` / `inverse` extras of `_custom_ops.rotary_embedding`.
 
 Ascend design
 -------------
@@ -46,12 +49,15 @@ Ascend design
   tens of KB of live buffers even for fp32 -- under half the 192 KB Unified Buffer, leaving
   room for double buffering. The dim axis is not tiled: a whole half row (<= 256 pairs even
   for head_size 512) is small next to the UB.
+- Tokens are not blocked: a block of tokens would need a vector of positions, and a cache
+  row address per element is exactly the gather the adapter scalarizes. Per token, the head
+  tile is the unit of work (all of a token's query and key heads in one or a few tiles).
 - Index math is int32 inside a tile; the per-token base offset is a scalar int64 product, so
   large token counts times wide fused-qkv strides cannot overflow.
 - GPT-J pairs are adjacent dims: each head tile is loaded as one contiguous
   `[BLOCK_H, HALF_PAD, 2]` block and split into even/odd members in registers (`tl.split`,
   `tl.join` on the way back). Two stride-2 loads would express the same thing but crash
-  triton-ascend 3.2's adapter (checked with `lowering_requests`).
+  triton-ascend 3.2's adapter (`triton-adapter-opt` aborts; found while writing this kernel).
 """
 
 from __future__ import annotations
@@ -352,6 +358,10 @@ def _launch_config(
     dev = current_device()
     key = {"head_size": head_size, "rot_dim": rot_dim, "num_heads": num_heads, "num_tokens": num_tokens}
     config = lookup_config(dev.sku.name, kernel, key, _default_config(rot_dim // 2, num_heads))
+    logger.debug("%s on %s: config %s for %s", kernel, dev.sku.name, config, key)
+    block_h = config.get("BLOCK_H")
+    if not isinstance(block_h, int) or block_h < 1 or block_h & (block_h - 1):
+        raise ValueError(f"{kernel} config for {dev.sku.name} needs a power-of-two BLOCK_H, got {block_h!r}")
     return config, persistent_grid(num_tokens, device=dev)
 
 
@@ -585,6 +595,7 @@ _LOWERING_SHAPES = (
     ("llama_h128_neox", torch.float16, 128, 128, 32, True),
     ("gptj_h256_partial64", torch.bfloat16, 256, 64, 16, False),
     ("qwen_h80_fp32", torch.float32, 80, 80, 40, True),
+    ("gptj_h128_fp32_64heads", torch.float32, 128, 128, 64, False),  # the largest default tile
 )
 
 
@@ -609,7 +620,7 @@ def lowering_requests(sku: str) -> list[LoweringRequest]:
         consts = {
             "HALF_ROT": half, "HALF_PAD": triton.next_power_of_2(half),
             "BLOCK_H": _default_config(half, heads)["BLOCK_H"],
-            "IS_NEOX": neox, "HAS_KEY": True, "HAS_OFFSETS": label.startswith("gptj"),
+            "IS_NEOX": neox, "HAS_KEY": True, "HAS_OFFSETS": label.startswith("gptj_h256"),
         }  # fmt: skip
         reqs.append(LoweringRequest(kernel_ref(_rope_kernel), sig, consts, sku, f"rope_{label}"))
     for interleaved in (False, True):
