@@ -52,6 +52,7 @@ PERMUTE_CASES = [
     pytest.param(1, 9, 3, 40, 4, torch.float32, id="m1_odd_ep_fp32"),
     pytest.param(5, 8, 8, 24, None, torch.bfloat16, id="all_experts_bf16"),
     pytest.param(300, 16, 4, 16, 5, torch.float16, id="many_chunks_ep_fp16"),
+    pytest.param(3, 8, 2, 1100, None, torch.float16, id="two_row_tiles_fp16"),
 ]
 
 
@@ -153,6 +154,38 @@ def test_fused_experts_nan_stays_in_its_token_and_empty_batch():
     assert empty.shape == (0, 32)
 
 
+def test_fused_experts_with_tuned_small_tiles(tmp_path, monkeypatch):
+    """A tuned-config file (VAT_CONFIG_DIR) is honoured: 16-wide tiles give many row, N and K tiles."""
+    import json
+
+    from vllm_ascend_triton.runtime.configs import CONFIG_DIR_ENV
+    from vllm_ascend_triton.runtime.device import current_device
+
+    m, e, k, h, i = 21, 4, 2, 48, 40
+    sku = current_device().sku.name
+    (tmp_path / sku).mkdir()
+    for kernel in ("moe_gemm_gate_up", "moe_gemm_down"):
+        entry = {
+            "key": {"n": 1, "k": 1, "dtype": "torch.float32"},
+            "config": {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16},
+        }
+        doc = {
+            "kernel": kernel,
+            "sku": sku,
+            "source": "modelled",
+            "key_names": ["n", "k", "dtype"],
+            "configs": [entry],
+        }
+        (tmp_path / sku / f"{kernel}.json").write_text(json.dumps(doc))
+    monkeypatch.setenv(CONFIG_DIR_ENV, str(tmp_path))
+    assert fm._gemm_config("moe_gemm_down", h, i, torch.float32, fm.DEFAULT_GEMM2_CONFIG)["BLOCK_K"] == 16
+    weights, ids = _routing(m, e, k, seed=5)
+    x = torch.randn(m, h)
+    w13, w2 = _weights(e, h, i, torch.float32)
+    expected = fm.fused_experts_ref(x, w13, w2, weights, ids)
+    torch.testing.assert_close(fused_experts(x, w13, w2, weights, ids), expected, atol=1e-5, rtol=0)
+
+
 def _vllm_cpu_fused_moe():
     try:
         from vllm import _custom_ops as ops
@@ -163,13 +196,21 @@ def _vllm_cpu_fused_moe():
     return ops
 
 
-@pytest.mark.parametrize("m,e,k,h,i", [(11, 8, 2, 64, 32), (6, 128, 8, 32, 64)], ids=["mixtral", "qwen3"])
-def test_fused_experts_matches_vllm_cpu_op(m, e, k, h, i):
+@pytest.mark.parametrize(
+    "m,e,k,h,i,dtype,atol",
+    [
+        (11, 8, 2, 64, 32, torch.float32, 1e-5),
+        (6, 128, 8, 32, 64, torch.float32, 1e-5),
+        (5, 8, 2, 32, 32, torch.float16, 1e-2),
+    ],
+    ids=["mixtral_fp32", "qwen3_fp32", "mixtral_fp16"],
+)
+def test_fused_experts_matches_vllm_cpu_op(m, e, k, h, i, dtype, atol):
     ops = _vllm_cpu_fused_moe()
     weights, ids = _routing(m, e, k, seed=3)
-    x = torch.randn(m, h)
-    w13, w2 = _weights(e, h, i, torch.float32)
-    expected = torch.empty(m, h)
+    x = torch.randn(m, h).to(dtype)
+    w13, w2 = _weights(e, h, i, dtype)
+    expected = torch.empty(m, h, dtype=dtype)
     ops.cpu_fused_moe(
         expected,
         x,
@@ -182,7 +223,8 @@ def test_fused_experts_matches_vllm_cpu_op(m, e, k, h, i):
         "silu",
         "vec",
     )
-    torch.testing.assert_close(fused_experts(x, w13, w2, weights, ids), expected, atol=1e-5, rtol=0)
+    got = fused_experts(x, w13, w2, weights, ids)
+    torch.testing.assert_close(got.float(), expected.float(), atol=atol, rtol=0)
 
 
 def _bad_input_cases():
