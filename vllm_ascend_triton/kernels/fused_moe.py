@@ -6,8 +6,9 @@ Slots are the (token t, top-k slot j) pairs, flattened as s = t * k + j (N = M *
 `expert_map` (optional, int32 [E] global -> local expert id, -1 = not on this rank) turns global
 ids into local ids; without it local id == global id and L = E.
 
-- `moe_permute(hidden_states [M, H], topk_ids [M, k], num_experts, expert_map=None)` ->
-  `MoePermuteResult`:
+- `moe_permute(hidden_states [M, H], topk_ids [M, k], num_experts, expert_map=None,
+  num_local_experts=None)` -> `MoePermuteResult` (L = num_local_experts, default
+  expert_map.max() + 1, read on the host):
     * permuted_hidden_states [M*k, H]: the token rows in expert-contiguous order (ascending local
       expert id; inside one expert ascending slot s, i.e. stable by token then by k slot). Rows
       at and after `expert_first_token_offset[L]` (slots of non-local experts) are zeros.
@@ -23,7 +24,8 @@ ids into local ids; without it local id == global id and L = E.
   `out [M, H]`, out[t] = sum_j w[t, j] * permuted_out[inv[t, j]], terms with inv == -1 skipped
   (a token with no local expert gets zeros). Accumulated in fp32, stored in permuted_out's dtype.
 - `fused_experts(hidden_states, w13 [L, 2I, H], w2 [L, H, I], topk_weights, topk_ids,
-  activation="silu", expert_map=None)`: vLLM's unquantized expert MLP. w13 stacks gate
+  activation="silu", expert_map=None, global_num_experts=None)`: vLLM's unquantized expert
+  MLP; topk_ids are global ids (global_num_experts defaults to len(expert_map), else L). w13 stacks gate
   (rows [0, I)) and up (rows [I, 2I)) as vLLM's w13_weight; act = SiLU(x W_gate^T) * (x W_up^T),
   rounded to the activation dtype (as vLLM's intermediate cache), y = act W2^T, then the
   weighted sum over the k experts (non-local experts skipped). Output dtype = hidden dtype.
@@ -50,7 +52,12 @@ Ascend design
   computes once from `expert_first_token_offset`. Unused work items exit at once. The first GEMM
   computes the gate and up tiles together and applies SiLU-and-mul before storing, the second
   writes expert outputs in permuted order; `_unpermute_kernel` does the weighted combine
-  (deterministic, no atomics). Tiles: BLOCK_M 64, BLOCK_N 64/128, BLOCK_K 64 (16-multiples).
+  (deterministic, no atomics). Tiles: BLOCK_M 64, BLOCK_N 64 (gate-up: two accumulators) / 128
+  (down), BLOCK_K 64, all 16-multiples; expert weight tiles are loaded as [BLOCK_N, BLOCK_K]
+  (rows contiguous along K, so the DMA tail axis is contiguous) and transposed on chip. The
+  adapter IR of the defaults shows ~26-29 KB of UB buffers (A/B staging, expert offsets) and
+  mix_mode "mix" (cube + vector); the fp32 accumulators (2 x 16 KB / 32 KB) stay well inside the
+  192 KB UB for the SiLU-and-mul and store epilogue.
 - Counts, ranks and tile prefix sums are reduced in fp32 (exact below 2^24 slots, checked on the
   host) and cast to int32: fp32 reductions are native vector ops, and Triton's interpreter
   widens int32 sums/cumsums to int64 data that its stores then write with 8-byte strides.
