@@ -331,3 +331,15 @@ def test_every_kernel_lowers_for_ascend(lowered):
         if label.startswith(("moe_permute_rows", "moe_unpermute", "moe_gemm", "moe_scan")):
             # one scalar index per row, contiguous row tiles: nothing scalarized
             assert report.discrete_accesses == 0, label
+
+
+def test_fused_experts_no_local_expert_chosen_gives_zeros():
+    ids = torch.tensor([[0, 1], [1, 0], [0, 2]], dtype=torch.int32)
+    weights = torch.full((3, 2), 0.5)
+    emap = torch.tensor([-1, -1, -1, 0, 1, -1], dtype=torch.int32)  # experts 3 and 4 live here
+    w13, w2 = _weights(2, 32, 16, torch.float32)
+    out = fused_experts(torch.randn(3, 32), w13, w2, weights, ids, expert_map=emap)
+    assert torch.equal(out, torch.zeros(3, 32))
+    perm = moe_permute(torch.randn(3, 32), ids, 6, emap)
+    assert perm.expert_first_token_offset.tolist() == [0, 0, 0]
+    assert torch.all(perm.inv_permuted_idx == -1) and torch.all(perm.permuted_idx == -1)
