@@ -25,6 +25,9 @@ from vllm_ascend_triton.kernels.attention import (
 )
 from vllm_ascend_triton.runtime.sku import get_sku
 
+# The interpreter converts 1-element arrays to loop bounds (numpy deprecation noise).
+pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")
+
 POISON = 12345.0
 ATOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 3e-2}
 
@@ -105,6 +108,30 @@ def test_sixty_four_sequences_tiny():
     kv_lens = [max(k, q) for k, q in zip(kv_lens, q_lens)]
     out, ref = _run(q_lens, kv_lens, 2, 1, 64, 16, torch.float16)
     torch.testing.assert_close(out, ref, atol=1e-2, rtol=0)
+
+
+def test_tuned_config_with_tiles_inside_blocks(tmp_path, monkeypatch):
+    """A tuned config (through VAT_CONFIG_DIR) with KV tiles smaller than a cache block and a
+    taller query tile: the per-tile block lookup must find the offset inside the block."""
+    import json
+
+    from vllm_ascend_triton.runtime.device import current_device
+
+    sku = current_device().sku.name
+    key = {"head_size": 64, "block_size": 64, "qpk": 2, "dtype": "float32", "decode": False}
+    folder = tmp_path / sku
+    folder.mkdir()
+    (folder / "unified_attention.json").write_text(
+        json.dumps({"kernel": "unified_attention", "sku": sku, "source": "modelled", "key_names": list(key),
+                    "configs": [{"key": key, "config": {"BLOCK_M": 32, "TILE_N": 16}}]})
+    )  # fmt: skip
+    monkeypatch.setenv("VAT_CONFIG_DIR", str(tmp_path))
+    from vllm_ascend_triton.kernels.attention import _attention_launch_config
+
+    cfg = _attention_launch_config(sku, 64, 64, torch.float32, 2, decode=False)
+    assert (cfg["TILE_N"], cfg["BLOCK_Q"], cfg["BLOCK_M"]) == (16, 16, 32)
+    out, ref = _run([20, 1], [150, 71], 4, 2, 64, 64, torch.float32, window=(40, 0))
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=0)
 
 
 def test_split_and_unsplit_agree():
