@@ -7,6 +7,8 @@ import dataclasses
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vllm_ascend_triton.kernels import rope
 from vllm_ascend_triton.kernels.rope import mrope_rotary_embedding, rotary_embedding
@@ -121,6 +123,34 @@ def test_rotary_embedding_matches_vllm(case: Case) -> None:
         _assert_close(key, ek, ATOL[case.dtype])
     if value_before is not None:  # the rest of the fused tensor is untouched
         assert torch.equal(qkv[:, (case.heads + case.kv_heads) * case.head_size :], value_before)
+
+
+@settings(max_examples=12, deadline=None, derandomize=True)
+@given(
+    head_size=st.sampled_from([64, 80, 96, 120, 128, 256]),
+    rot_frac=st.sampled_from([1.0, 0.5, 0.25]),
+    heads=st.integers(1, 4),
+    kv_heads=st.integers(0, 3),
+    neox=st.booleans(),
+    dtype=st.sampled_from([torch.float32, torch.float16]),
+    layout=st.sampled_from(["2d", "3d", "qkv"]),
+    num_tokens=st.integers(1, 4),
+)
+def test_rotary_embedding_random_configs(
+    head_size, rot_frac, heads, kv_heads, neox, dtype, layout, num_tokens
+):
+    rot_dim = max(2, int(head_size * rot_frac) // 2 * 2)
+    case = Case(head_size, rot_dim, heads, kv_heads, neox, dtype, layout, (num_tokens,))
+    positions = torch.randint(0, MAX_POS, (num_tokens,))
+    cache = _cache(rot_dim, dtype)
+    query, key, _ = _make_qk(case, num_tokens)
+    eq, ek = RotaryEmbedding.forward_static(
+        positions, query.clone(), key.clone() if key is not None else None, head_size, rot_dim, cache, neox
+    )
+    rotary_embedding(positions, query, key, head_size, cache, neox)
+    _assert_close(query, eq, ATOL[dtype])
+    if key is not None:
+        _assert_close(key, ek, ATOL[dtype])
 
 
 @pytest.mark.parametrize("neox,layout", [(True, "qkv"), (False, "3d")])
