@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vllm_ascend_triton.kernels import fused_experts, moe_permute, moe_unpermute
 from vllm_ascend_triton.kernels import fused_moe as fm
@@ -343,3 +345,20 @@ def test_fused_experts_no_local_expert_chosen_gives_zeros():
     perm = moe_permute(torch.randn(3, 32), ids, 6, emap)
     assert perm.expert_first_token_offset.tolist() == [0, 0, 0]
     assert torch.all(perm.inv_permuted_idx == -1) and torch.all(perm.permuted_idx == -1)
+
+
+@settings(max_examples=12, deadline=None, derandomize=True)
+@given(
+    m=st.integers(0, 40),
+    e=st.integers(1, 300),
+    k=st.integers(1, 16),
+    local_share=st.sampled_from([None, 0.3, 1.0]),
+    seed=st.integers(0, 2**16),
+)
+def test_permute_property(m, e, k, local_share, seed):
+    k = min(k, e)
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.topk(torch.rand(m, e, generator=gen), k).indices.to(torch.int32)
+    x = torch.randn(m, 16, generator=gen)
+    emap = _expert_map(e, max(1, int(e * local_share)), seed) if local_share else None
+    _assert_permute_equal(moe_permute(x, ids, e, emap), fm.moe_permute_ref(x, ids, e, emap))
