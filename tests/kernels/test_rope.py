@@ -393,6 +393,13 @@ def test_rotary_embedding_rejects_bad_input(name, override, exc, match) -> None:
         rotary_embedding(**args)
 
 
+def test_batched_query_whose_token_dims_cannot_merge_is_rejected() -> None:
+    positions = torch.randint(0, MAX_POS, (2, 3))
+    query = torch.zeros(2, 4, 128)[:, :3]  # batch stride 512 != 3 * 128
+    with pytest.raises(ValueError, match="query"):
+        rotary_embedding(positions, query, None, 64, _cache(32, torch.float32), True)
+
+
 BAD_MROPE = [
     ("section_sum", {"mrope_section": [8, 8, 8]}, ValueError, "mrope_section"),
     ("section_length", {"mrope_section": [16, 16]}, TypeError, "mrope_section"),
