@@ -46,7 +46,10 @@ def checks_enabled() -> bool:
 class Bf16Shim:
     """Triton's interpreter computes bf16 wrongly (it keeps bf16 as raw 16-bit integers), so on
     the interpreter backend bf16 tensors are swapped for fp32 copies; outputs are cast back
-    into the caller's tensors when the shim closes. On an NPU it hands tensors through."""
+    into the caller's tensors when the shim closes. On an NPU it hands tensors through.
+
+    A copy of a non-dense view (a slice of a fused qkv tensor, say) is contiguous, so its strides
+    differ from the original's: read strides from the tensors the shim returns."""
 
     def __init__(self, active: bool):
         self.active = active
