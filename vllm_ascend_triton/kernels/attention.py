@@ -116,6 +116,7 @@ __all__ = [
 _MAX_HEAD_SIZE = 256
 _MIN_BLOCK_M = 16  # cube fractal: fewer rows waste the same cube pass anyway
 _MAX_SPLITS = 16
+_MAX_POSITION = 2**24  # key/query positions are compared as fp32 in the kernel
 _MIN_TILES_PER_SPLIT = 2
 # Live-tile budget per program: half the 192 KB UB, the other half for double buffering.
 _UB_BUDGET = 96 * 1024
@@ -237,6 +238,7 @@ def _attention_kernel(
     offs_d = tl.arange(0, HEAD_PAD)
     d_mask = offs_d < HEAD_SIZE
     offs_n = tl.arange(0, TILE_N)
+    offs_n_f = offs_n.to(tl.float32)
     num_q_heads = num_kv_heads * QPK
     total = num_q_tiles * num_kv_heads * num_segments
     for w in range(tl.program_id(0), total, tl.num_programs(0)):
@@ -262,7 +264,9 @@ def _attention_kernel(
             ctx = seq_len - q_len
             tok = tok0 + r_tok
             row_ok = (r_head < QPK) & (tok < q_len)
-            q_pos = ctx + tok
+            # Positions are compared in fp32 (exact below 2**24, checked on the host): Ascend
+            # vectorizes float compares, integer compares in compute fall back to scalar code.
+            q_pos_f = (ctx + tok).to(tl.float32)
             row0 = (q_start + tok0).to(tl.int64)
             # 3-D [token, head, dim] addresses are affine per axis (rows r // QPK_PAD would make
             # the adapter scalarize the access); reshape to the 2-D rows the cube wants.
@@ -307,6 +311,9 @@ def _attention_kernel(
                 slope = tl.load(alibi_ptr + head3, mask=offs_qh < QPK, other=0.0).to(tl.float32)
                 slope = tl.reshape(tl.broadcast_to(slope[None, :], (BLOCK_Q, QPK_PAD)), (BLOCK_M,))
             acc = tl.zeros([BLOCK_M, HEAD_PAD], tl.float32)
+            seq_len_f = seq_len.to(tl.float32)
+            ctx_f = ctx.to(tl.float32)
+            window_f = tl.cast(window, tl.float32)
             bt_row = bt_ptr + tl.cast(seq, tl.int64) * bt_stride
             for j in range(j_lo, j_hi):
                 k0 = j * TILE_N
@@ -314,8 +321,7 @@ def _attention_kernel(
                 # One scalar block id per tile; the tile is contiguous inside that block.
                 blk = tl.load(bt_row + blk_idx).to(tl.int64)
                 in_blk = k0 - blk_idx * BLOCK_SIZE
-                kpos = k0 + offs_n
-                n_ok = kpos < seq_len
+                n_ok = (k0 + offs_n) < seq_len  # load/store masks vectorize as they are
                 kv_mask = n_ok[:, None] & d_mask[None, :]
                 k_base = blk * k_stride_b + kvh * k_stride_h + in_blk * k_stride_s
                 v_base = blk * v_stride_b + kvh * v_stride_h + in_blk * v_stride_s
@@ -325,16 +331,19 @@ def _attention_kernel(
                 if USE_SOFTCAP:
                     # tanh(y) = 1 - 2 / (exp(2y) + 1): saturates without inf/inf.
                     s = softcap * (1.0 - 2.0 / (tl.exp(2.0 * (s / softcap)) + 1.0))
-                visible = row_ok[:, None] & n_ok[None, :]
+                kpos_f = offs_n_f + k0
+                dist = q_pos_f[:, None] - kpos_f[None, :]  # query position - key position
                 if CAUSAL:
-                    visible = visible & (kpos[None, :] <= q_pos[:, None])
+                    visible = row_ok[:, None] & (dist >= 0.0)  # implies key < seqused_k
+                else:
+                    visible = row_ok[:, None] & (kpos_f < seq_len_f)[None, :]
                 if USE_WINDOW:
-                    visible = visible & ((q_pos[:, None] - kpos[None, :]) < window)
+                    visible = visible & (dist < window_f)
                     if not CAUSAL:
-                        visible = visible & ((kpos[None, :] - q_pos[:, None]) < window)
+                        visible = visible & (dist > -window_f)
                 s = tl.where(visible, s, float("-inf"))
                 if USE_ALIBI:
-                    s = s + slope[:, None] * (kpos - ctx).to(tl.float32)[None, :]
+                    s = s + slope[:, None] * (kpos_f - ctx_f)[None, :]
                 m_new = tl.maximum(m_i, tl.max(s, 1))
                 m_safe = tl.where(m_new > float("-inf"), m_new, 0.0)
                 p = tl.exp(s - m_safe[:, None])
@@ -589,6 +598,8 @@ def _validate_attention(
             raise ValueError(f"{name} must have one entry per query head ({n}), got {t.shape[0]}")
     check_positive_int("max_seqlen_q", max_seqlen_q, minimum=0)
     check_positive_int("max_seqlen_k", max_seqlen_k, minimum=0)
+    if max_seqlen_k >= _MAX_POSITION:
+        raise ValueError(f"max_seqlen_k must be < {_MAX_POSITION} (positions are compared in fp32), got {max_seqlen_k}")
     if not isinstance(softmax_scale, int | float) or isinstance(softmax_scale, bool):
         raise TypeError(f"softmax_scale must be a float, got {type(softmax_scale).__name__}")
     if not isinstance(causal, bool):
