@@ -795,7 +795,7 @@ _TRITON_DTYPE = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "
 
 def lowering_requests(sku: str) -> list[LoweringRequest]:
     """Every kernel with its default config: the sort for 8 and 512 experts (with/without an
-    expert_map), row moves and GEMMs in fp16 and bf16."""
+    expert_map), row moves and GEMMs in fp16, bf16 and fp32."""
     reqs: list[LoweringRequest] = []
     for num_local, has_map in ((8, False), (128, True), (512, False)):
         block_s, block_e = _sort_blocks(num_local)
@@ -849,7 +849,7 @@ def lowering_requests(sku: str) -> list[LoweringRequest]:
                 f"moe_position_e{num_local}",
             )
         )
-    for dtype in (torch.float16, torch.bfloat16):
+    for dtype in (torch.float16, torch.bfloat16, torch.float32):
         ty = f"*{_TRITON_DTYPE[dtype]}"
         name = _TRITON_DTYPE[dtype]
         reqs.append(
