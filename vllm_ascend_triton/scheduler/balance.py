@@ -24,11 +24,15 @@ same snapshot (:func:`~vllm_ascend_triton.scheduler.plan.compute_plan`):
    chunked to that allowance (running chunks first, then admissions in vLLM's order), not
    deferred all-or-nothing, and every rank with pending prefill progresses by at least
    ``min_chunk`` tokens per step;
-4. starvation bound: a rank whose waiting admission was blocked by the allowance for
-   ``starvation_steps`` consecutive steps gets, on the next step, enough allowance to
-   finish its running prefill chunks plus ``min_chunk``, so the request at the head of the
-   waiting queue (with a free slot) is admitted at most ``starvation_steps + 1`` steps
-   after the plan first deferred it.
+4. no starvation, bounded TTFT cost: a rank whose prefill the plan has cut (a chunk
+   shortened or an admission refused) for ``escalate_steps`` consecutive steps gets its
+   floor doubled, ``min_chunk * 2**(cut_steps // escalate_steps)``, so a burst that only
+   some ranks have is worked off at a growing rate; once the floor would reach the token
+   budget the rank is not limited at all for that step. Hence a waiting request that
+   vLLM would admit is admitted at most
+   :func:`~vllm_ascend_triton.scheduler.plan.starvation_bound` steps
+   (``escalate_steps * ceil(log2(budget / min_chunk)) + 1``; 33 with the defaults and an
+   8192-token budget) after the plan first deferred it.
 
 The allowance is enforced from inside vLLM's own ``schedule()`` through the
 ``_reserve_prefill_lookahead`` hook, which upstream calls on every running and waiting
@@ -45,7 +49,7 @@ requests while any rank runs ``max_num_seqs`` requests) for comparisons.
 
 Switches: ``VLLM_ASCEND_BALANCE_SCHEDULING=1`` (mode ``balance``), or
 ``additional_config={"balance_scheduling": true | "balance" | "gate" | {"mode": ...,
-"min_chunk": ..., "quorum": ..., "starvation_steps": ...}}``, or the constructor
+"min_chunk": ..., "quorum": ..., "escalate_steps": ...}}``, or the constructor
 keyword ``balance`` (same forms; it wins over the config, which wins over the env).
 """
 
@@ -112,7 +116,7 @@ class BalanceMixin:
         # Per-step state; None allowance and admit_new=True mean "exactly vLLM".
         self._prefill_allowance: int | None = None
         self._admit_new = True
-        self._blocked_waiting = False
+        self._cut = False
         self._starve_steps = 0
         self._snapshot: Sequence[LoadVector] | None = None
         self._dp_rank = 0
@@ -178,13 +182,13 @@ class BalanceMixin:
             return super().schedule(throttle_prefills)
         self._prefill_allowance = plan.prefill_allowance
         self._admit_new = plan.admit_new
-        self._blocked_waiting = False
+        self._cut = False
         try:
             out = super().schedule(throttle_prefills)
         finally:
             self._prefill_allowance = None
             self._admit_new = True
-        self._starve_steps = self._starve_steps + 1 if self._blocked_waiting else 0
+        self._starve_steps = self._starve_steps + 1 if self._cut else 0
         return out
 
     def _balance_all_or_nothing(self, request: Request) -> bool:
@@ -204,7 +208,7 @@ class BalanceMixin:
             return n  # a decode (or the last prompt token): never limited
         waiting = request.status != RequestStatus.RUNNING
         if waiting and not self._admit_new:
-            self._blocked_waiting = True
+            self._cut = True
             return 0
         allowance = self._prefill_allowance
         if allowance is None or n <= allowance:
@@ -216,8 +220,7 @@ class BalanceMixin:
             # Re-apply upstream's rule so the cut chunk still respects the MTP lookahead.
             cut = super()._reserve_prefill_lookahead(request, num_computed_tokens, allowance)
         self._prefill_allowance = allowance - cut
-        if waiting and cut == 0:
-            self._blocked_waiting = True
+        self._cut = True
         return cut
 
 

@@ -27,7 +27,7 @@ class LoadVector(NamedTuple):
     num_running: int
     num_waiting: int
     free_slots: int  # max_num_seqs - running
-    starve_steps: int  # consecutive steps in which the plan blocked a waiting admission
+    starve_steps: int  # consecutive steps in which the plan cut this rank's prefill
     context_tokens: int  # tokens the running requests attend to (KV in use)
 
     @property
@@ -48,9 +48,10 @@ class BalanceParams:
     min_chunk: int = 512
     # The common token level is the one that at least this share of ranks can fill.
     quorum: float = 0.5
-    # After this many consecutive steps with a blocked waiting admission, the rank may
-    # finish its running prefills plus one chunk (so the head request is admitted).
-    starvation_steps: int = 8
+    # A rank whose prefill the plan has cut for this many consecutive steps gets its
+    # chunk floor doubled (and again every as many steps), up to no limit at all: this
+    # bounds how long any request can be deferred (see starvation_bound()).
+    escalate_steps: int = 8
     max_num_seqs: int = 128
 
     def __post_init__(self) -> None:
@@ -60,8 +61,8 @@ class BalanceParams:
             raise ValueError(f"min_chunk must be >= 1, got {self.min_chunk}")
         if not 0.0 < self.quorum <= 1.0:
             raise ValueError(f"quorum must be in (0, 1], got {self.quorum}")
-        if self.starvation_steps < 1:
-            raise ValueError(f"starvation_steps must be >= 1, got {self.starvation_steps}")
+        if self.escalate_steps < 1:
+            raise ValueError(f"escalate_steps must be >= 1, got {self.escalate_steps}")
 
 
 class RankPlan(NamedTuple):
@@ -72,6 +73,21 @@ class RankPlan(NamedTuple):
 
 
 UNLIMITED = RankPlan(None, True)
+
+
+def escalation_levels(params: BalanceParams, token_budget: int) -> int:
+    """How many doublings of ``min_chunk`` reach the token budget."""
+    levels = 0
+    while params.min_chunk << levels < token_budget:
+        levels += 1
+    return levels
+
+
+def starvation_bound(params: BalanceParams, token_budget: int) -> int:
+    """Steps after which a rank whose prefill the plan keeps cutting is scheduled without
+    any limit, i.e. exactly as vLLM would: a waiting request that vLLM would admit is
+    admitted at most this many steps after the plan first deferred it."""
+    return params.escalate_steps * escalation_levels(params, token_budget) + 1
 
 
 def compute_plan(
@@ -97,12 +113,15 @@ def compute_plan(
     # The step costs what the largest rank batch costs (DP ranks are padded to it), so
     # fill every rank up to the level that a quorum of ranks reaches anyway.
     level = min(token_budget, max(totals[k - 1], max_decode + params.min_chunk))
+    top = escalation_levels(params, token_budget)
     plan = []
     for lv in loads:
-        allowance = max(0, level - lv.decode_tokens)
-        if lv.starve_steps >= params.starvation_steps:
-            # Starvation bound: finish this rank's running prefills and admit the head.
-            allowance = max(allowance, lv.running_prefill + params.min_chunk)
+        doublings = lv.starve_steps // params.escalate_steps
+        if doublings >= top:
+            # Starvation bound reached: this step the rank schedules exactly as vLLM.
+            plan.append(UNLIMITED)
+            continue
+        allowance = max(level - lv.decode_tokens, params.min_chunk << doublings)
         allowance = min(allowance, max(0, token_budget - lv.decode_tokens))
         plan.append(RankPlan(allowance, True))
     return plan

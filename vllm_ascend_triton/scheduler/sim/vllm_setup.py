@@ -123,6 +123,7 @@ def make_request(
     max_tokens: int,
     arrival_time: float = 0.0,
     token_offset: int = 0,
+    block_hasher: Any = None,
 ) -> Any:
     """A text request with ``prompt_len`` synthetic token ids that ignores EOS, so it
     generates exactly ``max_tokens`` tokens."""
@@ -141,7 +142,18 @@ def make_request(
         sampling_params=params,
         pooling_params=None,
         arrival_time=arrival_time,
+        block_hasher=block_hasher,
     )
+
+
+def make_block_hasher(vllm_config: Any) -> Any:
+    """The per-request block hasher the engine core installs when prefix caching is on."""
+    from vllm.utils.hashing import get_hash_fn_by_name
+    from vllm.v1.core.kv_cache_utils import get_request_block_hasher, init_none_hash
+
+    hash_fn = get_hash_fn_by_name(vllm_config.cache_config.prefix_caching_hash_algo)
+    init_none_hash(hash_fn)
+    return get_request_block_hasher(vllm_config.cache_config.block_size, hash_fn)
 
 
 def fake_model_output(scheduler: Any, scheduler_output: Any, token_id: int = 7) -> Any:

@@ -4,11 +4,11 @@
   (twice what the ranks can run), prompts 3500 and outputs 1500 tokens with uniform
   +-10% jitter: the shape of vllm-ascend's balance-scheduling benchmark. A client sends
   its next request the moment the previous one finishes.
-* ``b``: open loop, Poisson arrivals of mixed ShareGPT-like lengths: 75% chat turns
+* ``b``: open loop, Poisson arrivals (2/s per rank) of mixed ShareGPT-like lengths: 75% chat turns
   (log-normal prompt, median 256, and output, median 192) and 25% long-context turns
   (prompt median 2048, output median 256), capped at 8192 / 2048 tokens.
-* ``c``: bursts. A Poisson background of chat turns plus, every ``burst_every_s``
-  seconds, a burst of long prompts (6K-8K tokens, 128-384 output) pinned to the first
+* ``c``: bursts. A Poisson background of chat turns (1.5/s per rank) plus, every 20 s,
+  a burst of 4 long prompts per hot rank (6K-8K tokens, 128-384 output) pinned to the first
   quarter of the ranks (as a prefix-cache- or session-affine router would send one
   tenant's documents), so load is skewed onto some ranks.
 
@@ -90,7 +90,7 @@ class PoissonShareGPT(Workload):
     name = "b"
     description = "Poisson arrivals, ShareGPT-like mixed lengths"
 
-    def __init__(self, dp: int, max_num_seqs: int, seed: int, rate_per_rank: float = 5.0,
+    def __init__(self, dp: int, max_num_seqs: int, seed: int, rate_per_rank: float = 2.0,
                  horizon_s: float = 3600.0):
         super().__init__(dp, max_num_seqs, seed)
         rate = rate_per_rank * dp
@@ -110,8 +110,8 @@ class SkewedBursts(Workload):
     name = "c"
     description = "chat background + bursts of long prompts pinned to 1/4 of the ranks"
 
-    def __init__(self, dp: int, max_num_seqs: int, seed: int, rate_per_rank: float = 3.0,
-                 burst_every_s: float = 8.0, burst_per_rank: int = 12, horizon_s: float = 3600.0):
+    def __init__(self, dp: int, max_num_seqs: int, seed: int, rate_per_rank: float = 1.5,
+                 burst_every_s: float = 20.0, burst_per_rank: int = 4, horizon_s: float = 3600.0):
         super().__init__(dp, max_num_seqs, seed)
         t = 0.0
         rate = rate_per_rank * dp

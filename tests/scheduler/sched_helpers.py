@@ -1,0 +1,60 @@
+"""Shared helpers for the scheduler tests: canonical SchedulerOutput and a stepping driver."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from vllm_ascend_triton.scheduler.sim.vllm_setup import fake_model_output, make_block_hasher, make_request
+
+
+def canonical(so: Any) -> dict[str, Any]:
+    """Every field of a SchedulerOutput that describes the scheduling decision, as plain data."""
+    cached = so.scheduled_cached_reqs
+    return {
+        "new": [
+            (r.req_id, list(r.prompt_token_ids or []), tuple(map(tuple, r.block_ids)), r.num_computed_tokens)
+            for r in so.scheduled_new_reqs
+        ],
+        "cached": (
+            list(cached.req_ids),
+            sorted(cached.resumed_req_ids),
+            [None if b is None else tuple(map(tuple, b)) for b in cached.new_block_ids],
+            list(cached.num_computed_tokens),
+            list(cached.num_output_tokens),
+            [list(x) for x in cached.new_token_ids],
+        ),
+        "num_scheduled_tokens": dict(so.num_scheduled_tokens),
+        "total": so.total_num_scheduled_tokens,
+        "spec": dict(so.scheduled_spec_decode_tokens),
+        "encoder": dict(so.scheduled_encoder_inputs),
+        "finished": sorted(so.finished_req_ids),
+        "preempted": sorted(so.preempted_req_ids or ()),
+        "common_prefix": list(so.num_common_prefix_blocks),
+        "zero": so.new_block_ids_to_zero,
+    }
+
+
+def step(sched: Any, throttle: bool = False) -> tuple[Any, dict]:
+    so = sched.schedule(throttle)
+    out = sched.update_from_output(so, fake_model_output(sched, so))
+    return so, out
+
+
+def add(sched: Any, rid: str, prompt_len: int, max_tokens: int, offset: int = 0) -> None:
+    hasher = None
+    if sched.cache_config.enable_prefix_caching:
+        hasher = getattr(sched, "_test_hasher", None)
+        if hasher is None:
+            hasher = sched._test_hasher = make_block_hasher(sched.vllm_config)
+    sched.add_request(make_request(rid, prompt_len, max_tokens, token_offset=offset, block_hasher=hasher))
+
+
+def free_blocks_when_empty_ok(sched: Any) -> bool:
+    """No KV block leaked: with no request left, every block but the null block is free."""
+    pool = sched.kv_cache_manager.block_pool
+    return pool.get_num_free_blocks() == pool.num_gpu_blocks - 1
+
+
+def replace_fields(obj: Any, **kw: Any) -> Any:
+    return dataclasses.replace(obj, **kw)
