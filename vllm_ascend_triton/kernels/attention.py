@@ -40,6 +40,9 @@ sinks=None, *, num_kv_splits=None)` follows vLLM 0.32's
 - bf16 on the interpreter goes through the runtime's bf16 shim (fp32 arithmetic on bf16 data).
 - `num_kv_splits` (ours, keyword-only): None = the wrapper decides, 1 = never split, n > 1 =
   force n context segments (tests use it).
+- Not supported (vLLM 0.32 extras outside the contract): per-sequence `causal` tensors, fp8 /
+  int8 KV caches and descales, qq_bias, mm_prefix ranges, chunked-local attention, R-SWA.
+  A `causal` that is not a bool raises TypeError.
 
 Ascend design
 -------------
@@ -50,23 +53,32 @@ Ascend design
   item finds its sequence by a scalar binary search over `cu_seqlens_q` and skips tiles past
   the sequence's query length.
 - GQA: a query tile holds `BLOCK_Q` tokens x all `QPK = Hq / Hkv` query heads of one KV head
-  (rows `r -> token r // QPK_PAD, head r % QPK_PAD`, at least 16 rows for the cube), so each KV
-  tile is read once per (sequence, KV head, query tile) and feeds all heads of the group.
+  (rows `r -> token r // QPK_PAD, head r % QPK_PAD`, `BLOCK_M = BLOCK_Q * QPK_PAD >= 16` rows
+  for the cube), so each KV tile is read once per (sequence, KV head, query tile) and feeds all
+  heads of the group. Q, the output and the split workspace are addressed through the 3-D
+  `[BLOCK_Q, QPK_PAD, HEAD_PAD]` view (affine per axis) and `tl.reshape`d to/from the 2-D rows:
+  addressing rows through `r // QPK_PAD` made the adapter scalarize the output store.
 - The KV loop is tiled BY CACHE BLOCK: a KV tile is `TILE_N` keys with `TILE_N` a power of two
   dividing `block_size`, so a tile never straddles blocks. Per tile the kernel loads ONE scalar
   block id from the block table, then K and V as contiguous `[TILE_N, HEAD_PAD]` tiles at a
   scalar (int64) base address. Looking the block id up per row (the GPU style) makes the
   Ascend adapter scalarize the KV loads (discrete accesses); the scalar lookup gives none.
-- `tl.dot` computes `Q K^T` and `P V` on the cube with fp32 accumulation; the online softmax
-  (running max / sum, rescaling of the accumulator) runs in fp32 on the vector units. The head
-  dim is padded to a power of two (`HEAD_PAD`) with masks (80 -> 128, 96 -> 128).
+- `tl.dot` computes `Q K^T` and `P V` on the cube with fp32 accumulation (triton-ascend's dot
+  docs list fp16/bf16/fp32/int8 inputs on A2/A3); the online softmax (running max / sum,
+  rescaling of the accumulator) runs in fp32 on the vector units. The head dim is padded to a
+  power of two (`HEAD_PAD`) with masks (80 -> 128, 96 -> 128).
+- Masks inside the KV loop compare positions as fp32 (`q_pos - k_pos` once per tile): Ascend
+  vectorizes float compares while integer compares in compute fall back to scalar code.
+  Positions are exact in fp32 below 2**24, which the wrapper enforces on `max_seqlen_k`.
 - The tile loop only visits tiles the row range can see: causal tiles stop at the tile's last
   query position, sliding windows start at the first visible key.
 - Tile sizes: `BLOCK_M` (query rows) and `TILE_N` (keys per KV tile) come from
   `lookup_config(sku, "unified_attention", ...)`; the default keeps the live tiles (Q, K, V,
   S, P, acc) under half of the 192 KB Unified Buffer so double buffering fits:
-  `_ub_estimate` below, e.g. fp16 D=128: BLOCK_M 16, TILE_N 128 -> 92 KB; fp32 D=256 ->
-  TILE_N 16. Decode-only batches use one token per query tile (no wasted rows).
+  `_ub_estimate` below (it also counts the fp32 S/P/acc tiles): fp16 D=128 block 128 ->
+  BLOCK_M 16, TILE_N 64; fp32 D=256 -> TILE_N 16. The adapter IR of those defaults allocates
+  12-41 KB of buffers (`vat compile` / the lowering test report it). Decode-only batches keep
+  the minimum 16 rows (one real token per sequence; the tile's other tokens are masked).
 - Split-KV (decode, few sequences): when `num_seqs * Hkv` work items cannot fill the cube
   cores, each item's KV range is cut into `num_kv_splits` segments (work item = (tile, KV head,
   segment)); each segment writes its unnormalized accumulator, running max and sum to an fp32
