@@ -47,9 +47,15 @@ def _check_poison(big: torch.Tensor, num_valid: int, num_heads: int, head_size: 
 
 def _run(
     q_lens, kv_lens, hq, hkv, d, bs, dtype, *, causal=True, window=(-1, -1), softcap=0.0, alibi=False,
-    sinks=False, splits=None, extra_blocks=1, pad_tokens=0, seed=0,
+    sinks=False, splits=None, extra_blocks=1, pad_tokens=0, seed=0, fused_q=False, packed_kv=False, extra_rows=0,
 ):  # fmt: skip
     c = make_paged_case(q_lens, kv_lens, hq, hkv, d, bs, dtype, extra_blocks=extra_blocks, seed=seed)
+    k_cache, v_cache, block_table = c["k_cache"], c["v_cache"], c["block_table"]
+    if packed_kv:  # vLLM 0.32: one [blocks, 2, block_size, H, D] tensor, K and V strided views
+        kv = torch.stack([k_cache, v_cache], dim=1)
+        k_cache, v_cache = kv[:, 0], kv[:, 1]
+    if extra_rows:  # vLLM's persistent block table has rows for more requests than scheduled
+        block_table = torch.cat([block_table, torch.full((extra_rows, block_table.shape[1]), -7, dtype=torch.int32)])
     g = torch.Generator().manual_seed(seed + 1)
     slopes = (torch.rand(hq, generator=g) * 0.5).float() if alibi else None
     sink_t = torch.randn(hq, generator=g).float() if sinks else None
@@ -57,11 +63,15 @@ def _run(
     q = c["q"]
     if pad_tokens:  # vLLM pads q past cu_seqlens_q[-1]; those rows must stay untouched
         q = torch.cat([q, torch.randn(pad_tokens, hq, d, generator=g).to(dtype)])
+    if fused_q:  # q as the first heads of a fused qkv tensor (token stride > Hq * D)
+        qkv = torch.randn(q.shape[0], hq + 2 * hkv, d, generator=g).to(dtype)
+        qkv[:, :hq] = q
+        q = qkv[:, :hq]
     big, out = _poisoned_out(total, hq, d, dtype, pad_tokens)
     scale = d**-0.5
     unified_attention(
-        q, c["k_cache"], c["v_cache"], out, c["cu_seqlens_q"], max(q_lens), c["seqused_k"], max(kv_lens),
-        scale, causal, window, c["block_table"], softcap, alibi_slopes=slopes, sinks=sink_t, num_kv_splits=splits,
+        q, k_cache, v_cache, out, c["cu_seqlens_q"], max(q_lens), c["seqused_k"], max(kv_lens),
+        scale, causal, window, block_table, softcap, alibi_slopes=slopes, sinks=sink_t, num_kv_splits=splits,
     )  # fmt: skip
     ref = unified_attention_reference(
         c["q"], c["k_cache"], c["v_cache"], c["cu_seqlens_q"], c["seqused_k"], scale, causal, window,
@@ -74,6 +84,8 @@ def _run(
 # (id, q_lens, kv_lens, hq, hkv, head, block, dtype, options)
 CASES = [
     ("decode1_mha_h64_b16_fp32", [1], [1], 1, 1, 64, 16, torch.float32, {}),
+    ("mqa_qpk20_fused_q_packed_kv_h64_b16_fp16", [3, 1], [12, 20], 20, 1, 64, 16, torch.float16,
+     {"fused_q": True, "packed_kv": True, "extra_rows": 2}),
     ("mixed_zero_tokens_gqa2_h64_b16_fp32", [4, 0, 1, 3], [9, 7, 30, 3], 4, 2, 64, 16, torch.float32, {}),
     ("prefill_gqa4_h128_b32_fp16", [17, 5], [17, 40], 8, 2, 128, 32, torch.float16, {}),
     ("chunked_odd_gqa3_h80_b16_fp32_window", [6, 2], [37, 20], 6, 2, 80, 16, torch.float32, {"window": (7, 0)}),
@@ -87,7 +99,8 @@ CASES = [
     ("padded_q_rows_h64_b16_fp16", [2, 1], [10, 17], 2, 1, 64, 16, torch.float16, {"pad_tokens": 3}),
     ("no_trailing_blocks_h96_b32_fp32", [1, 2], [64, 33], 2, 1, 96, 32, torch.float32, {"extra_blocks": 0}),
     # split-KV (forced) on decode and on a mixed batch, with the features that touch the reduction
-    ("split3_decode_gqa4_h128_b16_fp16", [1, 1], [70, 9], 4, 1, 128, 16, torch.float16, {"splits": 3}),
+    ("split3_decode_gqa4_h128_b16_fp16_packed", [1, 1], [70, 9], 4, 1, 128, 16, torch.float16,
+     {"splits": 3, "packed_kv": True, "fused_q": True}),
     ("split4_sinks_alibi_h64_b32_fp32", [1, 1, 1], [90, 1, 33], 2, 2, 64, 32, torch.float32, {"splits": 4, "sinks": True, "alibi": True}),
     ("split2_mixed_window_h80_b16_fp32", [3, 0, 1], [25, 4, 40], 2, 1, 80, 16, torch.float32, {"splits": 2, "window": (9, 0)}),
     ("split5_softcap_bf16_h256_b64", [1], [200], 2, 1, 256, 64, torch.bfloat16, {"splits": 5, "softcap": 3.0}),
