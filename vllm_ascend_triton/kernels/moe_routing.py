@@ -61,7 +61,7 @@ Ascend design
   1. count: per tile of BLOCK_N routes, a one-hot [BLOCK_N, BLOCK_E] compare summed over routes
      gives the tile's per-expert counts (one contiguous row store per tile);
   2. scan: programs own chunks of experts and run an exclusive prefix sum over the tiles'
-     counts (2-D `tl.cumsum` over BLOCK_T tiles at a time), in place, plus per-expert totals;
+     counts, one contiguous row per step, in place, plus per-expert totals;
   3. blocks: each program rebuilds the padded expert offsets from the totals (one `tl.cumsum`
      over <= 1024 experts), writes `expert_ids` for its blocks (expert of a block = number of
      experts ending at or before it; `expert_map` applied by a one-hot reduction, not a
@@ -246,21 +246,18 @@ def _align_count_kernel(
 
 
 @triton.jit
-def _align_scan_kernel(
-    tile_counts_ptr, totals_ptr, num_tiles, num_experts, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr
-):
-    # In place: tile_counts[t, e] becomes the number of routes to e in tiles before t.
+def _align_scan_kernel(tile_counts_ptr, totals_ptr, num_tiles, num_experts, BLOCK_E: tl.constexpr):
+    # In place: tile_counts[t, e] becomes the number of routes to e in tiles before t. One
+    # contiguous row of BLOCK_E experts per step; programs own disjoint expert chunks.
     for chunk in range(tl.program_id(0), tl.cdiv(num_experts, BLOCK_E), tl.num_programs(0)):
         offs_e = chunk * BLOCK_E + tl.arange(0, BLOCK_E)
         e_ok = offs_e < num_experts
         running = tl.zeros([BLOCK_E], tl.int32)
-        for t0 in range(0, num_tiles, BLOCK_T):
-            offs_t = t0 + tl.arange(0, BLOCK_T)
-            m = (offs_t < num_tiles)[:, None] & e_ok[None, :]
-            ptrs = tile_counts_ptr + offs_t[:, None] * num_experts + offs_e[None, :]
-            c = tl.load(ptrs, mask=m, other=0)
-            tl.store(ptrs, tl.cumsum(c, axis=0) - c + running[None, :], mask=m)
-            running += tl.sum(c, axis=0)
+        for t in range(0, num_tiles):
+            ptrs = tile_counts_ptr + t * num_experts + offs_e
+            c = tl.load(ptrs, mask=e_ok, other=0)
+            tl.store(ptrs, running, mask=e_ok)
+            running += c
         tl.store(totals_ptr + offs_e, running, mask=e_ok)
 
 
@@ -404,9 +401,8 @@ def _route(
         _check("e_score_correction_bias", e_score_correction_bias, dtypes=FLOAT_DTYPES, ndim=1)
         check_same_device(gating_output=gating_output, e_score_correction_bias=e_score_correction_bias)
         if e_score_correction_bias.shape[0] != num_experts:
-            raise ValueError(
-                f"e_score_correction_bias must have shape ({num_experts},), got {tuple(e_score_correction_bias.shape)}"
-            )
+            shape = tuple(e_score_correction_bias.shape)
+            raise ValueError(f"e_score_correction_bias must have shape ({num_experts},), got {shape}")
         if num_expert_group > 1 and group_size < 2:
             raise ValueError(
                 "e_score_correction_bias needs >= 2 experts per group (group score = sum of the top-2)"
@@ -523,7 +519,6 @@ def _align_config(numel: int, num_experts: int) -> dict:
     block_e = triton.next_power_of_2(num_experts)
     default = {
         "BLOCK_N": max(16, min(256, _ALIGN_TILE_ELEMS // block_e)),
-        "BLOCK_T": 16,
         "BLOCK_E_SCAN": min(block_e, 64),
         "BLOCK_B": max(8, min(256, _ALIGN_TILE_ELEMS // block_e)),
         "BLOCK_S": 1024,
@@ -580,7 +575,7 @@ def moe_align_block_size(
         flat, tile_counts, numel, num_experts, BLOCK_N=cfg["BLOCK_N"], BLOCK_E=block_e
     )
     _align_scan_kernel[persistent_grid(triton.cdiv(num_experts, cfg["BLOCK_E_SCAN"]), device=dev)](
-        tile_counts, totals, num_tiles, num_experts, BLOCK_T=cfg["BLOCK_T"], BLOCK_E=cfg["BLOCK_E_SCAN"]
+        tile_counts, totals, num_tiles, num_experts, BLOCK_E=cfg["BLOCK_E_SCAN"]
     )
     block_work = max(triton.cdiv(num_blocks, cfg["BLOCK_B"]), triton.cdiv(size, cfg["BLOCK_S"]))
     _align_blocks_kernel[persistent_grid(block_work, device=dev)](
@@ -785,7 +780,7 @@ def lowering_requests(sku: str) -> list[LoweringRequest]:
         LoweringRequest(
             kernel_ref(_align_scan_kernel),
             {"tile_counts_ptr": "*i32", "totals_ptr": "*i32", "num_tiles": "i32", "num_experts": "i32"},
-            {"BLOCK_T": 16, "BLOCK_E": 64},
+            {"BLOCK_E": 64},
             sku,
             "align_scan",
         )
