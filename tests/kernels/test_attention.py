@@ -29,6 +29,7 @@ from vllm_ascend_triton.runtime.sku import get_sku
 pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")
 
 POISON = 12345.0
+F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
 ATOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 3e-2}
 
 
@@ -47,7 +48,8 @@ def _check_poison(big: torch.Tensor, num_valid: int, num_heads: int, head_size: 
 
 def _run(
     q_lens, kv_lens, hq, hkv, d, bs, dtype, *, causal=True, window=(-1, -1), softcap=0.0, alibi=False,
-    sinks=False, splits=None, extra_blocks=1, pad_tokens=0, seed=0, fused_q=False, packed_kv=False, extra_rows=0,
+    sinks=False, splits=None, extra_blocks=1, pad_tokens=0, seed=0, fused_q=False, packed_kv=False,
+    extra_rows=0,
 ):  # fmt: skip
     c = make_paged_case(q_lens, kv_lens, hq, hkv, d, bs, dtype, extra_blocks=extra_blocks, seed=seed)
     k_cache, v_cache, block_table = c["k_cache"], c["v_cache"], c["block_table"]
@@ -55,7 +57,9 @@ def _run(
         kv = torch.stack([k_cache, v_cache], dim=1)
         k_cache, v_cache = kv[:, 0], kv[:, 1]
     if extra_rows:  # vLLM's persistent block table has rows for more requests than scheduled
-        block_table = torch.cat([block_table, torch.full((extra_rows, block_table.shape[1]), -7, dtype=torch.int32)])
+        block_table = torch.cat(
+            [block_table, torch.full((extra_rows, block_table.shape[1]), -7, dtype=torch.int32)]
+        )
     g = torch.Generator().manual_seed(seed + 1)
     slopes = (torch.rand(hq, generator=g) * 0.5).float() if alibi else None
     sink_t = torch.randn(hq, generator=g).float() if sinks else None
@@ -82,29 +86,34 @@ def _run(
 
 
 # (id, q_lens, kv_lens, hq, hkv, head, block, dtype, options)
+# fmt: off
 CASES = [
-    ("decode1_mha_h64_b16_fp32", [1], [1], 1, 1, 64, 16, torch.float32, {}),
-    ("mqa_qpk20_fused_q_packed_kv_h64_b16_fp16", [3, 1], [12, 20], 20, 1, 64, 16, torch.float16,
+    ("decode1_mha_h64_b16_fp32", [1], [1], 1, 1, 64, 16, F32, {}),
+    ("mqa_qpk20_fused_q_packed_kv_h64_b16_fp16", [3, 1], [12, 20], 20, 1, 64, 16, F16,
      {"fused_q": True, "packed_kv": True, "extra_rows": 2}),
-    ("mixed_zero_tokens_gqa2_h64_b16_fp32", [4, 0, 1, 3], [9, 7, 30, 3], 4, 2, 64, 16, torch.float32, {}),
-    ("prefill_gqa4_h128_b32_fp16", [17, 5], [17, 40], 8, 2, 128, 32, torch.float16, {}),
-    ("chunked_odd_gqa3_h80_b16_fp32_window", [6, 2], [37, 20], 6, 2, 80, 16, torch.float32, {"window": (7, 0)}),
-    ("window_larger_than_seq_h96_b64_fp16", [5, 1], [12, 50], 2, 1, 96, 64, torch.float16, {"window": (127, 0)}),
-    ("softcap_mqa_h256_b16_fp32", [3, 1], [19, 33], 4, 1, 256, 16, torch.float32, {"softcap": 5.0}),
-    ("alibi_gqa2_h64_b128_fp16", [4, 1], [140, 9], 4, 2, 64, 128, torch.float16, {"alibi": True}),
-    ("sinks_gqa8_h128_b16_fp32", [2, 1], [21, 18], 8, 1, 128, 16, torch.float32, {"sinks": True}),
-    ("noncausal_window_h64_b32_fp32", [5, 3], [5, 40], 2, 2, 64, 32, torch.float32, {"causal": False, "window": (4, 4)}),
-    ("noncausal_h80_b64_fp16_softcap", [6], [70], 3, 1, 80, 64, torch.float16, {"causal": False, "softcap": 10.0}),
-    ("bf16_gqa2_h128_b16_sinks", [3, 1], [20, 45], 4, 2, 128, 16, torch.bfloat16, {"sinks": True}),
-    ("padded_q_rows_h64_b16_fp16", [2, 1], [10, 17], 2, 1, 64, 16, torch.float16, {"pad_tokens": 3}),
-    ("no_trailing_blocks_h96_b32_fp32", [1, 2], [64, 33], 2, 1, 96, 32, torch.float32, {"extra_blocks": 0}),
+    ("mixed_zero_tokens_gqa2_h64_b16_fp32", [4, 0, 1, 3], [9, 7, 30, 3], 4, 2, 64, 16, F32, {}),
+    ("prefill_gqa4_h128_b32_fp16", [17, 5], [17, 40], 8, 2, 128, 32, F16, {}),
+    ("chunked_odd_gqa3_h80_b16_fp32_window", [6, 2], [37, 20], 6, 2, 80, 16, F32, {"window": (7, 0)}),
+    ("window_larger_than_seq_h96_b64_fp16", [5, 1], [12, 50], 2, 1, 96, 64, F16, {"window": (127, 0)}),
+    ("softcap_mqa_h256_b16_fp32", [3, 1], [19, 33], 4, 1, 256, 16, F32, {"softcap": 5.0}),
+    ("alibi_gqa2_h64_b128_fp16", [4, 1], [140, 9], 4, 2, 64, 128, F16, {"alibi": True}),
+    ("sinks_gqa8_h128_b16_fp32", [2, 1], [21, 18], 8, 1, 128, 16, F32, {"sinks": True}),
+    ("noncausal_window_h64_b32_fp32", [5, 3], [5, 40], 2, 2, 64, 32, F32,
+     {"causal": False, "window": (4, 4)}),
+    ("noncausal_h80_b64_fp16_softcap", [6], [70], 3, 1, 80, 64, F16, {"causal": False, "softcap": 10.0}),
+    ("bf16_gqa2_h128_b16_sinks", [3, 1], [20, 45], 4, 2, 128, 16, BF16, {"sinks": True}),
+    ("padded_q_rows_h64_b16_fp16", [2, 1], [10, 17], 2, 1, 64, 16, F16, {"pad_tokens": 3}),
+    ("no_trailing_blocks_h96_b32_fp32", [1, 2], [64, 33], 2, 1, 96, 32, F32, {"extra_blocks": 0}),
     # split-KV (forced) on decode and on a mixed batch, with the features that touch the reduction
-    ("split3_decode_gqa4_h128_b16_fp16_packed", [1, 1], [70, 9], 4, 1, 128, 16, torch.float16,
+    ("split3_decode_gqa4_h128_b16_fp16_packed", [1, 1], [70, 9], 4, 1, 128, 16, F16,
      {"splits": 3, "packed_kv": True, "fused_q": True}),
-    ("split4_sinks_alibi_h64_b32_fp32", [1, 1, 1], [90, 1, 33], 2, 2, 64, 32, torch.float32, {"splits": 4, "sinks": True, "alibi": True}),
-    ("split2_mixed_window_h80_b16_fp32", [3, 0, 1], [25, 4, 40], 2, 1, 80, 16, torch.float32, {"splits": 2, "window": (9, 0)}),
-    ("split5_softcap_bf16_h256_b64", [1], [200], 2, 1, 256, 64, torch.bfloat16, {"splits": 5, "softcap": 3.0}),
+    ("split4_sinks_alibi_h64_b32_fp32", [1, 1, 1], [90, 1, 33], 2, 2, 64, 32, F32,
+     {"splits": 4, "sinks": True, "alibi": True}),
+    ("split2_mixed_window_h80_b16_fp32", [3, 0, 1], [25, 4, 40], 2, 1, 80, 16, F32,
+     {"splits": 2, "window": (9, 0)}),
+    ("split5_softcap_bf16_h256_b64", [1], [200], 2, 1, 256, 64, BF16, {"splits": 5, "softcap": 3.0}),
 ]
+# fmt: on
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
@@ -118,7 +127,7 @@ def test_unified_attention_matches_reference(case):
 def test_sixty_four_sequences_tiny():
     q_lens = [1 if s % 3 else 2 for s in range(64)]
     kv_lens = [1 + (s * 7) % 19 for s in range(64)]
-    kv_lens = [max(k, q) for k, q in zip(kv_lens, q_lens)]
+    kv_lens = [max(k, q) for k, q in zip(kv_lens, q_lens, strict=True)]
     out, ref = _run(q_lens, kv_lens, 2, 1, 64, 16, torch.float16)
     torch.testing.assert_close(out, ref, atol=1e-2, rtol=0)
 
@@ -227,16 +236,36 @@ def _bad_cases():
         ("block id out of range", out_of_range_block_id, ValueError, "block_table entries"),
         ("seqused_k < query len", seqused_below_query_len, ValueError, "seqused_k"),
         ("cu_seqlens_q length", cu_len, ValueError, "cu_seqlens_q"),
-        ("float cu_seqlens_q", lambda a: a.update(cu_seqlens_q=a["cu_seqlens_q"].float()), TypeError, "cu_seqlens_q"),
+        (
+            "float cu_seqlens_q",
+            lambda a: a.update(cu_seqlens_q=a["cu_seqlens_q"].float()),
+            TypeError,
+            "cu_seqlens_q",
+        ),
         ("fp16 cache with fp32 q", lambda a: a.update(k_cache=a["k_cache"].half()), TypeError, "k_cache"),
         ("int q", lambda a: a.update(q=a["q"].int()), TypeError, "q"),
-        ("float block_table", lambda a: a.update(block_table=a["block_table"].float()), TypeError, "block_table"),
+        (
+            "float block_table",
+            lambda a: a.update(block_table=a["block_table"].float()),
+            TypeError,
+            "block_table",
+        ),
         ("out shape", lambda a: a.update(out=a["out"][:, :2]), ValueError, "out"),
-        ("head size 512", lambda a: a.update(q=torch.randn(3, 4, 512), out=torch.zeros(3, 4, 512)), ValueError, "head_size"),
+        (
+            "head size 512",
+            lambda a: a.update(q=torch.randn(3, 4, 512), out=torch.zeros(3, 4, 512)),
+            ValueError,
+            "head_size",
+        ),
         ("window not a pair", lambda a: a.update(window_size=(3,)), ValueError, "window_size"),
         ("negative softcap", lambda a: a.update(softcap=-1.0), ValueError, "softcap"),
         ("sinks length", lambda a: a.update(sinks=torch.zeros(3)), ValueError, "sinks"),
-        ("alibi dtype", lambda a: a.update(alibi_slopes=torch.zeros(4, dtype=torch.float16)), TypeError, "alibi_slopes"),
+        (
+            "alibi dtype",
+            lambda a: a.update(alibi_slopes=torch.zeros(4, dtype=torch.float16)),
+            TypeError,
+            "alibi_slopes",
+        ),
         ("max_seqlen_q too small", lambda a: a.update(max_seqlen_q=1), ValueError, "max_seqlen_q"),
         ("causal not bool", lambda a: a.update(causal=1), TypeError, "causal"),
         ("num_kv_splits zero", lambda a: a.update(num_kv_splits=0), ValueError, "num_kv_splits"),
@@ -302,7 +331,15 @@ def test_reshape_and_cache_empty_and_all_skipped():
         (lambda a: a.update(value_cache=torch.zeros(2, 16, 1, 32)), ValueError, "value_cache shape"),
         (lambda a: a.update(key_cache=torch.zeros(2, 16, 64)), ValueError, "key_cache"),
     ],
-    ids=["slot_too_big", "slot_below_minus_one", "float_slots", "head_mismatch", "too_few_rows", "cache_shape", "cache_rank"],
+    ids=[
+        "slot_too_big",
+        "slot_below_minus_one",
+        "float_slots",
+        "head_mismatch",
+        "too_few_rows",
+        "cache_shape",
+        "cache_rank",
+    ],
 )
 def test_reshape_and_cache_bad_input(mutate, exc, match):
     args = dict(
@@ -341,7 +378,9 @@ def test_lowering_all_variants(lowered):
         ub = get_sku(res.request.sku).ub_bytes
         assert report.fits_ub(ub), f"{res.request.label}: {report.ub_bytes} B of buffers"
         # Per-tile scalar block-id lookup and per-axis q/out addressing: no scalarized accesses.
-        assert report.discrete_accesses == 0, f"{res.request.label}: {report.discrete_accesses} discrete accesses"
+        assert report.discrete_accesses == 0, (
+            f"{res.request.label}: {report.discrete_accesses} discrete accesses"
+        )
         if "unified_attention" in res.request.label:
             assert report.mix_mode != "aiv", f"{res.request.label} must use the cube cores"
         else:

@@ -94,7 +94,6 @@ Ascend design
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 
 import torch
@@ -286,8 +285,11 @@ def _attention_kernel(
             ok3 = ((tok3 < q_len)[:, None] & (offs_qh < QPK)[None, :])[:, :, None] & d_mask[None, None, :]
             head3 = kvh * QPK + offs_qh
             q3 = tl.load(
-                q_ptr + row0 * q_stride_t + offs_qt[:, None, None] * q_stride_t
-                + head3[None, :, None] * q_stride_h + offs_d[None, None, :],
+                q_ptr
+                + row0 * q_stride_t
+                + offs_qt[:, None, None] * q_stride_t
+                + head3[None, :, None] * q_stride_h
+                + offs_d[None, None, :],
                 mask=ok3,
                 other=0.0,
             )
@@ -337,8 +339,12 @@ def _attention_kernel(
                 kv_mask = n_ok[:, None] & d_mask[None, :]
                 k_base = blk * k_stride_b + kvh * k_stride_h + in_blk * k_stride_s
                 v_base = blk * v_stride_b + kvh * v_stride_h + in_blk * v_stride_s
-                k = tl.load(k_ptr + k_base + offs_n[:, None] * k_stride_s + offs_d[None, :], mask=kv_mask, other=0.0)
-                v = tl.load(v_ptr + v_base + offs_n[:, None] * v_stride_s + offs_d[None, :], mask=kv_mask, other=0.0)
+                k = tl.load(
+                    k_ptr + k_base + offs_n[:, None] * k_stride_s + offs_d[None, :], mask=kv_mask, other=0.0
+                )
+                v = tl.load(
+                    v_ptr + v_base + offs_n[:, None] * v_stride_s + offs_d[None, :], mask=kv_mask, other=0.0
+                )
                 s = tl.dot(q, tl.trans(k)) * scale
                 if USE_SOFTCAP:
                     # tanh(y) = 1 - 2 / (exp(2y) + 1): saturates without inf/inf.
@@ -380,8 +386,11 @@ def _attention_kernel(
                 l_safe = tl.where(l_i > 0.0, l_i, 1.0)
                 o = tl.reshape(acc / l_safe[:, None], (BLOCK_Q, QPK_PAD, HEAD_PAD))
                 tl.store(
-                    out_ptr + row0 * o_stride_t + offs_qt[:, None, None] * o_stride_t
-                    + head3[None, :, None] * o_stride_h + offs_d[None, None, :],
+                    out_ptr
+                    + row0 * o_stride_t
+                    + offs_qt[:, None, None] * o_stride_t
+                    + head3[None, :, None] * o_stride_h
+                    + offs_d[None, None, :],
                     o.to(out_ptr.dtype.element_ty),
                     mask=ok3,
                 )
@@ -417,14 +426,14 @@ def _split_reduce_kernel(
         if t < valid_tokens:
             row0 = (tl.cast(t, tl.int64) * num_q_heads + h) * num_segments
             m = tl.load(ws_m_ptr + row0 + offs_s, mask=s_mask, other=float("-inf"))
-            l = tl.load(ws_l_ptr + row0 + offs_s, mask=s_mask, other=0.0)
+            l_seg = tl.load(ws_l_ptr + row0 + offs_s, mask=s_mask, other=0.0)
             m_max = tl.max(m, 0)
             if USE_SINKS:
                 sink = tl.load(sinks_ptr + h).to(tl.float32)
                 m_max = tl.maximum(m_max, sink)
             m_safe = tl.where(m_max > float("-inf"), m_max, 0.0)
             wgt = tl.exp(m - m_safe)
-            l_tot = tl.sum(l * wgt, 0)
+            l_tot = tl.sum(l_seg * wgt, 0)
             if USE_SINKS:
                 l_tot += tl.exp(sink - m_safe)
             acc = tl.load(
@@ -448,7 +457,9 @@ def _split_reduce_kernel(
 def _ub_estimate(block_m: int, tile_n: int, head_pad: int, elem_bytes: int) -> int:
     """Bytes of one program's live tiles: Q, K, V in the data dtype; S, P, acc and the
     rescaled acc in fp32 (plus the PV product)."""
-    return elem_bytes * (block_m * head_pad + 2 * tile_n * head_pad) + 4 * (2 * block_m * tile_n + 3 * block_m * head_pad)
+    return elem_bytes * (block_m * head_pad + 2 * tile_n * head_pad) + 4 * (
+        2 * block_m * tile_n + 3 * block_m * head_pad
+    )
 
 
 def _largest_pow2_divisor(n: int) -> int:
@@ -469,20 +480,37 @@ def _attention_launch_config(
     qpk_pad = triton.next_power_of_2(qpk)
     elem = 4 if dtype == torch.float32 else 2
     default = _default_attention_config(head_pad, block_size, elem, max(_MIN_BLOCK_M, qpk_pad))
-    key = {"head_size": head_size, "block_size": block_size, "qpk": qpk, "dtype": str(dtype).removeprefix("torch."), "decode": decode}
+    key = {
+        "head_size": head_size,
+        "block_size": block_size,
+        "qpk": qpk,
+        "dtype": str(dtype).removeprefix("torch."),
+        "decode": decode,
+    }
     cfg = lookup_config(sku, "unified_attention", key, default)
     tile_n = int(cfg["TILE_N"])
     if tile_n < 1 or tile_n & (tile_n - 1) or block_size % tile_n:
-        raise ValueError(f"unified_attention config TILE_N={tile_n} must be a power of two dividing block_size={block_size}")
+        raise ValueError(
+            f"unified_attention config TILE_N={tile_n} must be a power of two dividing "
+            f"block_size={block_size}"
+        )
     # Decode tiles hold one real token; the cube still wants >= 16 rows, so the tile keeps the
     # minimum row count (its extra tokens are past the sequence's single query and masked).
     rows = _MIN_BLOCK_M if decode else max(_MIN_BLOCK_M, int(cfg["BLOCK_M"]))
     block_q = max(1, rows // qpk_pad)
     block_m = block_q * qpk_pad
-    return {"BLOCK_Q": block_q, "BLOCK_M": block_m, "TILE_N": tile_n, "HEAD_PAD": head_pad, "QPK_PAD": qpk_pad}
+    return {
+        "BLOCK_Q": block_q,
+        "BLOCK_M": block_m,
+        "TILE_N": tile_n,
+        "HEAD_PAD": head_pad,
+        "QPK_PAD": qpk_pad,
+    }
 
 
-def _choose_splits(num_seqs: int, num_kv_heads: int, max_seqlen_q: int, max_seqlen_k: int, tile_n: int, cube_cores: int) -> int:
+def _choose_splits(
+    num_seqs: int, num_kv_heads: int, max_seqlen_q: int, max_seqlen_k: int, tile_n: int, cube_cores: int
+) -> int:
     """Decode batches that leave cube cores idle cut each context into segments."""
     items = num_seqs * num_kv_heads
     if max_seqlen_q != 1 or items >= cube_cores:
@@ -515,18 +543,28 @@ def reshape_and_cache(
     check_tensor("key_cache", key_cache, dtypes=FLOAT_DTYPES, ndim=4)
     check_tensor("value_cache", value_cache, dtypes=FLOAT_DTYPES, ndim=4)
     check_tensor("slot_mapping", slot_mapping, dtypes=INDEX_DTYPES, ndim=1)
-    check_same_device(key=key, value=value, key_cache=key_cache, value_cache=value_cache, slot_mapping=slot_mapping)
+    check_same_device(
+        key=key, value=value, key_cache=key_cache, value_cache=value_cache, slot_mapping=slot_mapping
+    )
     num_blocks, block_size, num_heads, head_size = key_cache.shape
     if tuple(value_cache.shape) != tuple(key_cache.shape):
-        raise ValueError(f"value_cache shape {tuple(value_cache.shape)} must equal key_cache shape {tuple(key_cache.shape)}")
+        raise ValueError(
+            f"value_cache shape {tuple(value_cache.shape)} must equal key_cache shape "
+            f"{tuple(key_cache.shape)}"
+        )
     if key.shape[1:] != (num_heads, head_size):
-        raise ValueError(f"key must be [tokens, {num_heads}, {head_size}] to match key_cache, got {tuple(key.shape)}")
+        raise ValueError(
+            f"key must be [tokens, {num_heads}, {head_size}] to match key_cache, got {tuple(key.shape)}"
+        )
     if value.shape[1:] != (num_heads, head_size):
-        raise ValueError(f"value must be [tokens, {num_heads}, {head_size}] to match value_cache, got {tuple(value.shape)}")
+        raise ValueError(
+            f"value must be [tokens, {num_heads}, {head_size}] to match value_cache, got {tuple(value.shape)}"
+        )
     num_tokens = slot_mapping.shape[0]
     if key.shape[0] < num_tokens or value.shape[0] < num_tokens:
         raise ValueError(
-            f"key/value need at least len(slot_mapping)={num_tokens} rows, got {key.shape[0]} and {value.shape[0]}"
+            f"key/value need at least len(slot_mapping)={num_tokens} rows, "
+            f"got {key.shape[0]} and {value.shape[0]}"
         )
     if head_size > _MAX_HEAD_SIZE * 2:
         raise ValueError(f"head_size must be <= {_MAX_HEAD_SIZE * 2}, got {head_size}")
@@ -581,17 +619,23 @@ def _validate_attention(
         block_table=block_table, alibi_slopes=alibi_slopes, sinks=sinks,
     )  # fmt: skip
     if k_cache.dtype != q.dtype or v_cache.dtype != q.dtype:
-        raise TypeError(f"k_cache/v_cache must have q's dtype {q.dtype}, got {k_cache.dtype} and {v_cache.dtype}")
+        raise TypeError(
+            f"k_cache/v_cache must have q's dtype {q.dtype}, got {k_cache.dtype} and {v_cache.dtype}"
+        )
     num_tokens, num_q_heads, head_size = q.shape
     _, block_size, num_kv_heads, cache_head = k_cache.shape
     if tuple(v_cache.shape) != tuple(k_cache.shape):
-        raise ValueError(f"v_cache shape {tuple(v_cache.shape)} must equal k_cache shape {tuple(k_cache.shape)}")
+        raise ValueError(
+            f"v_cache shape {tuple(v_cache.shape)} must equal k_cache shape {tuple(k_cache.shape)}"
+        )
     if cache_head != head_size:
         raise ValueError(f"k_cache head_size {cache_head} must equal q's head_size {head_size}")
     if not 1 <= head_size <= _MAX_HEAD_SIZE:
         raise ValueError(f"head_size must be in [1, {_MAX_HEAD_SIZE}], got {head_size}")
     if num_q_heads % num_kv_heads:
-        raise ValueError(f"q's head count {num_q_heads} must be a multiple of k_cache's KV head count {num_kv_heads}")
+        raise ValueError(
+            f"q's head count {num_q_heads} must be a multiple of k_cache's KV head count {num_kv_heads}"
+        )
     if tuple(out.shape) != tuple(q.shape):
         raise ValueError(f"out shape {tuple(out.shape)} must equal q shape {tuple(q.shape)}")
     if block_size < 1 or _largest_pow2_divisor(block_size) < 16:
@@ -600,7 +644,9 @@ def _validate_attention(
         _check_last_dim_contiguous(name, t)
     num_seqs = seqused_k.shape[0]
     if cu_seqlens_q.shape[0] != num_seqs + 1:
-        raise ValueError(f"cu_seqlens_q must have len(seqused_k) + 1 = {num_seqs + 1} entries, got {cu_seqlens_q.shape[0]}")
+        raise ValueError(
+            f"cu_seqlens_q must have len(seqused_k) + 1 = {num_seqs + 1} entries, got {cu_seqlens_q.shape[0]}"
+        )
     if block_table.shape[0] < num_seqs:
         raise ValueError(f"block_table must have a row per sequence ({num_seqs}), got {block_table.shape[0]}")
     if block_table.stride(1) != 1:
@@ -611,7 +657,9 @@ def _validate_attention(
     check_positive_int("max_seqlen_q", max_seqlen_q, minimum=0)
     check_positive_int("max_seqlen_k", max_seqlen_k, minimum=0)
     if max_seqlen_k >= _MAX_POSITION:
-        raise ValueError(f"max_seqlen_k must be < {_MAX_POSITION} (positions are compared in fp32), got {max_seqlen_k}")
+        raise ValueError(
+            f"max_seqlen_k must be < {_MAX_POSITION} (positions are compared in fp32), got {max_seqlen_k}"
+        )
     if not isinstance(softmax_scale, int | float) or isinstance(softmax_scale, bool):
         raise TypeError(f"softmax_scale must be a float, got {type(softmax_scale).__name__}")
     if not isinstance(causal, bool):
@@ -632,15 +680,19 @@ def _validate_attention(
     if checks_enabled() and num_seqs:
         cu = cu_seqlens_q.tolist()
         used = seqused_k.tolist()
-        q_lens = [b - a for a, b in zip(cu, cu[1:])]
+        q_lens = [b - a for a, b in zip(cu, cu[1:], strict=False)]
         if cu[0] != 0 or min(q_lens) < 0 or cu[-1] > num_tokens:
-            raise ValueError(f"cu_seqlens_q must start at 0, not decrease and end <= {num_tokens} (q rows), got {cu}")
+            raise ValueError(
+                f"cu_seqlens_q must start at 0, not decrease and end <= {num_tokens} (q rows), got {cu}"
+            )
         if max(q_lens) > max_seqlen_q:
             raise ValueError(f"a query length ({max(q_lens)}) exceeds max_seqlen_q={max_seqlen_q}")
         bad = [s for s in range(num_seqs) if used[s] < q_lens[s]]
         if bad:
             s = bad[0]
-            raise ValueError(f"seqused_k[{s}]={used[s]} is smaller than the sequence's query length {q_lens[s]}")
+            raise ValueError(
+                f"seqused_k[{s}]={used[s]} is smaller than the sequence's query length {q_lens[s]}"
+            )
         if max(used) > max_seqlen_k:
             raise ValueError(f"a seqused_k value ({max(used)}) exceeds max_seqlen_k={max_seqlen_k}")
         need = [-(-u // block_size) for u in used]
@@ -655,7 +707,10 @@ def _validate_attention(
         in_use = cols[None, :] < torch.tensor(need, device=block_table.device)[:, None]
         ids = block_table[:num_seqs][in_use]
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= num_blocks):
-            raise ValueError(f"block_table entries in use must be in [0, {num_blocks}), got [{int(ids.min())}, {int(ids.max())}]")
+            raise ValueError(
+                f"block_table entries in use must be in [0, {num_blocks}), "
+                f"got [{int(ids.min())}, {int(ids.max())}]"
+            )
     return window_size[0], num_seqs
 
 
@@ -689,7 +744,9 @@ def unified_attention(
         return out
     qpk = num_q_heads // num_kv_heads
     device = current_device()
-    cfg = _attention_launch_config(device.sku.name, head_size, block_size, q.dtype, qpk, decode=max_seqlen_q == 1)
+    cfg = _attention_launch_config(
+        device.sku.name, head_size, block_size, q.dtype, qpk, decode=max_seqlen_q == 1
+    )
     splits = num_kv_splits or _choose_splits(
         num_seqs, num_kv_heads, max_seqlen_q, max_seqlen_k, cfg["TILE_N"], device.cube_cores
     )
@@ -701,7 +758,9 @@ def unified_attention(
         o = shim.output(out)
         dummy = torch.empty(1, dtype=torch.float32, device=q.device)
         if split:
-            ws_acc = torch.empty(num_tokens * num_q_heads * splits * head_pad, dtype=torch.float32, device=q.device)
+            ws_acc = torch.empty(
+                num_tokens * num_q_heads * splits * head_pad, dtype=torch.float32, device=q.device
+            )
             ws_m = torch.empty(num_tokens * num_q_heads * splits, dtype=torch.float32, device=q.device)
             ws_l = torch.empty_like(ws_m)
         else:
@@ -739,7 +798,11 @@ def unified_attention(
 
 
 def reshape_and_cache_reference(
-    key: torch.Tensor, value: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, slot_mapping: torch.Tensor
+    key: torch.Tensor,
+    value: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
 ) -> None:
     block_size = key_cache.shape[1]
     for t, slot in enumerate(slot_mapping.tolist()):
@@ -815,11 +878,26 @@ _TRITON_TYPE = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "f
 
 def _attention_signature(dtype: torch.dtype) -> dict[str, str]:
     t = "*" + _TRITON_TYPE[dtype]
-    sig = {"q_ptr": t, "k_ptr": t, "v_ptr": t, "out_ptr": t, "cu_q_ptr": "*i32", "seqused_ptr": "*i32", "bt_ptr": "*i32"}
-    sig |= {"alibi_ptr": "*fp32", "sinks_ptr": "*fp32", "ws_acc_ptr": "*fp32", "ws_m_ptr": "*fp32", "ws_l_ptr": "*fp32"}
+    sig = {
+        "q_ptr": t,
+        "k_ptr": t,
+        "v_ptr": t,
+        "out_ptr": t,
+        "cu_q_ptr": "*i32",
+        "seqused_ptr": "*i32",
+        "bt_ptr": "*i32",
+    }
+    sig |= {
+        "alibi_ptr": "*fp32",
+        "sinks_ptr": "*fp32",
+        "ws_acc_ptr": "*fp32",
+        "ws_m_ptr": "*fp32",
+        "ws_l_ptr": "*fp32",
+    }
     for name in (
         "num_seqs", "num_q_tiles", "num_kv_heads", "num_segments", "q_stride_t", "q_stride_h", "o_stride_t",
-        "o_stride_h", "k_stride_b", "k_stride_s", "k_stride_h", "v_stride_b", "v_stride_s", "v_stride_h", "bt_stride",
+        "o_stride_h", "k_stride_b", "k_stride_s", "k_stride_h", "v_stride_b", "v_stride_s", "v_stride_h",
+        "bt_stride",
     ):  # fmt: skip
         sig[name] = "i32"
     sig |= {"scale": "fp32", "softcap": "fp32", "window": "i32"}
@@ -831,7 +909,16 @@ _LOWERING_ATTENTION = (
     ("prefill_h128_b128_gqa4_fp16", torch.float16, 128, 128, 4, False, False, ()),
     ("prefill_h128_b128_gqa4_bf16", torch.bfloat16, 128, 128, 4, False, False, ()),
     ("prefill_h64_b16_mha_fp32", torch.float32, 64, 16, 1, False, False, ()),
-    ("prefill_h80_b64_gqa8_fp16_window_softcap_sinks", torch.float16, 80, 64, 8, False, False, ("window", "softcap", "sinks")),
+    (
+        "prefill_h80_b64_gqa8_fp16_window_softcap_sinks",
+        torch.float16,
+        80,
+        64,
+        8,
+        False,
+        False,
+        ("window", "softcap", "sinks"),
+    ),
     ("prefill_h256_b128_gqa2_bf16_alibi", torch.bfloat16, 256, 128, 2, False, False, ("alibi",)),
     ("decode_split_h128_b128_gqa8_bf16", torch.bfloat16, 128, 128, 8, True, True, ()),
 )
@@ -844,29 +931,61 @@ def lowering_requests(sku: str) -> list[LoweringRequest]:
         cfg = _attention_launch_config(sku, head_size, block_size, dtype, qpk, decode)
         consts = {
             "HEAD_SIZE": head_size, "HEAD_PAD": cfg["HEAD_PAD"], "QPK": qpk, "QPK_PAD": cfg["QPK_PAD"],
-            "BLOCK_Q": cfg["BLOCK_Q"], "BLOCK_M": cfg["BLOCK_M"], "BLOCK_SIZE": block_size, "TILE_N": cfg["TILE_N"],
+            "BLOCK_Q": cfg["BLOCK_Q"], "BLOCK_M": cfg["BLOCK_M"], "BLOCK_SIZE": block_size,
+            "TILE_N": cfg["TILE_N"],
             "CAUSAL": True, "USE_WINDOW": "window" in feats, "USE_SOFTCAP": "softcap" in feats,
             "USE_ALIBI": "alibi" in feats, "USE_SINKS": "sinks" in feats, "SPLIT": split,
         }  # fmt: skip
-        reqs.append(LoweringRequest(kernel_ref(_attention_kernel), _attention_signature(dtype), consts, sku, f"unified_attention_{label}"))
+        reqs.append(
+            LoweringRequest(
+                kernel_ref(_attention_kernel),
+                _attention_signature(dtype),
+                consts,
+                sku,
+                f"unified_attention_{label}",
+            )
+        )
     for dtype in (torch.float16, torch.bfloat16):
         t = "*" + _TRITON_TYPE[dtype]
-        sig = {"out_ptr": t, "ws_acc_ptr": "*fp32", "ws_m_ptr": "*fp32", "ws_l_ptr": "*fp32", "sinks_ptr": "*fp32", "cu_q_ptr": "*i32"}
-        sig |= {n: "i32" for n in ("num_seqs", "num_tokens", "num_q_heads", "num_segments", "o_stride_t", "o_stride_h")}
+        sig = {
+            "out_ptr": t,
+            "ws_acc_ptr": "*fp32",
+            "ws_m_ptr": "*fp32",
+            "ws_l_ptr": "*fp32",
+            "sinks_ptr": "*fp32",
+            "cu_q_ptr": "*i32",
+        }
+        sig |= {
+            n: "i32"
+            for n in ("num_seqs", "num_tokens", "num_q_heads", "num_segments", "o_stride_t", "o_stride_h")
+        }
         consts = {"HEAD_SIZE": 128, "HEAD_PAD": 128, "SEG_PAD": _MAX_SPLITS, "USE_SINKS": True}
-        reqs.append(LoweringRequest(kernel_ref(_split_reduce_kernel), sig, consts, sku, f"split_reduce_h128_{_TRITON_TYPE[dtype]}"))
-    for dtype, head_size, heads in ((torch.float16, 128, 8), (torch.bfloat16, 80, 2), (torch.float32, 256, 4)):
+        reqs.append(
+            LoweringRequest(
+                kernel_ref(_split_reduce_kernel), sig, consts, sku, f"split_reduce_h128_{_TRITON_TYPE[dtype]}"
+            )
+        )
+    for dtype, head_size, heads in (
+        (torch.float16, 128, 8),
+        (torch.bfloat16, 80, 2),
+        (torch.float32, 256, 4),
+    ):
         t = "*" + _TRITON_TYPE[dtype]
         sig = {"key_ptr": t, "value_ptr": t, "kc_ptr": t, "vc_ptr": t, "slot_ptr": "*i64"}
         sig |= {
             n: "i32"
             for n in (
                 "num_tokens", "num_heads", "block_size", "key_stride_t", "key_stride_h", "value_stride_t",
-                "value_stride_h", "kc_stride_b", "kc_stride_s", "kc_stride_h", "vc_stride_b", "vc_stride_s", "vc_stride_h",
+                "value_stride_h", "kc_stride_b", "kc_stride_s", "kc_stride_h", "vc_stride_b", "vc_stride_s",
+                "vc_stride_h",
             )
         }  # fmt: skip
         head_pad = triton.next_power_of_2(head_size)
-        consts = {"HEAD_SIZE": head_size, "HEAD_PAD": head_pad, "BLOCK_H": max(1, min(triton.next_power_of_2(heads), _RC_TILE_ELEMS // head_pad))}
+        consts = {
+            "HEAD_SIZE": head_size,
+            "HEAD_PAD": head_pad,
+            "BLOCK_H": max(1, min(triton.next_power_of_2(heads), _RC_TILE_ELEMS // head_pad)),
+        }
         label = f"reshape_and_cache_h{head_size}_{_TRITON_TYPE[dtype]}"
         reqs.append(LoweringRequest(kernel_ref(_reshape_and_cache_kernel), sig, consts, sku, label))
     return reqs
@@ -896,7 +1015,9 @@ def make_paged_case(
     for s, n in enumerate(need):
         table[s, :n] = perm[used : used + n].to(torch.int32)
         used += n
-    cu = torch.tensor([0, *torch.tensor(list(q_lens), dtype=torch.int64).cumsum(0).tolist()], dtype=torch.int32)
+    cu = torch.tensor(
+        [0, *torch.tensor(list(q_lens), dtype=torch.int64).cumsum(0).tolist()], dtype=torch.int32
+    )
     total = int(cu[-1])
     return {
         "q": torch.randn(total, num_q_heads, head_size, generator=g).to(dtype),
@@ -920,11 +1041,21 @@ def self_check() -> list[CheckResult]:
         out = torch.zeros_like(c["q"])
         scale = d**-0.5
         unified_attention(
-            c["q"], c["k_cache"], c["v_cache"], out, c["cu_seqlens_q"], max(q_lens), c["seqused_k"], max(kv_lens),
+            c["q"], c["k_cache"], c["v_cache"], out, c["cu_seqlens_q"], max(q_lens), c["seqused_k"],
+            max(kv_lens),
             scale, True, (-1, -1), c["block_table"], 0.0, num_kv_splits=splits,
         )  # fmt: skip
         ref = unified_attention_reference(
-            c["q"], c["k_cache"], c["v_cache"], c["cu_seqlens_q"], c["seqused_k"], scale, True, (-1, -1), c["block_table"], 0.0
+            c["q"],
+            c["k_cache"],
+            c["v_cache"],
+            c["cu_seqlens_q"],
+            c["seqused_k"],
+            scale,
+            True,
+            (-1, -1),
+            c["block_table"],
+            0.0,
         )
         results.append(compare("unified_attention", name, out.double(), ref, atol))
     g = torch.Generator().manual_seed(3)
