@@ -58,3 +58,14 @@ def free_blocks_when_empty_ok(sched: Any) -> bool:
 
 def replace_fields(obj: Any, **kw: Any) -> Any:
     return dataclasses.replace(obj, **kw)
+
+
+def lockstep(scheds: list[Any], members: list[Any]) -> list[Any]:
+    """One DP engine iteration: busy ranks schedule + update (idle ranks would run a dummy
+    batch), then every rank, busy or idle, takes part in the load exchange."""
+    outs = []
+    for s in scheds:
+        outs.append(step(s) if s.has_requests() else None)
+    for s, m in zip(scheds, members):
+        s.on_step_boundary(m)
+    return outs
