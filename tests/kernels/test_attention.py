@@ -62,7 +62,8 @@ def _run(
         )
     g = torch.Generator().manual_seed(seed + 1)
     slopes = (torch.rand(hq, generator=g) * 0.5).float() if alibi else None
-    sink_t = torch.randn(hq, generator=g).float() if sinks else None
+    # sinks in the data dtype for bf16 (vLLM keeps them in the model dtype), else fp32
+    sink_t = torch.randn(hq, generator=g).to(BF16 if dtype == BF16 else F32) if sinks else None
     total = c["q"].shape[0]
     q = c["q"]
     if pad_tokens:  # vLLM pads q past cu_seqlens_q[-1]; those rows must stay untouched

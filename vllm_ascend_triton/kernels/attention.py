@@ -756,6 +756,7 @@ def unified_attention(
     with bf16_shim() as shim:
         q_in, k_in, v_in = shim.input(q), shim.input(k_cache), shim.input(v_cache)
         o = shim.output(out)
+        sinks_in = shim.input(sinks)
         dummy = torch.empty(1, dtype=torch.float32, device=q.device)
         if split:
             ws_acc = torch.empty(
@@ -769,7 +770,7 @@ def unified_attention(
         _attention_kernel[persistent_grid(work, uses_cube=True)](
             q_in, k_in, v_in, o, cu_seqlens_q, seqused_k, block_table,
             alibi_slopes if alibi_slopes is not None else dummy,
-            sinks if sinks is not None else dummy,
+            sinks_in if sinks is not None else dummy,
             ws_acc, ws_m, ws_l,
             num_seqs, num_q_tiles, num_kv_heads, splits,
             q_in.stride(0), q_in.stride(1), o.stride(0), o.stride(1),
@@ -784,7 +785,7 @@ def unified_attention(
         )  # fmt: skip
         if split:
             _split_reduce_kernel[persistent_grid(num_tokens * num_q_heads)](
-                o, ws_acc, ws_m, ws_l, sinks if sinks is not None else dummy, cu_seqlens_q,
+                o, ws_acc, ws_m, ws_l, sinks_in if sinks is not None else dummy, cu_seqlens_q,
                 num_seqs, num_tokens, num_q_heads, splits, o.stride(0), o.stride(1),
                 HEAD_SIZE=head_size, HEAD_PAD=head_pad, SEG_PAD=triton.next_power_of_2(splits),
                 USE_SINKS=sinks is not None,
