@@ -1004,26 +1004,39 @@ def make_paged_case(
     extra_blocks: int = 0,
     seed: int = 0,
 ) -> dict[str, torch.Tensor]:
-    """A random paged batch: shuffled physical blocks, `extra_blocks` unused (garbage-filled)
-    trailing block-table entries per sequence. Shared by tests and self_check."""
+    """A random paged batch: shuffled physical blocks plus 3 spare ones; `extra_blocks` unused
+    trailing block-table entries per sequence point at spare blocks. Every cache row no
+    sequence owns (spare blocks, the tail of each last block) holds NaN, so a kernel that reads
+    past a sequence's keys, or a trailing table entry, turns its output NaN. Shared by tests and
+    self_check."""
     g = torch.Generator().manual_seed(seed)
     need = [-(-n // block_size) for n in kv_lens]
     width = max(need + [1]) + extra_blocks
     num_blocks = sum(need) + 3
-    perm = torch.randperm(num_blocks, generator=g)
-    table = torch.randint(0, num_blocks, (len(kv_lens), width), generator=g, dtype=torch.int32)
+    perm = torch.randperm(num_blocks, generator=g).to(torch.int32)
+    spare = perm[sum(need) :]
+    table = spare[torch.randint(0, len(spare), (len(kv_lens), width), generator=g)]
+    owned = torch.zeros(num_blocks, block_size, dtype=torch.bool)
     used = 0
-    for s, n in enumerate(need):
-        table[s, :n] = perm[used : used + n].to(torch.int32)
+    for s, (n, kv_len) in enumerate(zip(need, kv_lens, strict=True)):
+        table[s, :n] = perm[used : used + n]
+        for i in range(n):
+            owned[int(perm[used + i]), : min(block_size, kv_len - i * block_size)] = True
         used += n
     cu = torch.tensor(
         [0, *torch.tensor(list(q_lens), dtype=torch.int64).cumsum(0).tolist()], dtype=torch.int32
     )
     total = int(cu[-1])
+    q = torch.randn(total, num_q_heads, head_size, generator=g).to(dtype)
+    caches = []
+    for _ in range(2):
+        cache = torch.randn(num_blocks, block_size, num_kv_heads, head_size, generator=g).to(dtype)
+        cache[~owned] = float("nan")
+        caches.append(cache)
     return {
-        "q": torch.randn(total, num_q_heads, head_size, generator=g).to(dtype),
-        "k_cache": torch.randn(num_blocks, block_size, num_kv_heads, head_size, generator=g).to(dtype),
-        "v_cache": torch.randn(num_blocks, block_size, num_kv_heads, head_size, generator=g).to(dtype),
+        "q": q,
+        "k_cache": caches[0],
+        "v_cache": caches[1],
         "cu_seqlens_q": cu,
         "seqused_k": torch.tensor(list(kv_lens), dtype=torch.int32),
         "block_table": table,
