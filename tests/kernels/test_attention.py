@@ -49,16 +49,19 @@ def _check_poison(big: torch.Tensor, num_valid: int, num_heads: int, head_size: 
 def _run(
     q_lens, kv_lens, hq, hkv, d, bs, dtype, *, causal=True, window=(-1, -1), softcap=0.0, alibi=False,
     sinks=False, splits=None, extra_blocks=1, pad_tokens=0, seed=0, fused_q=False, packed_kv=False,
-    extra_rows=0,
+    extra_rows=0, int64_meta=False,
 ):  # fmt: skip
     c = make_paged_case(q_lens, kv_lens, hq, hkv, d, bs, dtype, extra_blocks=extra_blocks, seed=seed)
     k_cache, v_cache, block_table = c["k_cache"], c["v_cache"], c["block_table"]
     if packed_kv:  # vLLM 0.32: one [blocks, 2, block_size, H, D] tensor, K and V strided views
         kv = torch.stack([k_cache, v_cache], dim=1)
         k_cache, v_cache = kv[:, 0], kv[:, 1]
+    cu, seqused = c["cu_seqlens_q"], c["seqused_k"]
+    if int64_meta:
+        cu, seqused, block_table = cu.long(), seqused.long(), block_table.long()
     if extra_rows:  # vLLM's persistent block table has rows for more requests than scheduled
         block_table = torch.cat(
-            [block_table, torch.full((extra_rows, block_table.shape[1]), -7, dtype=torch.int32)]
+            [block_table, torch.full((extra_rows, block_table.shape[1]), -7, dtype=block_table.dtype)]
         )
     g = torch.Generator().manual_seed(seed + 1)
     slopes = (torch.rand(hq, generator=g) * 0.5).float() if alibi else None
@@ -75,7 +78,7 @@ def _run(
     big, out = _poisoned_out(total, hq, d, dtype, pad_tokens)
     scale = d**-0.5
     unified_attention(
-        q, k_cache, v_cache, out, c["cu_seqlens_q"], max(q_lens), c["seqused_k"], max(kv_lens),
+        q, k_cache, v_cache, out, cu, max(q_lens), seqused, max(kv_lens),
         scale, causal, window, block_table, softcap, alibi_slopes=slopes, sinks=sink_t, num_kv_splits=splits,
     )  # fmt: skip
     ref = unified_attention_reference(
@@ -96,7 +99,8 @@ CASES = [
     ("prefill_gqa4_h128_b32_fp16", [17, 5], [17, 40], 8, 2, 128, 32, F16, {}),
     ("chunked_odd_gqa3_h80_b16_fp32_window", [6, 2], [37, 20], 6, 2, 80, 16, F32, {"window": (7, 0)}),
     ("window_larger_than_seq_h96_b64_fp16", [5, 1], [12, 50], 2, 1, 96, 64, F16, {"window": (127, 0)}),
-    ("softcap_mqa_h256_b16_fp32", [3, 1], [19, 33], 4, 1, 256, 16, F32, {"softcap": 5.0}),
+    ("softcap_mqa_h256_b16_fp32_i64", [3, 1], [19, 33], 4, 1, 256, 16, F32,
+     {"softcap": 5.0, "int64_meta": True}),
     ("alibi_gqa2_h64_b128_fp16", [4, 1], [140, 9], 4, 2, 64, 128, F16, {"alibi": True}),
     ("sinks_gqa8_h128_b16_fp32", [2, 1], [21, 18], 8, 1, 128, 16, F32, {"sinks": True}),
     ("noncausal_window_h64_b32_fp32", [5, 3], [5, 40], 2, 2, 64, 32, F32,
