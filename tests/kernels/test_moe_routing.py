@@ -343,7 +343,7 @@ ALIGN_CASES = [
     (33, 8, 256, 64, torch.int64, True, False),  # DeepSeek-V3 with EP (half the experts local)
     (13, 3, 10, 5, torch.int64, False, True),  # odd sizes
     (700, 8, 8, 32, torch.int32, True, True),  # many tiles: the scan runs several steps
-    (64, 8, 256, 16, torch.int32, False, False),  # many tiles with 256 experts
+    (96, 8, 256, 16, torch.int32, False, False),  # 48 tiles on 40 cores: runs of 2 tiles, idle programs
     (1, 4, 512, 128, torch.int32, False, False),  # one token, the largest expert count
 ]
 
@@ -432,6 +432,83 @@ def test_moe_align_bad_arguments(call, exc, match):
         call(torch.zeros(4, 2, dtype=torch.int32))
 
 
+def _guarded(n, dtype, fill):
+    """A buffer of n elements followed by canaries: a kernel writing past its output shows up."""
+    full = torch.full((n + 64,), fill, dtype=dtype)
+    return full, full[:n]
+
+
+def test_align_kernels_stay_inside_their_buffers():
+    # Direct launches with canaries after every output: masked edges must not be written
+    # (the interpreter writes int64-widened int32 reductions 8 bytes per element).
+    numel, e, block_size = 39, 10, 5
+    ids = torch.stack([torch.randperm(e)[:3] for _ in range(13)]).reshape(-1)  # int64
+    size = mr.max_num_tokens_padded(numel, block_size, e, True)
+    num_blocks = -(-size // block_size)
+    counts_full, counts = _guarded(e, torch.int32, -77)
+    sorted_full, sorted_ids = _guarded(size, torch.int32, -77)
+    experts_full, expert_ids = _guarded(num_blocks, torch.int32, -77)
+    post_full, post_pad = _guarded(1, torch.int32, -77)
+    emap = torch.arange(e, dtype=torch.int32)
+    mr._align_count_kernel[(1,)](ids, counts, numel, e, 1, BLOCK_N=64, BLOCK_E=16)
+    mr._align_blocks_kernel[(2,)](
+        counts,
+        emap,
+        sorted_ids,
+        expert_ids,
+        post_pad,
+        1,
+        e,
+        block_size,
+        numel,
+        size,
+        num_blocks,
+        HAS_MAP=True,
+        BLOCK_E=16,
+        BLOCK_B=64,
+        BLOCK_S=64,
+    )
+    mr._align_scatter_kernel[(1,)](
+        ids, counts, sorted_ids, 1, numel, e, block_size, 1, BLOCK_N=64, BLOCK_E=16
+    )
+    for full, n in ((counts_full, e), (sorted_full, size), (experts_full, num_blocks), (post_full, 1)):
+        assert (full[n:] == -77).all()
+    ref = mr.moe_align_block_size_ref(ids, block_size, e, emap, True)
+    assert (
+        torch.equal(sorted_ids, ref[0]) and torch.equal(expert_ids, ref[1]) and torch.equal(post_pad, ref[2])
+    )
+
+
+def test_topk_kernel_stays_inside_its_outputs():
+    logits = torch.randn(3, 10)
+    w_full, weights = _guarded(3 * 3, torch.float32, -77.0)
+    i_full, ids = _guarded(3 * 3, torch.int32, -77)
+    mr._topk_routing_kernel[(2,)](
+        logits,
+        logits,
+        weights,
+        ids,
+        3,
+        10,
+        10,
+        5,
+        1.0,
+        TOPK=3,
+        BLOCK_K=4,
+        BLOCK_M=2,
+        BLOCK_E=16,
+        SIGMOID=False,
+        HAS_BIAS=False,
+        RENORMALIZE=True,
+        NUM_GROUPS=2,
+        TOPK_GROUP=1,
+    )
+    assert (w_full[9:] == -77.0).all() and (i_full[9:] == -77).all()
+    ref = mr.grouped_topk_ref(logits, 3, True, 2, 1)
+    assert torch.equal(ids.view(3, 3), ref[1])
+    torch.testing.assert_close(weights.view(3, 3), ref[0], atol=ATOL, rtol=0)
+
+
 # ------------------------------------------------------------------------------------------
 # self_check and lowering for Ascend
 # ------------------------------------------------------------------------------------------
@@ -455,7 +532,6 @@ def test_every_routing_kernel_lowers_for_910b3(lowered_910b3):
         "fused_topk",
         "grouped_topk",
         "align_count",
-        "align_scan",
         "align_blocks",
         "align_scatter",
     ):

@@ -57,19 +57,26 @@ Ascend design
   score with one masked reduction per group (two with a bias: top-1, then top-2), then picks
   `topk_group` groups with the same max/first-lane loop, all in the [BLOCK_M, BLOCK_E] layout
   (no reshapes, so group sizes need not be powers of two).
-- Align: four small launches, no atomics, deterministic.
-  1. count: per tile of BLOCK_N routes, a one-hot [BLOCK_N, BLOCK_E] compare summed over routes
-     gives the tile's per-expert counts (one contiguous row store per tile);
-  2. scan: programs own chunks of experts and run an exclusive prefix sum over the tiles'
-     counts, one contiguous row per step, in place, plus per-expert totals;
-  3. blocks: each program rebuilds the padded expert offsets from the totals (one `tl.cumsum`
-     over <= 1024 experts), writes `expert_ids` for its blocks (expert of a block = number of
-     experts ending at or before it; `expert_map` applied by a one-hot reduction, not a
-     gather) and fills `sorted_token_ids` with the sentinel;
-  4. scatter: each route's slot = expert offset + earlier tiles' count + its rank in the tile
-     (exclusive `tl.cumsum` of the one-hot along routes); the only discrete access is this final
-     scatter store, inherent to a permutation.
-  int64 `topk_ids` are narrowed to int32 on load; all index math is int32.
+- Align: three launches, no atomics, deterministic. Programs of the count and scatter launches
+  own contiguous runs of route tiles (BLOCK_N routes each), so the scratch is one count row per
+  program ([<= vector cores, E] int32) and no long scan over tiles is needed.
+  1. count: per tile, a one-hot [BLOCK_N, BLOCK_E] compare summed over routes, accumulated over
+     the program's run; one contiguous row store per program;
+  2. blocks: each program adds up the <= 40 count rows, rounds every expert up to a block and
+     takes one `tl.cumsum` over <= 1024 experts for the padded offsets, writes `expert_ids` for
+     its blocks (expert of a block = number of experts ending at or before it; `expert_map`
+     applied by a one-hot reduction, not a gather) and fills `sorted_token_ids` with the
+     sentinel;
+  3. scatter: same runs as the count; a route's slot = its expert's offset + routes of earlier
+     runs + earlier tiles of this run + its rank in the tile (exclusive `tl.cumsum` of the
+     one-hot along routes). The only discrete access is this final scatter store (one scalar
+     loop in the adapter IR), inherent to a permutation.
+  Counts and offsets that are stored are reduced and scanned in fp32 lanes (exact below 2^24
+  slots, which the host checks) and converted to int32: fp32 is the vector unit's native width,
+  and Triton's interpreter widens int32 `tl.sum`/`tl.cumsum` results to int64 arrays, which its
+  stores then write 8 bytes per element (past the end of the output). The scatter's slots stay
+  int32 (they are only addresses; the adapter rejects a scatter addressed through an fp32 ->
+  int32 conversion). int64 `topk_ids` are narrowed to int32 on load.
 """
 
 from __future__ import annotations
@@ -101,6 +108,7 @@ SCORING_FUNCS = ("softmax", "sigmoid")
 _TOPK_TILE_ELEMS = 2048  # BLOCK_M * BLOCK_E: ~8 KB per fp32 tile, a few live tiles in half the UB
 _ALIGN_TILE_ELEMS = 4096  # BLOCK_N * BLOCK_E of the int32 one-hot tiles
 _FLT_MAX = 3.4028234663852886e38
+_MAX_EXACT_FP32_INT = 2**24  # align counts/slots are reduced in fp32 lanes
 _NEG_INF = tl.constexpr(float("-inf"))  # marks "not selectable" in the top-k kernel
 
 
@@ -232,50 +240,59 @@ def _load_route_ids(topk_ids_ptr, offs, numel, num_experts):
 
 
 @triton.jit
+def _tile_range(numel, tiles_per_program, BLOCK_N: tl.constexpr):
+    # Each program owns a contiguous run of route tiles, so ranges are ordered by program id.
+    first = tl.program_id(0) * tiles_per_program
+    return first, tl.minimum(first + tiles_per_program, tl.cdiv(numel, BLOCK_N))
+
+
+@triton.jit
 def _align_count_kernel(
-    topk_ids_ptr, tile_counts_ptr, numel, num_experts, BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr
+    topk_ids_ptr,
+    range_counts_ptr,
+    numel,
+    num_experts,
+    tiles_per_program,
+    BLOCK_N: tl.constexpr,
+    BLOCK_E: tl.constexpr,
 ):
+    # range_counts[pid, e] = routes to expert e in this program's range of tiles.
     offs_e = tl.arange(0, BLOCK_E)
-    for tile in range(tl.program_id(0), tl.cdiv(numel, BLOCK_N), tl.num_programs(0)):
+    counts = tl.zeros([BLOCK_E], tl.float32)
+    first, last = _tile_range(numel, tiles_per_program, BLOCK_N)
+    for tile in range(first, last):
         offs_n = tile * BLOCK_N + tl.arange(0, BLOCK_N)
         ids = _load_route_ids(topk_ids_ptr, offs_n, numel, num_experts)
-        onehot = (ids[:, None] == offs_e[None, :]).to(tl.int32)
-        tl.store(
-            tile_counts_ptr + tile * num_experts + offs_e, tl.sum(onehot, axis=0), mask=offs_e < num_experts
-        )
+        counts += tl.sum(tl.where(ids[:, None] == offs_e[None, :], 1.0, 0.0), axis=0)
+    row = range_counts_ptr + tl.program_id(0) * num_experts + offs_e
+    tl.store(row, counts.to(tl.int32), mask=offs_e < num_experts)
 
 
 @triton.jit
-def _align_scan_kernel(tile_counts_ptr, totals_ptr, num_tiles, num_experts, BLOCK_E: tl.constexpr):
-    # In place: tile_counts[t, e] becomes the number of routes to e in tiles before t. One
-    # contiguous row of BLOCK_E experts per step; programs own disjoint expert chunks.
-    for chunk in range(tl.program_id(0), tl.cdiv(num_experts, BLOCK_E), tl.num_programs(0)):
-        offs_e = chunk * BLOCK_E + tl.arange(0, BLOCK_E)
-        e_ok = offs_e < num_experts
-        running = tl.zeros([BLOCK_E], tl.int32)
-        for t in range(0, num_tiles):
-            ptrs = tile_counts_ptr + t * num_experts + offs_e
-            c = tl.load(ptrs, mask=e_ok, other=0)
-            tl.store(ptrs, running, mask=e_ok)
-            running += c
-        tl.store(totals_ptr + offs_e, running, mask=e_ok)
-
-
-@triton.jit
-def _padded_ends(totals_ptr, num_experts, block_size, BLOCK_E: tl.constexpr):
+def _expert_layout(range_counts_ptr, num_ranges, upto, num_experts, block_size, BLOCK_E: tl.constexpr):
+    """Per expert lane: padded end offset, padded size, and routes counted by ranges < `upto`.
+    At most one row per vector core to add up, so every program recomputes it (no extra launch)."""
     offs_e = tl.arange(0, BLOCK_E)
-    totals = tl.load(totals_ptr + offs_e, mask=offs_e < num_experts, other=0)
+    e_ok = offs_e < num_experts
+    totals = tl.zeros([BLOCK_E], tl.int32)
+    before = tl.zeros([BLOCK_E], tl.int32)
+    for r in range(0, num_ranges):
+        c = tl.load(range_counts_ptr + r * num_experts + offs_e, mask=e_ok, other=0)
+        totals += c
+        before += tl.where(r < upto, c, 0)
     padded = (totals + block_size - 1) // block_size * block_size
-    return tl.cumsum(padded, axis=0), padded
+    ends = tl.cumsum(padded.to(tl.float32), axis=0).to(tl.int32)
+    return ends, padded, before
 
 
 @triton.jit
 def _align_blocks_kernel(
-    totals_ptr,
+    range_counts_ptr,
     expert_map_ptr,
     sorted_ids_ptr,
     expert_ids_ptr,
     num_post_pad_ptr,
+    num_ranges,
     num_experts,
     block_size,
     numel,
@@ -288,10 +305,10 @@ def _align_blocks_kernel(
 ):
     offs_e = tl.arange(0, BLOCK_E)
     e_ok = offs_e < num_experts
-    ends, padded = _padded_ends(totals_ptr, num_experts, block_size, BLOCK_E)
-    total = tl.sum(padded, axis=0)
+    ends, padded, _before = _expert_layout(range_counts_ptr, num_ranges, 0, num_experts, block_size, BLOCK_E)
+    total = tl.sum(padded.to(tl.float32), axis=0).to(tl.int32)
     if HAS_MAP:
-        emap = tl.load(expert_map_ptr + offs_e, mask=e_ok, other=-1)
+        emap = tl.load(expert_map_ptr + offs_e, mask=e_ok, other=-1).to(tl.float32)
     if tl.program_id(0) == 0:
         tl.store(num_post_pad_ptr, total)
     for bt in range(tl.program_id(0), tl.cdiv(num_blocks, BLOCK_B), tl.num_programs(0)):
@@ -299,10 +316,10 @@ def _align_blocks_kernel(
         first_pos = blocks * block_size
         # A block's expert = how many experts end at or before its first slot.
         before = (ends[None, :] <= first_pos[:, None]) & e_ok[None, :]
-        eid = tl.sum(before.to(tl.int32), axis=1)
+        eid = tl.sum(tl.where(before, 1.0, 0.0), axis=1)
         if HAS_MAP:
-            eid = tl.sum(tl.where(offs_e[None, :] == eid[:, None], emap[None, :], 0), axis=1)
-        eid = tl.where(first_pos < total, eid, -1)
+            eid = tl.sum(tl.where(offs_e[None, :].to(tl.float32) == eid[:, None], emap[None, :], 0.0), axis=1)
+        eid = tl.where(first_pos < total, eid.to(tl.int32), -1)
         tl.store(expert_ids_ptr + blocks, eid, mask=blocks < num_blocks)
     sentinel = tl.zeros([BLOCK_S], tl.int32) + numel
     for st in range(tl.program_id(0), tl.cdiv(max_padded, BLOCK_S), tl.num_programs(0)):
@@ -313,28 +330,34 @@ def _align_blocks_kernel(
 @triton.jit
 def _align_scatter_kernel(
     topk_ids_ptr,
-    tile_offsets_ptr,
-    totals_ptr,
+    range_counts_ptr,
     sorted_ids_ptr,
+    num_ranges,
     numel,
     num_experts,
     block_size,
+    tiles_per_program,
     BLOCK_N: tl.constexpr,
     BLOCK_E: tl.constexpr,
 ):
+    # Must run with the count kernel's grid and tiles_per_program (same ranges).
     offs_e = tl.arange(0, BLOCK_E)
-    e_ok = offs_e < num_experts
-    ends, padded = _padded_ends(totals_ptr, num_experts, block_size, BLOCK_E)
-    starts = ends - padded
-    for tile in range(tl.program_id(0), tl.cdiv(numel, BLOCK_N), tl.num_programs(0)):
+    ends, padded, before = _expert_layout(
+        range_counts_ptr, num_ranges, tl.program_id(0), num_experts, block_size, BLOCK_E
+    )
+    # Int32 here (unlike the other align kernels): the adapter cannot scalarize a scatter whose
+    # addresses come through an fp32 -> int32 conversion. Only addresses derive from these sums.
+    next_slot = ends - padded + before  # next free slot of every expert in this range
+    first, last = _tile_range(numel, tiles_per_program, BLOCK_N)
+    for tile in range(first, last):
         offs_n = tile * BLOCK_N + tl.arange(0, BLOCK_N)
         ids = _load_route_ids(topk_ids_ptr, offs_n, numel, num_experts)
         onehot = (ids[:, None] == offs_e[None, :]).to(tl.int32)
         # Rank among this tile's earlier routes to the same expert: stable order by flat index.
         rank = tl.sum((tl.cumsum(onehot, axis=0) - onehot) * onehot, axis=1)
-        base_row = starts + tl.load(tile_offsets_ptr + tile * num_experts + offs_e, mask=e_ok, other=0)
-        base = tl.sum(onehot * base_row[None, :], axis=1)
-        tl.store(sorted_ids_ptr + base + rank, offs_n, mask=ids >= 0)
+        slot = tl.sum(onehot * next_slot[None, :], axis=1) + rank
+        tl.store(sorted_ids_ptr + slot, offs_n, mask=ids >= 0)
+        next_slot += tl.sum(onehot, axis=0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -519,7 +542,6 @@ def _align_config(numel: int, num_experts: int) -> dict:
     block_e = triton.next_power_of_2(num_experts)
     default = {
         "BLOCK_N": max(16, min(256, _ALIGN_TILE_ELEMS // block_e)),
-        "BLOCK_E_SCAN": min(block_e, 64),
         "BLOCK_B": max(8, min(256, _ALIGN_TILE_ELEMS // block_e)),
         "BLOCK_S": 1024,
     }
@@ -552,10 +574,10 @@ def moe_align_block_size(
             raise ValueError(f"expert_map must have shape ({num_experts},), got {tuple(expert_map.shape)}")
         expert_map = expert_map.to(torch.int32).contiguous()
     numel = topk_ids.numel()
-    if numel >= 2**31 - num_experts * block_size:
-        raise ValueError(f"topk_ids has too many routes for int32 indices ({numel})")
     device = topk_ids.device
     size = max_num_tokens_padded(numel, block_size, num_experts, pad_sorted_ids)
+    if size >= _MAX_EXACT_FP32_INT:
+        raise ValueError(f"topk_ids: {numel} routes pad to {size} slots; at most 2^24 are supported")
     num_blocks = triton.cdiv(size, block_size)
     sorted_ids = torch.empty(size, dtype=torch.int32, device=device)
     expert_ids = torch.empty(num_blocks, dtype=torch.int32, device=device)
@@ -568,22 +590,21 @@ def moe_align_block_size(
     dev = current_device()
     block_e = triton.next_power_of_2(num_experts)
     num_tiles = triton.cdiv(numel, cfg["BLOCK_N"])
-    tile_counts = torch.empty(num_tiles, num_experts, dtype=torch.int32, device=device)
-    totals = torch.empty(num_experts, dtype=torch.int32, device=device)
+    (num_ranges,) = grid = persistent_grid(num_tiles, device=dev)
+    tiles_per_program = triton.cdiv(num_tiles, num_ranges)
+    range_counts = torch.empty(num_ranges, num_experts, dtype=torch.int32, device=device)
 
-    _align_count_kernel[persistent_grid(num_tiles, device=dev)](
-        flat, tile_counts, numel, num_experts, BLOCK_N=cfg["BLOCK_N"], BLOCK_E=block_e
-    )
-    _align_scan_kernel[persistent_grid(triton.cdiv(num_experts, cfg["BLOCK_E_SCAN"]), device=dev)](
-        tile_counts, totals, num_tiles, num_experts, BLOCK_E=cfg["BLOCK_E_SCAN"]
+    _align_count_kernel[grid](
+        flat, range_counts, numel, num_experts, tiles_per_program, BLOCK_N=cfg["BLOCK_N"], BLOCK_E=block_e
     )
     block_work = max(triton.cdiv(num_blocks, cfg["BLOCK_B"]), triton.cdiv(size, cfg["BLOCK_S"]))
     _align_blocks_kernel[persistent_grid(block_work, device=dev)](
-        totals,
-        expert_map if expert_map is not None else totals,  # never read without HAS_MAP
+        range_counts,
+        expert_map if expert_map is not None else range_counts,  # never read without HAS_MAP
         sorted_ids,
         expert_ids,
         num_post_pad,
+        num_ranges,
         num_experts,
         block_size,
         numel,
@@ -594,14 +615,16 @@ def moe_align_block_size(
         BLOCK_B=cfg["BLOCK_B"],
         BLOCK_S=cfg["BLOCK_S"],
     )
-    _align_scatter_kernel[persistent_grid(num_tiles, device=dev)](
+    # After the sentinel fill (same stream): route slots overwrite it.
+    _align_scatter_kernel[grid](
         flat,
-        tile_counts,
-        totals,
+        range_counts,
         sorted_ids,
+        num_ranges,
         numel,
         num_experts,
         block_size,
+        tiles_per_program,
         BLOCK_N=cfg["BLOCK_N"],
         BLOCK_E=block_e,
     )
@@ -734,9 +757,10 @@ def lowering_requests(sku: str) -> list[LoweringRequest]:
                 kernel_ref(_align_count_kernel),
                 {
                     "topk_ids_ptr": f"*{id_dtype}",
-                    "tile_counts_ptr": "*i32",
+                    "range_counts_ptr": "*i32",
                     "numel": "i32",
                     "num_experts": "i32",
+                    "tiles_per_program": "i32",
                 },
                 {"BLOCK_N": block_n, "BLOCK_E": block_e},
                 sku,
@@ -746,12 +770,13 @@ def lowering_requests(sku: str) -> list[LoweringRequest]:
                 kernel_ref(_align_scatter_kernel),
                 {
                     "topk_ids_ptr": f"*{id_dtype}",
-                    "tile_offsets_ptr": "*i32",
-                    "totals_ptr": "*i32",
+                    "range_counts_ptr": "*i32",
                     "sorted_ids_ptr": "*i32",
+                    "num_ranges": "i32",
                     "numel": "i32",
                     "num_experts": "i32",
                     "block_size": "i32",
+                    "tiles_per_program": "i32",
                 },
                 {"BLOCK_N": block_n, "BLOCK_E": block_e},
                 sku,
@@ -760,11 +785,12 @@ def lowering_requests(sku: str) -> list[LoweringRequest]:
             LoweringRequest(
                 kernel_ref(_align_blocks_kernel),
                 {
-                    "totals_ptr": "*i32",
+                    "range_counts_ptr": "*i32",
                     "expert_map_ptr": "*i32",
                     "sorted_ids_ptr": "*i32",
                     "expert_ids_ptr": "*i32",
                     "num_post_pad_ptr": "*i32",
+                    "num_ranges": "i32",
                     "num_experts": "i32",
                     "block_size": "i32",
                     "numel": "i32",
@@ -776,15 +802,6 @@ def lowering_requests(sku: str) -> list[LoweringRequest]:
                 f"align_blocks_{tag}",
             ),
         ]
-    reqs.append(
-        LoweringRequest(
-            kernel_ref(_align_scan_kernel),
-            {"tile_counts_ptr": "*i32", "totals_ptr": "*i32", "num_tiles": "i32", "num_experts": "i32"},
-            {"BLOCK_E": 64},
-            sku,
-            "align_scan",
-        )
-    )
     return reqs
 
 
