@@ -9,6 +9,8 @@ import types
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vllm_ascend_triton.codegen.lower import lower_many
 from vllm_ascend_triton.codegen.report import parse_adapter_ir
@@ -479,21 +481,24 @@ def test_align_kernels_stay_inside_their_buffers():
     )
 
 
-def test_topk_kernel_stays_inside_its_outputs():
-    logits = torch.randn(3, 10)
-    w_full, weights = _guarded(3 * 3, torch.float32, -77.0)
-    i_full, ids = _guarded(3 * 3, torch.int32, -77)
+def test_topk_kernel_persistent_loop_and_bounds():
+    # 9 rows in tiles of 2 on a grid of 2: each program loops over several tiles, the last tile
+    # is half empty, and nothing past the outputs is written.
+    m, e, k = 9, 10, 3
+    logits = torch.randn(m, e)
+    w_full, weights = _guarded(m * k, torch.float32, -77.0)
+    i_full, ids = _guarded(m * k, torch.int32, -77)
     mr._topk_routing_kernel[(2,)](
         logits,
         logits,
         weights,
         ids,
-        3,
-        10,
-        10,
+        m,
+        e,
+        e,
         5,
         1.0,
-        TOPK=3,
+        TOPK=k,
         BLOCK_K=4,
         BLOCK_M=2,
         BLOCK_E=16,
@@ -503,10 +508,32 @@ def test_topk_kernel_stays_inside_its_outputs():
         NUM_GROUPS=2,
         TOPK_GROUP=1,
     )
-    assert (w_full[9:] == -77.0).all() and (i_full[9:] == -77).all()
-    ref = mr.grouped_topk_ref(logits, 3, True, 2, 1)
-    assert torch.equal(ids.view(3, 3), ref[1])
-    torch.testing.assert_close(weights.view(3, 3), ref[0], atol=ATOL, rtol=0)
+    assert (w_full[m * k :] == -77.0).all() and (i_full[m * k :] == -77).all()
+    ref = mr.grouped_topk_ref(logits, k, True, 2, 1)
+    assert torch.equal(ids.view(m, k), ref[1])
+    torch.testing.assert_close(weights.view(m, k), ref[0], atol=ATOL, rtol=0)
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    m=st.integers(0, 40),
+    k=st.integers(1, 8),
+    e=st.integers(1, 300),
+    block_size=st.sampled_from([1, 3, 16, 64]),
+    with_map=st.booleans(),
+    pad=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_moe_align_random_layouts(m, k, e, block_size, with_map, pad, seed):
+    gen = torch.Generator().manual_seed(seed)
+    topk_ids = torch.randint(0, e, (m, k), generator=gen, dtype=torch.int32)  # repeats allowed
+    expert_map = None
+    if with_map:
+        expert_map = torch.where(torch.rand(e, generator=gen) < 0.5, torch.arange(e), -1).to(torch.int32)
+    out = moe_align_block_size(topk_ids, block_size, e, expert_map, pad)
+    ref = mr.moe_align_block_size_ref(topk_ids, block_size, e, expert_map, pad)
+    for got, want in zip(out, ref, strict=True):
+        assert torch.equal(got, want)
 
 
 # ------------------------------------------------------------------------------------------
