@@ -436,6 +436,16 @@ def _route(
     if num_tokens == 0:
         return weights, ids
     config, grid, block_e = _topk_config(kernel, num_tokens, num_experts, topk)
+    logger.debug(
+        "%s: M=%d E=%d k=%d groups=%d grid=%s config=%s",
+        kernel,
+        num_tokens,
+        num_experts,
+        topk,
+        num_expert_group,
+        grid,
+        config,
+    )
     if gating_output.stride(1) != 1:
         gating_output = gating_output.contiguous()
     with bf16_shim() as shim:
@@ -593,6 +603,14 @@ def moe_align_block_size(
     (num_ranges,) = grid = persistent_grid(num_tiles, device=dev)
     tiles_per_program = triton.cdiv(num_tiles, num_ranges)
     range_counts = torch.empty(num_ranges, num_experts, dtype=torch.int32, device=device)
+    logger.debug(
+        "moe_align_block_size: %d routes, E=%d, %d tiles on %d programs, config=%s",
+        numel,
+        num_experts,
+        num_tiles,
+        num_ranges,
+        cfg,
+    )
 
     _align_count_kernel[grid](
         flat, range_counts, numel, num_experts, tiles_per_program, BLOCK_N=cfg["BLOCK_N"], BLOCK_E=block_e
