@@ -29,3 +29,21 @@ def double_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
     offs = tl.arange(0, BLOCK)
     x = tl.load(x_ptr + offs, mask=offs < n)
     tl.store(out_ptr + offs, x + x, mask=offs < n)
+
+
+@triton.jit
+def int_sums_kernel(x_ptr, sum_ptr, cumsum_ptr, max_ptr, B: tl.constexpr):
+    offs = tl.arange(0, B)
+    x = tl.load(x_ptr + offs)
+    tl.store(sum_ptr, tl.sum(x, axis=0))
+    tl.store(cumsum_ptr + offs, tl.cumsum(x, axis=0))
+    tl.store(max_ptr, tl.max(x, axis=0))
+
+
+@triton.jit
+def row_max_kernel(x_ptr, out_ptr, R: tl.constexpr, C: tl.constexpr):
+    rows = tl.arange(0, R)
+    cols = tl.arange(0, C)
+    tile = tl.load(x_ptr + rows[:, None] * C + cols[None, :])
+    tl.store(out_ptr + rows, tl.max(tile, axis=1))
+    tl.store(out_ptr + R + rows, tl.min(tile, axis=1))

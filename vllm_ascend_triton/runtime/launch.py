@@ -19,6 +19,11 @@ from vllm_ascend_triton.runtime.device import DeviceInfo, current_device
 
 CHECK_ENV = "VAT_CHECK_INPUTS"
 
+if current_backend() is Backend.INTERPRETER:
+    from vllm_ascend_triton.runtime.interpreter import patch_triton_interpreter
+
+    patch_triton_interpreter()
+
 
 def persistent_grid(work_items: int, uses_cube: bool = False, device: DeviceInfo | None = None) -> tuple[int]:
     """One program per core, never more programs than work items (at least one)."""
