@@ -34,6 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def console() -> "Console":
+    """Rich console for tables; wide when piped (a log file should not fold kernel names)."""
+    from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() else 200)
+
+
 def emit_json(payload: object) -> None:
     json.dump(payload, sys.stdout, indent=2, default=str)
     sys.stdout.write("\n")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 
-from rich.console import Console
 from rich.table import Table
 
 from vllm_ascend_triton.codegen.lower import lower_many
@@ -32,7 +31,7 @@ def compile_report(sku_name: str, families: tuple[str, ...]) -> list[dict]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vllm_ascend_triton.cli import emit_json
+    from vllm_ascend_triton.cli import console, emit_json
 
     families = tuple(args.family) if args.family else FAMILIES
     skus = args.sku or [current_device().sku.name]
@@ -49,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
                               str(r["discrete_accesses"]), "yes" if r["fits_ub"] else "[red]NO[/red]")
             else:
                 table.add_row(r["sku"], r["kernel"], "[red]failed[/red]", "", "", "", r["error"].splitlines()[-1][:80])
-        Console().print(table)
+        console().print(table)
     return 0 if rows and all(r["ok"] and r["fits_ub"] for r in rows) else 1
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import time
 
-from rich.console import Console
 from rich.table import Table
 
 from vllm_ascend_triton.kernels import FAMILIES
@@ -15,7 +14,7 @@ from vllm_ascend_triton.runtime.backend import current_backend
 
 
 def run(args: argparse.Namespace) -> int:
-    from vllm_ascend_triton.cli import emit_json
+    from vllm_ascend_triton.cli import console, emit_json
 
     families = tuple(args.family) if args.family else FAMILIES
     started = time.perf_counter()
@@ -37,9 +36,9 @@ def run(args: argparse.Namespace) -> int:
         for r in results:
             table.add_row(r.kernel, r.case, f"{r.max_abs_err:.2e}", f"{r.atol:.0e}",
                           "[green]ok[/green]" if r.ok else "[red]FAIL[/red]")
-        console = Console()
-        console.print(table)
-        console.print(f"{len(results) - len(failed)} passed, {len(failed)} failed in {elapsed:.1f} s")
+        out = console()
+        out.print(table)
+        out.print(f"{len(results) - len(failed)} passed, {len(failed)} failed in {elapsed:.1f} s")
     return 1 if failed or not results else 0
 
 
