@@ -47,22 +47,30 @@ def test_plan_bounds(loads: list[LoadVector]) -> None:
             continue
         room = max(0, BUDGET - load.decode_tokens)
         assert 0 <= p.prefill_allowance <= room
-        # Progress floor: every rank may prefill at least min_chunk (room permitting).
-        assert p.prefill_allowance >= min(params.min_chunk, room)
+        # Small pending prefill always goes; after escalate_steps cut steps so does a chunk.
+        if load.prefill_pending <= params.min_chunk or load.starve_steps >= params.escalate_steps:
+            assert p.prefill_allowance >= min(params.min_chunk, room)
 
 
 def test_equal_level_fills_light_ranks_and_chunks_heavy_ones() -> None:
-    # 8 ranks; 4 have 3000 pending prefill tokens, one has 20000, three have none.
-    loads = [lv(decode=100, wait_pf=3000)] * 4 + [lv(decode=100, wait_pf=20000)] + [lv(decode=100)] * 3
-    plan = compute_plan(loads, BalanceParams(), BUDGET)
-    # Level = 4th largest total = 100 + 3000: the heavy rank is chunked to that level.
+    # 8 ranks; 5 have 3000 pending prefill tokens, one 20000, one 1000, one none.
+    loads = ([lv(decode=100, wait_pf=3000)] * 5 + [lv(decode=100, wait_pf=20000)]
+             + [lv(decode=100, wait_pf=1000), lv(decode=100)])
+    plan = compute_plan(loads, BalanceParams(quorum=0.75), BUDGET)
+    # Level = 6th largest total = 100 + 3000: the heavy rank is chunked to that level,
+    # the others may fill up to it.
     assert [p.prefill_allowance for p in plan] == [3000] * 8
 
 
-def test_lone_prefill_gets_min_chunk_not_zero() -> None:
-    loads = [lv(decode=128, run_pf=3500)] + [lv(decode=128)] * 7
-    plan = compute_plan(loads, BalanceParams(min_chunk=512), BUDGET)
-    assert plan[0] == RankPlan(512, True)
+def test_lone_long_prefill_waits_then_escalates() -> None:
+    params = BalanceParams(min_chunk=512, escalate_steps=4, quorum=0.75)
+    lone = [lv(decode=128, run_pf=3500)] + [lv(decode=128)] * 7
+    assert compute_plan(lone, params, BUDGET)[0] == RankPlan(0, True)
+    starved = [lv(decode=128, run_pf=3500, starve=4)] + [lv(decode=128)] * 7
+    assert compute_plan(starved, params, BUDGET)[0] == RankPlan(512, True)
+    # A short prompt is never held back: its padding costs little.
+    short = [lv(decode=128, wait_pf=300)] + [lv(decode=128)] * 7
+    assert compute_plan(short, params, BUDGET)[0] == RankPlan(512, True)
 
 
 def test_nothing_pending_means_unlimited() -> None:
@@ -73,12 +81,12 @@ def test_nothing_pending_means_unlimited() -> None:
 def test_escalation_doubles_then_unlimited() -> None:
     params = BalanceParams(min_chunk=512, escalate_steps=8)
     assert escalation_levels(params, BUDGET) == 4
-    assert starvation_bound(params, BUDGET) == 33
+    assert starvation_bound(params, BUDGET) == 41
     got = []
-    for starve in (0, 7, 8, 16, 24, 31, 32):
+    for starve in (0, 7, 8, 16, 24, 32, 39, 40):
         loads = [lv(decode=0, run_pf=50000, starve=starve)] + [lv()] * 7
         got.append(compute_plan(loads, params, BUDGET)[0].prefill_allowance)
-    assert got == [512, 512, 1024, 2048, 4096, 4096, None]
+    assert got == [0, 0, 512, 1024, 2048, 4096, 4096, None]
 
 
 def test_gate_blocks_admission_while_any_rank_is_full() -> None:

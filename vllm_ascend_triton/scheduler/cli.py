@@ -153,11 +153,22 @@ def _run_sim(args: argparse.Namespace) -> int:
                          "warmup": warmup, "shape": shape, "step_model": model.__dict__.copy(),
                          "balance": bal_kw})
     t0 = time.perf_counter()
+    def progress(res: dict[str, Any]) -> None:
+        s = res["summary"]
+        print(f"[vat sim] {s['workload']}/{s['policy']}: {s['steps']} steps, "
+              f"{s['wall_seconds']:.0f}s wall", file=sys.stderr, flush=True)
+
     if args.jobs > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as ex:
-            results = list(ex.map(_run_one, jobs))
+            futures = [ex.submit(_run_one, j) for j in jobs]
+            for f in futures:
+                f.add_done_callback(lambda f: progress(f.result()) if not f.exception() else None)
+            results = [f.result() for f in futures]
     else:
-        results = [_run_one(j) for j in jobs]
+        results = []
+        for j in jobs:
+            results.append(_run_one(j))
+            progress(results[-1])
     rows = [r["summary"] for r in results]
     series = {(r["summary"]["workload"], r["summary"]["policy"]): r["series"] for r in results}
     payload = {

@@ -43,15 +43,15 @@ class BalanceParams:
     """Knobs of the plan. Defaults are the ones the simulator's table was produced with."""
 
     mode: str = "balance"
-    # Every rank with pending prefill may always schedule at least this many prefill tokens
-    # above the largest decode batch: progress for a lone prefill, and the chunk size floor.
+    # Prefill chunk unit: a rank whose pending prefill is at most this much may always
+    # schedule it (small prompts cost little padding), and the escalation starts here.
     min_chunk: int = 512
     # The common token level is the one that at least this share of ranks can fill.
-    quorum: float = 0.5
-    # A rank whose prefill the plan has cut for this many consecutive steps gets its
-    # chunk floor doubled (and again every as many steps), up to no limit at all: this
-    # bounds how long any request can be deferred (see starvation_bound()).
-    escalate_steps: int = 8
+    quorum: float = 0.75
+    # A rank whose prefill the plan has cut for this many consecutive steps gets a floor
+    # of min_chunk, doubled every as many steps again, up to no limit at all: this bounds
+    # how long any request can be deferred (see starvation_bound()).
+    escalate_steps: int = 4
     max_num_seqs: int = 128
 
     def __post_init__(self) -> None:
@@ -87,7 +87,7 @@ def starvation_bound(params: BalanceParams, token_budget: int) -> int:
     """Steps after which a rank whose prefill the plan keeps cutting is scheduled without
     any limit, i.e. exactly as vLLM would: a waiting request that vLLM would admit is
     admitted at most this many steps after the plan first deferred it."""
-    return params.escalate_steps * escalation_levels(params, token_budget) + 1
+    return params.escalate_steps * (escalation_levels(params, token_budget) + 1) + 1
 
 
 def compute_plan(
@@ -109,19 +109,24 @@ def compute_plan(
         return [UNLIMITED] * n
     totals = sorted((lv.decode_tokens + d for lv, d in zip(loads, demand)), reverse=True)
     k = max(1, math.ceil(n * params.quorum))
-    max_decode = max(lv.decode_tokens for lv in loads)
-    # The step costs what the largest rank batch costs (DP ranks are padded to it), so
-    # fill every rank up to the level that a quorum of ranks reaches anyway.
-    level = min(token_budget, max(totals[k - 1], max_decode + params.min_chunk))
+    # The step costs what the largest rank batch costs (DP ranks are padded to it): fill
+    # every rank up to the level that a quorum of ranks reaches, and no rank above it.
+    level = min(token_budget, totals[k - 1])
     top = escalation_levels(params, token_budget)
     plan = []
     for lv in loads:
         doublings = lv.starve_steps // params.escalate_steps
-        if doublings >= top:
+        if doublings > top:
             # Starvation bound reached: this step the rank schedules exactly as vLLM.
             plan.append(UNLIMITED)
             continue
-        allowance = max(level - lv.decode_tokens, params.min_chunk << doublings)
+        if doublings > 0:
+            floor = params.min_chunk << (doublings - 1)
+        elif lv.prefill_pending <= params.min_chunk:
+            floor = params.min_chunk  # small prompts go now (and new arrivals up to a chunk)
+        else:
+            floor = 0  # a large lone prefill waits for the quorum (bounded by escalation)
+        allowance = max(level - lv.decode_tokens, floor)
         allowance = min(allowance, max(0, token_budget - lv.decode_tokens))
         plan.append(RankPlan(allowance, True))
     return plan
