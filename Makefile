@@ -18,6 +18,7 @@ test-fast: env
 bench: env
 	.venv/bin/vat info
 	.venv/bin/vat check
+	.venv/bin/vat compile --sku Ascend910B3
 
 lint: env
 	.venv/bin/ruff check vllm_ascend_triton tests
