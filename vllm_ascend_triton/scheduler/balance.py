@@ -16,22 +16,27 @@ same snapshot (:func:`~vllm_ascend_triton.scheduler.plan.compute_plan`):
 1. each rank's *demand* is the prefill it would schedule unconstrained,
    ``min(budget - decode, pending prefill)``; if nobody has demand, nothing is limited;
 2. the step's *token level* is the rank total (decode + demand) that a quorum of ranks
-   (3/4 by default) reaches, capped by the token budget. The step costs what the
+   (7/8 by default) reaches, capped by the token budget. The step costs what the
    largest rank batch costs, so filling every rank up to that level is nearly free,
    while going above it for a minority of ranks makes the whole cluster wait;
-3. each rank's *prefill allowance* is ``level - its decode tokens``, but at least its
-   floor: ``min_chunk`` if its pending prefill is that small (short prompts go at once;
-   their padding is cheap), else 0 (a long prefill that only a few ranks have waits for
-   the quorum). Prefill work is *chunked* to the allowance (running chunks first, then
-   admissions, in vLLM's order), never deferred all-or-nothing;
+3. each rank has a *floor*: ``min_chunk`` if its pending prefill is that small (short
+   prompts go at once; their padding is cheap), else 0 (a long prefill that only a few
+   ranks have waits for the quorum), raised by step 4. Whatever a floor forces one rank
+   to run, every rank pays through padding, so the level is raised to the largest
+   ``decode + min(floor, demand)`` and every rank with pending prefill fills that step;
+   each rank's *prefill allowance* is ``max(level - its decode tokens, its floor)``.
+   Prefill work is *chunked* to the allowance (running chunks first, then admissions,
+   in vLLM's order), never deferred all-or-nothing;
 4. no starvation: a rank whose prefill the plan has cut (a chunk shortened or an
    admission refused) for ``escalate_steps`` consecutive steps gets a floor of
    ``min_chunk``, doubled every ``escalate_steps`` steps; once it would exceed the token
    budget the rank is not limited at all for that step. Hence a waiting request that
    vLLM would admit is admitted at most
    :func:`~vllm_ascend_triton.scheduler.plan.starvation_bound` steps
-   (``escalate_steps * (ceil(log2(budget / min_chunk)) + 1) + 1``; 21 with the defaults
-   and an 8192-token budget) after the plan first deferred it.
+   (``escalate_steps * (ceil(log2(budget / min_chunk)) + 1) + 1``; 81 with the defaults
+   -- 16 steps, 512 tokens -- and an 8192-token budget) after the plan first deferred it.
+   Slow escalation lets more ranks join a prefill step (throughput); fast escalation
+   caps the TTFT of prefills that only a few ranks have (see docs/scheduler.md).
 
 The allowance is enforced from inside vLLM's own ``schedule()`` through the
 ``_reserve_prefill_lookahead`` hook, which upstream calls on every running and waiting

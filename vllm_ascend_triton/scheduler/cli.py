@@ -21,8 +21,8 @@ DEFAULT_POLICIES = "default,cadence:2,cadence:4,gate,balance"
 # Sized so that `--dp 8 --workload a,b,c` with the five default policies takes a few
 # minutes on 2 cores (vLLM's schedule() + update_from_output dominate: ~2 ms per rank-step
 # at 128 running). (a) needs more than one request lifetime (~1500 steps) to desynchronise.
-DEFAULT_STEPS = {"a": 3000, "b": 1500, "c": 1500}
-DEFAULT_WARMUP = {"a": 1300, "b": 300, "c": 300}
+DEFAULT_STEPS = {"a": 3000, "b": 2500, "c": 2500}
+DEFAULT_WARMUP = {"a": 1300, "b": 500, "c": 500}
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:

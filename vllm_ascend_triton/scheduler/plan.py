@@ -47,11 +47,11 @@ class BalanceParams:
     # schedule it (small prompts cost little padding), and the escalation starts here.
     min_chunk: int = 512
     # The common token level is the one that at least this share of ranks can fill.
-    quorum: float = 0.75
+    quorum: float = 0.875
     # A rank whose prefill the plan has cut for this many consecutive steps gets a floor
     # of min_chunk, doubled every as many steps again, up to no limit at all: this bounds
     # how long any request can be deferred (see starvation_bound()).
-    escalate_steps: int = 4
+    escalate_steps: int = 16
     max_num_seqs: int = 128
 
     def __post_init__(self) -> None:
@@ -113,19 +113,28 @@ def compute_plan(
     # every rank up to the level that a quorum of ranks reaches, and no rank above it.
     level = min(token_budget, totals[k - 1])
     top = escalation_levels(params, token_budget)
-    plan = []
+    floors = []
     for lv in loads:
         doublings = lv.starve_steps // params.escalate_steps
         if doublings > top:
-            # Starvation bound reached: this step the rank schedules exactly as vLLM.
-            plan.append(UNLIMITED)
-            continue
-        if doublings > 0:
+            floor = token_budget  # starvation bound reached: exactly vLLM for this rank
+        elif doublings > 0:
             floor = params.min_chunk << (doublings - 1)
         elif lv.prefill_pending <= params.min_chunk:
             floor = params.min_chunk  # small prompts go now (and new arrivals up to a chunk)
         else:
             floor = 0  # a large lone prefill waits for the quorum (bounded by escalation)
+        floors.append(floor)
+    # Whatever a floor forces one rank to run, every rank pays through padding: raise the
+    # common level to it so that every rank with pending prefill fills the same step.
+    for lv, floor, d in zip(loads, floors, demand):
+        if floor and d:
+            level = max(level, min(token_budget, lv.decode_tokens + min(floor, d)))
+    plan = []
+    for lv, floor in zip(loads, floors):
+        if floor >= token_budget:
+            plan.append(UNLIMITED)
+            continue
         allowance = max(level - lv.decode_tokens, floor)
         allowance = min(allowance, max(0, token_budget - lv.decode_tokens))
         plan.append(RankPlan(allowance, True))

@@ -4,7 +4,8 @@
   (twice what the ranks can run), prompts 3500 and outputs 1500 tokens with uniform
   +-10% jitter: the shape of vllm-ascend's balance-scheduling benchmark. A client sends
   its next request the moment the previous one finishes.
-* ``b``: open loop, Poisson arrivals (2/s per rank) of mixed ShareGPT-like lengths: 75% chat turns
+* ``b``: open loop, Poisson arrivals (4.5/s per rank: more than default and gate sustain under the
+  default step model, less than balance does) of mixed ShareGPT-like lengths: 75% chat turns
   (log-normal prompt, median 256, and output, median 192) and 25% long-context turns
   (prompt median 2048, output median 256), capped at 8192 / 2048 tokens.
 * ``c``: bursts. A Poisson background of chat turns (1.5/s per rank) plus, every 20 s,
@@ -90,7 +91,7 @@ class PoissonShareGPT(Workload):
     name = "b"
     description = "Poisson arrivals, ShareGPT-like mixed lengths"
 
-    def __init__(self, dp: int, max_num_seqs: int, seed: int, rate_per_rank: float = 2.0,
+    def __init__(self, dp: int, max_num_seqs: int, seed: int, rate_per_rank: float = 4.5,
                  horizon_s: float = 3600.0):
         super().__init__(dp, max_num_seqs, seed)
         rate = rate_per_rank * dp
