@@ -92,7 +92,7 @@ def plot(rows: Sequence[dict[str, Any]], series: dict[tuple[str, str], dict[str,
     workloads = sorted({r["workload"] for r in rows})
     policies = list(dict.fromkeys(r["policy"] for r in rows))
     metrics = [("output_tok_s", "output tok/s"), ("ttft_p99_s", "TTFT p99 (s)"),
-               ("tpot_p99_ms", "TPOT p99 (ms)"), ("series", "step time (ms), first steps")]
+               ("tpot_p99_ms", "TPOT p99 (ms)"), ("series", "step time (ms), last 400 steps")]
     fig, axes = plt.subplots(len(workloads), len(metrics), figsize=(5 * len(metrics), 3.2 * len(workloads)),
                              squeeze=False)
     for i, wl in enumerate(workloads):
