@@ -66,6 +66,6 @@ def lockstep(scheds: list[Any], members: list[Any]) -> list[Any]:
     outs = []
     for s in scheds:
         outs.append(step(s) if s.has_requests() else None)
-    for s, m in zip(scheds, members):
+    for s, m in zip(scheds, members, strict=True):
         s.on_step_boundary(m)
     return outs

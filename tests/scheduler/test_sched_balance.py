@@ -76,7 +76,7 @@ def test_random_stress_no_leak(dp: int) -> None:
             victim = rng.choice(live)
             scheds[owner[victim]].finish_requests(victim, RequestStatus.FINISHED_ABORTED)
             aborted.add(victim)
-        for s, res in zip(scheds, lockstep(scheds, members)):
+        for s, res in zip(scheds, lockstep(scheds, members), strict=True):
             if res is None:
                 continue
             so, eco = res

@@ -40,7 +40,7 @@ def test_exchange_two_process_gloo_idle_rank(tmp_path: Path) -> None:
         for p in procs:
             if p.poll() is None:
                 p.kill()
-    for p, log in zip(procs, logs):
+    for p, log in zip(procs, logs, strict=True):
         assert p.returncode == 0, log[-3000:]
     r0, r1 = (json.loads((tmp_path / f"r{r}.json").read_text()) for r in range(2))
     assert r0["finished"] and r1["finished"]

@@ -41,7 +41,7 @@ def test_plan_bounds(loads: list[LoadVector]) -> None:
     if len(loads) == 1:
         assert plan == [UNLIMITED]
         return
-    for load, p in zip(loads, plan):
+    for load, p in zip(loads, plan, strict=True):
         assert p.admit_new
         if p.prefill_allowance is None:
             continue

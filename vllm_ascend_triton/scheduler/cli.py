@@ -41,7 +41,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--dp", type=int, default=8, help="number of DP ranks (default 8)")
     p.add_argument("--workload", default="a,b,c", help="comma list of workloads a,b,c (default all)")
     p.add_argument("--policy", default=DEFAULT_POLICIES,
-                   help=f"comma list of policies: default, cadence:N, gate, balance (default {DEFAULT_POLICIES})")
+                   help="comma list of policies: default, cadence:N, gate, balance "
+                   f"(default {DEFAULT_POLICIES})")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
     p.add_argument("--out", type=Path, default=None, help="directory for sim.json and sim.png")
     p.add_argument("--seed", type=int, default=0, help="workload seed (default 0)")
@@ -53,7 +54,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                    help="parallel worker processes (default min(2, cores))")
     g = p.add_argument_group("step-time model (simulated; defaults: 910B-class MoE, DP8/EP)")
     g.add_argument("--fixed-ms", type=float, default=None, help="fixed cost per step")
-    g.add_argument("--per-token-ms", type=float, default=None, help="cost per token of the largest rank batch")
+    g.add_argument("--per-token-ms", type=float, default=None,
+                   help="cost per token of the largest rank batch")
     g.add_argument("--per-kv-token-us", type=float, default=None,
                    help="cost per attended KV token of the slowest rank")
     s = p.add_argument_group("per-rank vLLM scheduler")
@@ -65,7 +67,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     b.add_argument("--quorum", type=float, default=None)
     b.add_argument("--escalate-steps", type=int, default=None)
     p.add_argument("--overhead", action="store_true",
-                   help="instead: measure mean schedule() time, balance vs vLLM, with --overhead-running requests")
+                   help="instead: measure mean schedule() time, balance vs vLLM, "
+                   "with --overhead-running requests")
     p.add_argument("--overhead-running", type=int, default=256)
     p.add_argument("--overhead-steps", type=int, default=200)
     p.set_defaults(func=run)
@@ -114,7 +117,8 @@ def _run_overhead(args: argparse.Namespace) -> int:
         print(f"schedule() with {res['num_running']} running requests, {res['steps']} steps (measured here):")
         print(f"  vLLM Scheduler   {res['vllm_schedule_mean_us']:9.1f} us")
         print(f"  balance mode     {res['balance_schedule_mean_us']:9.1f} us  ratio {res['ratio']:.3f}")
-        print(f"  + load_vector()  {res['load_vector_mean_us']:9.1f} us  ratio incl. {res['ratio_including_load_vector']:.3f}")
+        print(f"  + load_vector()  {res['load_vector_mean_us']:9.1f} us  "
+              f"ratio incl. {res['ratio_including_load_vector']:.3f}")
     return 0
 
 
@@ -173,7 +177,8 @@ def _run_sim(args: argparse.Namespace) -> int:
     series = {(r["summary"]["workload"], r["summary"]["policy"]): r["series"] for r in results}
     payload = {
         "simulated": True,
-        "note": "Timings come from the step-time model (not measured); schedulers are real vLLM 0.32 objects.",
+        "note": "Timings come from the step-time model (not measured); "
+        "schedulers are real vLLM 0.32 objects.",
         "dp": args.dp,
         "step_model": model.__dict__,
         "balance_params": {k: v for k, v in params.__dict__.items() if k != "mode"},

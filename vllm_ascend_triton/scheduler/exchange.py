@@ -23,7 +23,8 @@ from __future__ import annotations
 import abc
 import logging
 import threading
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from vllm_ascend_triton.scheduler.plan import LOAD_VECTOR_LEN, LoadVector
 

@@ -12,8 +12,9 @@ See :mod:`vllm_ascend_triton.scheduler.balance` for the algorithm in prose.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 MODES = ("off", "balance", "gate")
 
@@ -107,7 +108,7 @@ def compute_plan(
     if not any(demand):
         # Nothing to balance: new arrivals may be admitted as vLLM would.
         return [UNLIMITED] * n
-    totals = sorted((lv.decode_tokens + d for lv, d in zip(loads, demand)), reverse=True)
+    totals = sorted((lv.decode_tokens + d for lv, d in zip(loads, demand, strict=True)), reverse=True)
     k = max(1, math.ceil(n * params.quorum))
     # The step costs what the largest rank batch costs (DP ranks are padded to it): fill
     # every rank up to the level that a quorum of ranks reaches, and no rank above it.
@@ -127,11 +128,11 @@ def compute_plan(
         floors.append(floor)
     # Whatever a floor forces one rank to run, every rank pays through padding: raise the
     # common level to it so that every rank with pending prefill fills the same step.
-    for lv, floor, d in zip(loads, floors, demand):
+    for lv, floor, d in zip(loads, floors, demand, strict=True):
         if floor and d:
             level = max(level, min(token_budget, lv.decode_tokens + min(floor, d)))
     plan = []
-    for lv, floor in zip(loads, floors):
+    for lv, floor in zip(loads, floors, strict=True):
         if floor >= token_budget:
             plan.append(UNLIMITED)
             continue

@@ -12,7 +12,8 @@ engine it runs at the step boundary, outside ``schedule()``.
 from __future__ import annotations
 
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

@@ -203,13 +203,15 @@ def run_simulation(
         in_window = step > warmup_steps
         if in_window:
             total_rank_time += dt * dp
-            idle_rank_time += sum(dt - min(dt, model.rank_cost(n, c)) for n, c in zip(tokens, contexts))
+            idle_rank_time += sum(
+                dt - min(dt, model.rank_cost(n, c)) for n, c in zip(tokens, contexts, strict=True)
+            )
         series["t"].append(t)
         series["step_ms"].append(dt * 1e3)
         series["max_tokens"].append(max(tokens))
         series["mean_tokens"].append(sum(tokens) / dp)
 
-        for s, so in zip(scheds, outputs):
+        for s, so in zip(scheds, outputs, strict=True):
             if so is None:
                 continue
             eco = s.update_from_output(so, fake_model_output(s, so))
@@ -229,7 +231,7 @@ def run_simulation(
                 _check_scheduler(s)
 
         if exchanging:
-            for s, m in zip(scheds, members):
+            for s, m in zip(scheds, members, strict=True):
                 s.on_step_boundary(m)
 
     window = t - t_warm

@@ -17,8 +17,8 @@ such deployments, not measured here. Override them (``--fixed-ms``, ``--per-toke
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 
 @dataclass(frozen=True)
