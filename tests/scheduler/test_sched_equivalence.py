@@ -81,6 +81,20 @@ def test_async_variant_off_matches_vllm_async() -> None:
     _drive_pair(ref, cand, seed=7, steps=80)
 
 
+def test_async_config_selects_async_variant() -> None:
+    shape = SchedulerShape(max_num_seqs=8, max_num_batched_tokens=256, max_model_len=2048,
+                           block_size=16, num_blocks=60)
+    cfg = make_vllm_config(shape)
+    # vLLM's CPU platform turns async scheduling off; an Ascend platform keeps it on.
+    cfg.scheduler_config.async_scheduling = True
+    sched = make_scheduler(BalanceScheduler, shape, cfg, balance=True)
+    assert isinstance(sched, AsyncBalanceScheduler) and sched.balance_enabled
+    ref = make_scheduler(AsyncScheduler, shape, cfg)
+    _drive_pair(ref, make_scheduler(BalanceScheduler, shape, cfg, balance=False), seed=3, steps=40)
+    sync = make_scheduler(BalanceScheduler, SHAPE, make_vllm_config(SHAPE))
+    assert type(sync) is BalanceScheduler
+
+
 def test_switches(monkeypatch: pytest.MonkeyPatch) -> None:
     from vllm_ascend_triton.scheduler import resolve_balance_params
 

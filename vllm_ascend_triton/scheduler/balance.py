@@ -229,7 +229,24 @@ class BalanceMixin:
 
 
 class BalanceScheduler(BalanceMixin, Scheduler):
-    """vLLM's ``Scheduler`` plus the DP balance mode (off unless switched on)."""
+    """vLLM's ``Scheduler`` plus the DP balance mode (off unless switched on).
+
+    With ``async_scheduling`` on, vLLM would otherwise run this synchronous scheduler
+    under its async engine loop; constructing ``BalanceScheduler`` then returns an
+    :class:`AsyncBalanceScheduler`, so ``--scheduler-cls ...BalanceScheduler`` is right
+    in both modes.
+    """
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        cfg = kwargs.get("vllm_config", args[0] if args else None)
+        if cls is BalanceScheduler and getattr(
+            getattr(cfg, "scheduler_config", None), "async_scheduling", False
+        ):
+            obj = object.__new__(AsyncBalanceScheduler)
+            # Not a BalanceScheduler instance, so Python will not call __init__ for us.
+            obj.__init__(*args, **kwargs)
+            return obj
+        return super().__new__(cls)
 
 
 class AsyncBalanceScheduler(BalanceMixin, AsyncScheduler):
