@@ -198,10 +198,11 @@ def _run_sim(args: argparse.Namespace) -> int:
         print(f"SIMULATED lockstep DP={args.dp} (step-time model: {model})")
         print(report.format_table(rows))
         for wl, v in payload["verdicts"].items():
-            print(f"({wl}) balance {v['balance_output_tok_s']:.0f} tok/s vs best other "
-                  f"{v['best_other_output_tok_s']:.0f} ({v['best_other_by_throughput']}), "
-                  f"TTFT p99 {v['balance_ttft_p99_s']:.2f}s vs best {v['best_other_ttft_p99_s']:.2f}s "
-                  f"({v['best_other_by_ttft_p99']})")
+            f = report._fmt
+            print(f"({wl}) balance {f('{:.0f}', v['balance_output_tok_s'])} tok/s vs best other "
+                  f"{f('{:.0f}', v['best_other_output_tok_s'])} ({v['best_other_by_throughput']}), "
+                  f"TTFT p99 {f('{:.2f}', v['balance_ttft_p99_s'])} s vs best "
+                  f"{f('{:.2f}', v['best_other_ttft_p99_s'])} s ({v['best_other_by_ttft_p99']})")
         if args.out is not None:
             print(f"wrote {args.out / 'sim.json'} and {args.out / 'sim.png'}")
     return 0
