@@ -26,7 +26,6 @@ from vllm_ascend_triton.kernels.attention import (
 from vllm_ascend_triton.runtime.sku import get_sku
 
 # The interpreter converts 1-element arrays to loop bounds (numpy deprecation noise).
-pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")
 
 POISON = 12345.0
 F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16

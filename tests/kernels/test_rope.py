@@ -14,8 +14,6 @@ from vllm_ascend_triton.kernels import rope
 from vllm_ascend_triton.kernels.rope import mrope_rotary_embedding, rotary_embedding
 from vllm_ascend_triton.runtime.launch import CHECK_ENV
 
-# Triton's interpreter converts 1-element arrays to ints in a way numpy deprecates: noise, not ours.
-pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")
 
 vllm_rope = pytest.importorskip("vllm.model_executor.layers.rotary_embedding")
 from vllm.model_executor.layers.rotary_embedding.base import RotaryEmbedding  # noqa: E402
