@@ -25,8 +25,6 @@ from vllm_ascend_triton.kernels.attention import (
 )
 from vllm_ascend_triton.runtime.sku import get_sku
 
-# The interpreter converts 1-element arrays to loop bounds (numpy deprecation noise).
-
 POISON = 12345.0
 F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
 ATOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 3e-2}
