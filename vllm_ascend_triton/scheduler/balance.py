@@ -78,7 +78,8 @@ from vllm_ascend_triton.scheduler.plan import (
     compute_plan,
 )
 
-logger = init_logger(__name__)
+# A child of vLLM's "vllm" logger, so our lines show up in the engine core's log with vLLM's.
+logger = init_logger(f"vllm.{__name__}")
 
 ENV_SWITCH = "VLLM_ASCEND_BALANCE_SCHEDULING"
 CONFIG_KEY = "balance_scheduling"

@@ -28,7 +28,9 @@ from typing import Any
 
 from vllm_ascend_triton.scheduler.plan import LOAD_VECTOR_LEN, LoadVector
 
-logger = logging.getLogger(__name__)
+# A child of vLLM's "vllm" logger: this code runs inside the engine core, which only
+# configures handlers for that tree.
+logger = logging.getLogger(f"vllm.{__name__}")
 
 
 class LoadExchange(abc.ABC):
