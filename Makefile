@@ -22,6 +22,7 @@ bench: env
 
 lint: env
 	.venv/bin/ruff check vllm_ascend_triton tests
+	.venv/bin/ruff format --check vllm_ascend_triton tests
 
 clean:
 	rm -rf .venv .pytest_cache

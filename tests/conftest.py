@@ -15,4 +15,5 @@ def _seed() -> None:
 
 
 def pytest_report_header(config: pytest.Config) -> str:
-    return f"vllm_ascend_triton backend: {vllm_ascend_triton.BACKEND.value}, TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET')}"
+    interpret = os.environ.get("TRITON_INTERPRET")
+    return f"vllm_ascend_triton backend: {vllm_ascend_triton.BACKEND.value}, TRITON_INTERPRET={interpret}"

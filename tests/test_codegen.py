@@ -24,10 +24,14 @@ def test_lowering_a_small_kernel_for_910b3():
 
 @pytest.mark.slow
 def test_lowering_reports_a_rejected_kernel_and_keeps_going():
-    rejected, accepted = lower_many([
-        LoweringRequest("kernel_samples:fp64_dot_kernel", {"x_ptr": "*fp64", "out_ptr": "*fp64"}, {"B": 16}),
-        LoweringRequest(kernel_ref(scaled_add_kernel), SCALED_ADD_SIG, {"BLOCK": 128}, "Ascend910_9392"),
-    ])
+    rejected, accepted = lower_many(
+        [
+            LoweringRequest(
+                "kernel_samples:fp64_dot_kernel", {"x_ptr": "*fp64", "out_ptr": "*fp64"}, {"B": 16}
+            ),
+            LoweringRequest(kernel_ref(scaled_add_kernel), SCALED_ADD_SIG, {"BLOCK": 128}, "Ascend910_9392"),
+        ]
+    )
     assert not rejected.ok and rejected.stage == "failed"
     assert "fp64" in rejected.error and rejected.ttadapter is None
     assert accepted.ok

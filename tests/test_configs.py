@@ -6,8 +6,17 @@ from vllm_ascend_triton.runtime import configs
 def _write(root, sku, kernel, entries):
     path = configs.config_path(sku, kernel, root)
     path.parent.mkdir(parents=True)
-    path.write_text(json.dumps({"kernel": kernel, "sku": sku, "source": "modelled",
-                                "key_names": sorted(entries[0]["key"]), "configs": entries}))
+    path.write_text(
+        json.dumps(
+            {
+                "kernel": kernel,
+                "sku": sku,
+                "source": "modelled",
+                "key_names": sorted(entries[0]["key"]),
+                "configs": entries,
+            }
+        )
+    )
 
 
 def test_default_when_no_file(tmp_path, monkeypatch):
@@ -18,23 +27,42 @@ def test_default_when_no_file(tmp_path, monkeypatch):
 
 
 def test_nearest_key_and_override_dir(tmp_path, monkeypatch):
-    _write(tmp_path, "Ascend910B3", "k_test", [
-        {"key": {"head_size": 128, "tokens": 16}, "config": {"BLOCK": 16}},
-        {"key": {"head_size": 128, "tokens": 4096}, "config": {"BLOCK": 256}},
-        {"key": {"head_size": 64, "tokens": 4096}, "config": {"BLOCK": 512}},
-    ])
+    _write(
+        tmp_path,
+        "Ascend910B3",
+        "k_test",
+        [
+            {"key": {"head_size": 128, "tokens": 16}, "config": {"BLOCK": 16}},
+            {"key": {"head_size": 128, "tokens": 4096}, "config": {"BLOCK": 256}},
+            {"key": {"head_size": 64, "tokens": 4096}, "config": {"BLOCK": 512}},
+        ],
+    )
     monkeypatch.setenv(configs.CONFIG_DIR_ENV, str(tmp_path))
     default = {"BLOCK": 1, "MULTIBUFFER": True}
     assert configs.lookup_config("Ascend910B3", "k_test", {"head_size": 128, "tokens": 2048}, default) == {
-        "BLOCK": 256, "MULTIBUFFER": True}
-    assert configs.lookup_config("Ascend910B3", "k_test", {"head_size": 128, "tokens": 20}, default)["BLOCK"] == 16
-    assert configs.lookup_config("Ascend910B3", "k_test", {"head_size": 64, "tokens": 3000}, default)["BLOCK"] == 512
+        "BLOCK": 256,
+        "MULTIBUFFER": True,
+    }
+    assert (
+        configs.lookup_config("Ascend910B3", "k_test", {"head_size": 128, "tokens": 20}, default)["BLOCK"]
+        == 16
+    )
+    assert (
+        configs.lookup_config("Ascend910B3", "k_test", {"head_size": 64, "tokens": 3000}, default)["BLOCK"]
+        == 512
+    )
     # Another SKU has no file: default.
-    assert configs.lookup_config("Ascend910B4", "k_test", {"head_size": 64, "tokens": 3000}, default) == default
+    assert (
+        configs.lookup_config("Ascend910B4", "k_test", {"head_size": 64, "tokens": 3000}, default) == default
+    )
 
 
 def test_non_numeric_key_fields_must_match(tmp_path, monkeypatch):
     _write(tmp_path, "Ascend910B3", "k_dtype", [{"key": {"dtype": "fp16", "n": 8}, "config": {"BLOCK": 8}}])
     monkeypatch.setenv(configs.CONFIG_DIR_ENV, str(tmp_path))
-    assert configs.lookup_config("Ascend910B3", "k_dtype", {"dtype": "fp32", "n": 8}, {"BLOCK": 1}) == {"BLOCK": 1}
-    assert configs.lookup_config("Ascend910B3", "k_dtype", {"dtype": "fp16", "n": 9}, {"BLOCK": 1}) == {"BLOCK": 8}
+    assert configs.lookup_config("Ascend910B3", "k_dtype", {"dtype": "fp32", "n": 8}, {"BLOCK": 1}) == {
+        "BLOCK": 1
+    }
+    assert configs.lookup_config("Ascend910B3", "k_dtype", {"dtype": "fp16", "n": 9}, {"BLOCK": 1}) == {
+        "BLOCK": 8
+    }

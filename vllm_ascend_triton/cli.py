@@ -12,6 +12,8 @@ import json
 import logging
 import sys
 
+from rich.console import Console
+
 # Modules that provide `register(subparsers)` for their subcommands, in `vat --help` order.
 SUBCOMMAND_MODULES = (
     "vllm_ascend_triton.runtime.info",
@@ -34,9 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def console() -> "Console":
+def console() -> Console:
     """Rich console for tables; wide when piped (a log file should not fold kernel names)."""
-    from rich.console import Console
 
     return Console(width=None if sys.stdout.isatty() else 200)
 

@@ -14,7 +14,6 @@ from vllm_ascend_triton.kernels import rope
 from vllm_ascend_triton.kernels.rope import mrope_rotary_embedding, rotary_embedding
 from vllm_ascend_triton.runtime.launch import CHECK_ENV
 
-
 vllm_rope = pytest.importorskip("vllm.model_executor.layers.rotary_embedding")
 from vllm.model_executor.layers.rotary_embedding.base import RotaryEmbedding  # noqa: E402
 from vllm.model_executor.layers.rotary_embedding.mrope import MRotaryEmbedding  # noqa: E402

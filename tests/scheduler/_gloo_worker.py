@@ -15,8 +15,9 @@ from datetime import timedelta
 def main(rank: int, port: int, out_path: str) -> None:
     import torch.distributed as dist
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
-                            timeout=timedelta(seconds=60))
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2, timeout=timedelta(seconds=60)
+    )
     from sched_helpers import add, step
     from vllm.v1.engine.core import DPEngineCoreProc
 
@@ -25,12 +26,19 @@ def main(rank: int, port: int, out_path: str) -> None:
     from vllm_ascend_triton.scheduler.plan import BalanceParams
     from vllm_ascend_triton.scheduler.sim.vllm_setup import SchedulerShape, make_scheduler
 
-    shape = SchedulerShape(max_num_seqs=4, max_num_batched_tokens=256, max_model_len=2048,
-                           block_size=16, num_blocks=200)
+    shape = SchedulerShape(
+        max_num_seqs=4, max_num_batched_tokens=256, max_model_len=2048, block_size=16, num_blocks=200
+    )
     sched = make_scheduler(BalanceScheduler, shape, balance=BalanceParams(min_chunk=32, max_num_seqs=4))
     assert install_dp_engine_hook()
-    engine = types.SimpleNamespace(scheduler=sched, dp_group=dist.group.WORLD, step_counter=0,
-                                   dp_sync_interval=1, pending_pause=False, ignore_start_dp_wave=False)
+    engine = types.SimpleNamespace(
+        scheduler=sched,
+        dp_group=dist.group.WORLD,
+        step_counter=0,
+        dp_sync_interval=1,
+        pending_pause=False,
+        ignore_start_dp_wave=False,
+    )
     if rank == 0:  # rank 1 never gets a request
         for i in range(3):
             add(sched, f"r{i}", 200 + 50 * i, 5, i)
@@ -44,8 +52,17 @@ def main(rank: int, port: int, out_path: str) -> None:
         running = DPEngineCoreProc._has_global_unfinished_reqs(engine, sched.has_unfinished_requests())
         snapshots.append([list(v) for v in sched._snapshot])
     with open(out_path, "w") as f:
-        json.dump({"rank": rank, "iterations": engine.step_counter, "busy_steps": busy_steps,
-                   "snapshots": snapshots, "plans": plans, "finished": not running}, f)
+        json.dump(
+            {
+                "rank": rank,
+                "iterations": engine.step_counter,
+                "busy_steps": busy_steps,
+                "snapshots": snapshots,
+                "plans": plans,
+                "finished": not running,
+            },
+            f,
+        )
     dist.destroy_process_group()
 
 

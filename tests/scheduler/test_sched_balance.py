@@ -23,8 +23,14 @@ def _ranks(dp: int, shape: SchedulerShape, params: BalanceParams):
 
 
 def test_deferred_request_admitted_within_bound() -> None:
-    shape = SchedulerShape(max_num_seqs=8, max_num_batched_tokens=2048, max_model_len=32768,
-                           block_size=16, num_blocks=4000, long_prefill_token_threshold=512)
+    shape = SchedulerShape(
+        max_num_seqs=8,
+        max_num_batched_tokens=2048,
+        max_model_len=32768,
+        block_size=16,
+        num_blocks=4000,
+        long_prefill_token_threshold=512,
+    )
     params = BalanceParams(min_chunk=128, escalate_steps=2, max_num_seqs=8)
     bound = starvation_bound(params, shape.max_num_batched_tokens)
     assert bound == 11
@@ -55,8 +61,14 @@ def test_deferred_request_admitted_within_bound() -> None:
 @pytest.mark.parametrize("dp", [1, 2, 4])
 def test_random_stress_no_leak(dp: int) -> None:
     # Tiny KV cache (preemptions), random arrivals and aborts; balance on.
-    shape = SchedulerShape(max_num_seqs=6, max_num_batched_tokens=256, max_model_len=2048,
-                           block_size=16, num_blocks=50, long_prefill_token_threshold=0)
+    shape = SchedulerShape(
+        max_num_seqs=6,
+        max_num_batched_tokens=256,
+        max_model_len=2048,
+        block_size=16,
+        num_blocks=50,
+        long_prefill_token_threshold=0,
+    )
     scheds, members = _ranks(dp, shape, BalanceParams(min_chunk=32, escalate_steps=2, max_num_seqs=6))
     rng = random.Random(dp)
     owner: dict[str, int] = {}

@@ -14,9 +14,15 @@ from vllm_ascend_triton.scheduler.sim.vllm_setup import SchedulerShape, make_sch
 
 # A tiny KV cache (60 blocks of 16 tokens) forces preemptions; prefix caching is on and
 # some prompts share prefixes; a small token budget forces chunked prefill.
-SHAPE = SchedulerShape(max_num_seqs=8, max_num_batched_tokens=256, max_model_len=2048,
-                       block_size=16, num_blocks=60, enable_prefix_caching=True,
-                       long_prefill_token_threshold=96)
+SHAPE = SchedulerShape(
+    max_num_seqs=8,
+    max_num_batched_tokens=256,
+    max_model_len=2048,
+    block_size=16,
+    num_blocks=60,
+    enable_prefix_caching=True,
+    long_prefill_token_threshold=96,
+)
 
 
 def _drive_pair(ref, cand, seed: int, steps: int = 160) -> int:
@@ -82,8 +88,9 @@ def test_async_variant_off_matches_vllm_async() -> None:
 
 
 def test_async_config_selects_async_variant() -> None:
-    shape = SchedulerShape(max_num_seqs=8, max_num_batched_tokens=256, max_model_len=2048,
-                           block_size=16, num_blocks=60)
+    shape = SchedulerShape(
+        max_num_seqs=8, max_num_batched_tokens=256, max_model_len=2048, block_size=16, num_blocks=60
+    )
     cfg = make_vllm_config(shape)
     # vLLM's CPU platform turns async scheduling off; an Ascend platform keeps it on.
     cfg.scheduler_config.async_scheduling = True

@@ -26,9 +26,13 @@ def test_exchange_two_process_gloo_idle_rank(tmp_path: Path) -> None:
     port = _free_port()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
     procs = [
-        subprocess.Popen([sys.executable, str(HERE / "_gloo_worker.py"), str(r), str(port),
-                          str(tmp_path / f"r{r}.json")], env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        subprocess.Popen(
+            [sys.executable, str(HERE / "_gloo_worker.py"), str(r), str(port), str(tmp_path / f"r{r}.json")],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         for r in range(2)
     ]
     logs = []

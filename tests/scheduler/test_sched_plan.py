@@ -25,8 +25,14 @@ def lv(decode=0, run_pf=0, wait_pf=0, running=0, waiting=0, free=128, starve=0, 
 
 vectors = st.builds(
     LoadVector,
-    st.integers(0, 256), st.integers(0, 20000), st.integers(0, 20000), st.integers(0, 256),
-    st.integers(0, 512), st.integers(0, 256), st.integers(0, 64), st.integers(0, 10**6),
+    st.integers(0, 256),
+    st.integers(0, 20000),
+    st.integers(0, 20000),
+    st.integers(0, 256),
+    st.integers(0, 512),
+    st.integers(0, 256),
+    st.integers(0, 64),
+    st.integers(0, 10**6),
 )
 
 
@@ -54,8 +60,11 @@ def test_plan_bounds(loads: list[LoadVector]) -> None:
 
 def test_equal_level_fills_light_ranks_and_chunks_heavy_ones() -> None:
     # 8 ranks; 5 have 3000 pending prefill tokens, one 20000, one 1000, one none.
-    loads = ([lv(decode=100, wait_pf=3000)] * 5 + [lv(decode=100, wait_pf=20000)]
-             + [lv(decode=100, wait_pf=1000), lv(decode=100)])
+    loads = (
+        [lv(decode=100, wait_pf=3000)] * 5
+        + [lv(decode=100, wait_pf=20000)]
+        + [lv(decode=100, wait_pf=1000), lv(decode=100)]
+    )
     plan = compute_plan(loads, BalanceParams(quorum=0.75), BUDGET)
     # Level = 6th largest total = 100 + 3000: the heavy rank is chunked to that level,
     # the others may fill up to it.

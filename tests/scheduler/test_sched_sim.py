@@ -49,22 +49,54 @@ def test_workloads_are_seeded() -> None:
 @pytest.mark.parametrize("policy", ["default", "cadence:2", "gate", "balance"])
 def test_run_small(policy: str) -> None:
     shape = SchedulerShape(max_num_seqs=8, max_num_batched_tokens=1024, num_blocks=3000)
-    res = run_simulation(make_workload("a", 2, 8, seed=0), Policy.parse(policy), 2, shape=shape,
-                         max_steps=80, warmup_steps=10, check_invariants=True)
+    res = run_simulation(
+        make_workload("a", 2, 8, seed=0),
+        Policy.parse(policy),
+        2,
+        shape=shape,
+        max_steps=80,
+        warmup_steps=10,
+        check_invariants=True,
+    )
     assert res.steps == 80 and res.sim_seconds > 0
     assert res.output_tok_s > 0 and 0.0 <= res.idle_share < 1.0
     assert res.ttft_p50_s <= res.ttft_p99_s
 
 
 def test_cli_json_and_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    rc = main(["sim", "--dp", "2", "--workload", "b,c", "--policy", "default,balance", "--steps", "60",
-               "--warmup", "10", "--max-num-seqs", "8", "--num-blocks", "2000", "--jobs", "1",
-               "--json", "--out", str(tmp_path)])
+    rc = main(
+        [
+            "sim",
+            "--dp",
+            "2",
+            "--workload",
+            "b,c",
+            "--policy",
+            "default,balance",
+            "--steps",
+            "60",
+            "--warmup",
+            "10",
+            "--max-num-seqs",
+            "8",
+            "--num-blocks",
+            "2000",
+            "--jobs",
+            "1",
+            "--json",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert rc == 0
     payload = json.loads(capsys.readouterr().out)
     assert payload["simulated"] is True
     assert {(r["workload"], r["policy"]) for r in payload["results"]} == {
-        ("b", "default"), ("b", "balance"), ("c", "default"), ("c", "balance")}
+        ("b", "default"),
+        ("b", "balance"),
+        ("c", "default"),
+        ("c", "balance"),
+    }
     assert set(payload["verdicts"]) == {"b", "c"}
     assert json.loads((tmp_path / "sim.json").read_text())["results"] == payload["results"]
     assert (tmp_path / "sim.png").stat().st_size > 10_000

@@ -53,7 +53,12 @@ def _lower_one(req: dict, cache_dir: str) -> dict:
     ttadapter = _read_ir(cache_dir, ".ttadapter")
     if stage == "adapter" and ttadapter is None:
         stage, error = "failed", "compiler stopped before the Ascend adapter produced its IR"
-    return {"stage": stage, "ttir": ttir, "ttadapter": ttadapter if stage != "failed" else None, "error": error}
+    return {
+        "stage": stage,
+        "ttir": ttir,
+        "ttadapter": ttadapter if stage != "failed" else None,
+        "error": error,
+    }
 
 
 def main() -> None:
@@ -64,7 +69,9 @@ def main() -> None:
         try:
             answers.append(_lower_one(req, os.path.join(cache_root, str(i))))
         except Exception:
-            answers.append({"stage": "failed", "ttir": None, "ttadapter": None, "error": traceback.format_exc()})
+            answers.append(
+                {"stage": "failed", "ttir": None, "ttadapter": None, "error": traceback.format_exc()}
+            )
     sys.stdout.write("\n" + json.dumps(answers) + "\n")
 
 

@@ -44,18 +44,34 @@ def run(args: argparse.Namespace) -> int:
             table.add_column(column)
         for r in rows:
             if r["ok"]:
-                table.add_row(r["sku"], r["kernel"], r["stage"], r["mix_mode"], f"{r['ub_bytes']} ({2 * r['ub_bytes']})",
-                              str(r["discrete_accesses"]), "yes" if r["fits_ub"] else "[red]NO[/red]")
+                table.add_row(
+                    r["sku"],
+                    r["kernel"],
+                    r["stage"],
+                    r["mix_mode"],
+                    f"{r['ub_bytes']} ({2 * r['ub_bytes']})",
+                    str(r["discrete_accesses"]),
+                    "yes" if r["fits_ub"] else "[red]NO[/red]",
+                )
             else:
-                table.add_row(r["sku"], r["kernel"], "[red]failed[/red]", "", "", "", r["error"].splitlines()[-1][:80])
+                table.add_row(
+                    r["sku"], r["kernel"], "[red]failed[/red]", "", "", "", r["error"].splitlines()[-1][:80]
+                )
         console().print(table)
     return 0 if rows and all(r["ok"] and r["fits_ub"] for r in rows) else 1
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("compile", help="lower every kernel variant for an Ascend SKU, with a static report")
-    parser.add_argument("--sku", action="append", choices=supported_skus(), default=None,
-                        help="target SKU (repeatable; default: this device's, or VAT_SKU, or Ascend910B3)")
+    parser = subparsers.add_parser(
+        "compile", help="lower every kernel variant for an Ascend SKU, with a static report"
+    )
+    parser.add_argument(
+        "--sku",
+        action="append",
+        choices=supported_skus(),
+        default=None,
+        help="target SKU (repeatable; default: this device's, or VAT_SKU, or Ascend910B3)",
+    )
     parser.add_argument("--family", action="append", choices=FAMILIES, help="only this family (repeatable)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.set_defaults(func=run)

@@ -13,7 +13,9 @@ import dataclasses
 import re
 
 _ELEMENT_BYTES = {"i1": 1, "i8": 1, "i16": 2, "i32": 4, "i64": 8, "f16": 2, "bf16": 2, "f32": 4, "f64": 8}
-_ALLOC = re.compile(r"memref\.alloc\(\)(?:\s*\{[^}]*\})?\s*:\s*memref<((?:\d+x)*)(i1|i8|i16|i32|i64|bf16|f16|f32|f64)[,>]")
+_ALLOC = re.compile(
+    r"memref\.alloc\(\)(?:\s*\{[^}]*\})?\s*:\s*memref<((?:\d+x)*)(i1|i8|i16|i32|i64|bf16|f16|f32|f64)[,>]"
+)
 _MIX_MODE = re.compile(r'mix_mode\s*=\s*"(\w+)"')
 
 

@@ -29,7 +29,9 @@ class CheckResult:
 def compare(kernel: str, case: str, actual: torch.Tensor, expected: torch.Tensor, atol: float) -> CheckResult:
     """Max |actual - expected| (inf on a shape mismatch or a NaN where the reference has none)."""
     if actual.shape != expected.shape:
-        return CheckResult(kernel, f"{case} (shape {tuple(actual.shape)} != {tuple(expected.shape)})", float("inf"), atol)
+        return CheckResult(
+            kernel, f"{case} (shape {tuple(actual.shape)} != {tuple(expected.shape)})", float("inf"), atol
+        )
     a, e = actual.detach().double().cpu(), expected.detach().double().cpu()
     if not torch.equal(torch.isnan(a), torch.isnan(e)):
         return CheckResult(kernel, f"{case} (NaN mismatch)", float("inf"), atol)

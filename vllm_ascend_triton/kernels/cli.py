@@ -22,20 +22,27 @@ def run(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - started
     failed = [r for r in results if not r.ok]
     if args.json:
-        emit_json({
-            "backend": current_backend().value,
-            "seconds": round(elapsed, 2),
-            "passed": len(results) - len(failed),
-            "failed": len(failed),
-            "results": [r.as_dict() for r in results],
-        })
+        emit_json(
+            {
+                "backend": current_backend().value,
+                "seconds": round(elapsed, 2),
+                "passed": len(results) - len(failed),
+                "failed": len(failed),
+                "results": [r.as_dict() for r in results],
+            }
+        )
     else:
         table = Table(title=f"kernel correctness vs torch references ({current_backend().value} backend)")
         for column in ("kernel", "case", "max |err|", "tolerance", "result"):
             table.add_column(column)
         for r in results:
-            table.add_row(r.kernel, r.case, f"{r.max_abs_err:.2e}", f"{r.atol:.0e}",
-                          "[green]ok[/green]" if r.ok else "[red]FAIL[/red]")
+            table.add_row(
+                r.kernel,
+                r.case,
+                f"{r.max_abs_err:.2e}",
+                f"{r.atol:.0e}",
+                "[green]ok[/green]" if r.ok else "[red]FAIL[/red]",
+            )
         out = console()
         out.print(table)
         out.print(f"{len(results) - len(failed)} passed, {len(failed)} failed in {elapsed:.1f} s")

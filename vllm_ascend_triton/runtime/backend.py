@@ -18,7 +18,7 @@ import importlib.util
 import os
 
 
-class Backend(str, enum.Enum):
+class Backend(enum.StrEnum):
     NPU = "npu"  # triton-ascend compiles and launches on the NPU
     INTERPRETER = "interpreter"  # Triton's interpreter runs kernels on CPU tensors
 

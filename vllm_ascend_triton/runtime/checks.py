@@ -33,7 +33,9 @@ def check_tensor(
     if ndim is not None:
         allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
         if t.dim() not in allowed:
-            raise ValueError(f"{name} must have {' or '.join(map(str, allowed))} dims, got shape {tuple(t.shape)}")
+            raise ValueError(
+                f"{name} must have {' or '.join(map(str, allowed))} dims, got shape {tuple(t.shape)}"
+            )
     want = device_type or expected_device_type()
     if want == "npu" and not npu_visible():
         raise RuntimeError(

@@ -33,7 +33,7 @@ def config_path(sku: str, kernel: str, root: Path | None = None) -> Path:
     return (root or PACKAGED_CONFIG_DIR) / sku / f"{kernel}.json"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load(path: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
@@ -71,6 +71,6 @@ def lookup_config(sku: str, kernel: str, key: dict[str, Any], default: dict[str,
     return dict(default)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _warn_default_once(sku: str, kernel: str) -> None:
     logger.warning("no tuned config for %s on %s; using the kernel's default config", kernel, sku)

@@ -50,11 +50,13 @@ def _npu_name_and_cores() -> tuple[str, int | None, int | None]:
         props = triton.runtime.driver.active.utils.get_device_properties(dev)
         return name, int(props["num_aicore"]), int(props["num_vectorcore"])
     except Exception as exc:  # driver without the query: keep the table's figures
-        logger.warning("could not read core counts from the triton-ascend driver (%s); using the SKU table", exc)
+        logger.warning(
+            "could not read core counts from the triton-ascend driver (%s); using the SKU table", exc
+        )
         return name, None, None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _detect(sku_override: str | None, backend: Backend) -> DeviceInfo:
     npu = backend is Backend.NPU and npu_visible()
     name, cube, vector = _npu_name_and_cores() if npu else (None, None, None)

@@ -40,6 +40,8 @@ def collect_info() -> dict:
 def format_info(info: dict) -> str:
     dev, sku = info["device"], info["device"]["sku"]
     source = {"npu": "detected", "env": "from VAT_SKU", "default": "default planning SKU"}[info["sku_source"]]
+    hbm_gib = sku["hbm_bytes"] / 1024**3
+    support = "supported" if sku["triton_supported"] else "NOT supported: " + sku["unsupported_reason"]
     lines = [
         f"device         : {info['npu'] or 'no NPU'}",
         f"backend        : {info['backend']}",
@@ -47,9 +49,9 @@ def format_info(info: dict) -> str:
         f"cube cores     : {dev['cube_cores']}",
         f"vector cores   : {dev['vector_cores']}",
         f"unified buffer : {dev['ub_bytes']} bytes per core",
-        f"hbm            : {sku['hbm_bytes'] / 1024**3:.0f} GiB, ~{sku['hbm_bandwidth_gbps']:.0f} GB/s (sourced)",
+        f"hbm            : {hbm_gib:.0f} GiB, ~{sku['hbm_bandwidth_gbps']:.0f} GB/s (sourced)",
         f"peak fp16      : ~{sku['peak_fp16_tflops']:.0f} TFLOP/s (sourced)",
-        f"triton-ascend  : {'supported' if sku['triton_supported'] else 'NOT supported: ' + sku['unsupported_reason']}",
+        f"triton-ascend  : {support}",
     ]
     lines += [f"{name:<15}: {version or 'not installed'}" for name, version in info["versions"].items()]
     return "\n".join(lines)

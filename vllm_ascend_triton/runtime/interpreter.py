@@ -25,7 +25,9 @@ import numpy as np
 
 def _sum_keep_dtype(self, input):  # noqa: A002  (the interpreter's own signature)
     data = input.handle.data
-    return self.to_tensor(np.sum(data, axis=self.axis, keepdims=self.keep_dims, dtype=data.dtype), input.dtype)
+    return self.to_tensor(
+        np.sum(data, axis=self.axis, keepdims=self.keep_dims, dtype=data.dtype), input.dtype
+    )
 
 
 def _cumsum_keep_dtype(self, input):  # noqa: A002

@@ -40,24 +40,40 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--dp", type=int, default=8, help="number of DP ranks (default 8)")
     p.add_argument("--workload", default="a,b,c", help="comma list of workloads a,b,c (default all)")
-    p.add_argument("--policy", default=DEFAULT_POLICIES,
-                   help="comma list of policies: default, cadence:N, gate, balance "
-                   f"(default {DEFAULT_POLICIES})")
+    p.add_argument(
+        "--policy",
+        default=DEFAULT_POLICIES,
+        help=f"comma list of policies: default, cadence:N, gate, balance (default {DEFAULT_POLICIES})",
+    )
     p.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
     p.add_argument("--out", type=Path, default=None, help="directory for sim.json and sim.png")
     p.add_argument("--seed", type=int, default=0, help="workload seed (default 0)")
-    p.add_argument("--steps", type=int, default=None,
-                   help=f"lockstep steps per run (default per workload: {DEFAULT_STEPS})")
-    p.add_argument("--warmup", type=int, default=None,
-                   help=f"unmeasured warm-up steps (default per workload: {DEFAULT_WARMUP})")
-    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
-                   help="parallel worker processes (default min(2, cores))")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help=f"lockstep steps per run (default per workload: {DEFAULT_STEPS})",
+    )
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help=f"unmeasured warm-up steps (default per workload: {DEFAULT_WARMUP})",
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=min(2, os.cpu_count() or 1),
+        help="parallel worker processes (default min(2, cores))",
+    )
     g = p.add_argument_group("step-time model (simulated; defaults: 910B-class MoE, DP8/EP)")
     g.add_argument("--fixed-ms", type=float, default=None, help="fixed cost per step")
-    g.add_argument("--per-token-ms", type=float, default=None,
-                   help="cost per token of the largest rank batch")
-    g.add_argument("--per-kv-token-us", type=float, default=None,
-                   help="cost per attended KV token of the slowest rank")
+    g.add_argument(
+        "--per-token-ms", type=float, default=None, help="cost per token of the largest rank batch"
+    )
+    g.add_argument(
+        "--per-kv-token-us", type=float, default=None, help="cost per attended KV token of the slowest rank"
+    )
     s = p.add_argument_group("per-rank vLLM scheduler")
     s.add_argument("--max-num-seqs", type=int, default=128)
     s.add_argument("--max-num-batched-tokens", type=int, default=8192)
@@ -66,9 +82,11 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     b.add_argument("--min-chunk", type=int, default=None)
     b.add_argument("--quorum", type=float, default=None)
     b.add_argument("--escalate-steps", type=int, default=None)
-    p.add_argument("--overhead", action="store_true",
-                   help="instead: measure mean schedule() time, balance vs vLLM, "
-                   "with --overhead-running requests")
+    p.add_argument(
+        "--overhead",
+        action="store_true",
+        help="instead: measure mean schedule() time, balance vs vLLM, with --overhead-running requests",
+    )
     p.add_argument("--overhead-running", type=int, default=256)
     p.add_argument("--overhead-steps", type=int, default=200)
     p.set_defaults(func=run)
@@ -117,8 +135,10 @@ def _run_overhead(args: argparse.Namespace) -> int:
         print(f"schedule() with {res['num_running']} running requests, {res['steps']} steps (measured here):")
         print(f"  vLLM Scheduler   {res['vllm_schedule_mean_us']:9.1f} us")
         print(f"  balance mode     {res['balance_schedule_mean_us']:9.1f} us  ratio {res['ratio']:.3f}")
-        print(f"  + load_vector()  {res['load_vector_mean_us']:9.1f} us  "
-              f"ratio incl. {res['ratio_including_load_vector']:.3f}")
+        print(
+            f"  + load_vector()  {res['load_vector_mean_us']:9.1f} us  "
+            f"ratio incl. {res['ratio_including_load_vector']:.3f}"
+        )
     return 0
 
 
@@ -138,14 +158,31 @@ def _run_sim(args: argparse.Namespace) -> int:
     policies = [Policy.parse(p).name for p in args.policy.split(",") if p.strip()]
     if not workloads or not policies:
         raise ValueError("need at least one workload and one policy")
-    model_kw = {k: v for k, v in (("fixed_ms", args.fixed_ms), ("per_token_ms", args.per_token_ms),
-                                  ("per_kv_token_us", args.per_kv_token_us)) if v is not None}
+    model_kw = {
+        k: v
+        for k, v in (
+            ("fixed_ms", args.fixed_ms),
+            ("per_token_ms", args.per_token_ms),
+            ("per_kv_token_us", args.per_kv_token_us),
+        )
+        if v is not None
+    }
     model = StepModel(**model_kw)
-    bal_kw = {k: v for k, v in (("min_chunk", args.min_chunk), ("quorum", args.quorum),
-                                ("escalate_steps", args.escalate_steps)) if v is not None}
+    bal_kw = {
+        k: v
+        for k, v in (
+            ("min_chunk", args.min_chunk),
+            ("quorum", args.quorum),
+            ("escalate_steps", args.escalate_steps),
+        )
+        if v is not None
+    }
     params = BalanceParams(max_num_seqs=args.max_num_seqs, **bal_kw)  # validates early
-    shape = {"max_num_seqs": args.max_num_seqs, "max_num_batched_tokens": args.max_num_batched_tokens,
-             "num_blocks": args.num_blocks}
+    shape = {
+        "max_num_seqs": args.max_num_seqs,
+        "max_num_batched_tokens": args.max_num_batched_tokens,
+        "num_blocks": args.num_blocks,
+    }
     jobs = []
     for w in workloads:
         steps = args.steps if args.steps is not None else DEFAULT_STEPS[w]
@@ -153,14 +190,28 @@ def _run_sim(args: argparse.Namespace) -> int:
         if warmup >= steps:
             raise ValueError(f"--warmup ({warmup}) must be smaller than --steps ({steps})")
         for p in policies:
-            jobs.append({"workload": w, "policy": p, "dp": args.dp, "seed": args.seed, "steps": steps,
-                         "warmup": warmup, "shape": shape, "step_model": model.__dict__.copy(),
-                         "balance": bal_kw})
+            jobs.append(
+                {
+                    "workload": w,
+                    "policy": p,
+                    "dp": args.dp,
+                    "seed": args.seed,
+                    "steps": steps,
+                    "warmup": warmup,
+                    "shape": shape,
+                    "step_model": model.__dict__.copy(),
+                    "balance": bal_kw,
+                }
+            )
     t0 = time.perf_counter()
+
     def progress(res: dict[str, Any]) -> None:
         s = res["summary"]
-        print(f"[vat sim] {s['workload']}/{s['policy']}: {s['steps']} steps, "
-              f"{s['wall_seconds']:.0f}s wall", file=sys.stderr, flush=True)
+        print(
+            f"[vat sim] {s['workload']}/{s['policy']}: {s['steps']} steps, {s['wall_seconds']:.0f}s wall",
+            file=sys.stderr,
+            flush=True,
+        )
 
     if args.jobs > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as ex:
@@ -199,10 +250,12 @@ def _run_sim(args: argparse.Namespace) -> int:
         print(report.format_table(rows))
         for wl, v in payload["verdicts"].items():
             f = report._fmt
-            print(f"({wl}) balance {f('{:.0f}', v['balance_output_tok_s'])} tok/s vs best other "
-                  f"{f('{:.0f}', v['best_other_output_tok_s'])} ({v['best_other_by_throughput']}), "
-                  f"TTFT p99 {f('{:.2f}', v['balance_ttft_p99_s'])} s vs best "
-                  f"{f('{:.2f}', v['best_other_ttft_p99_s'])} s ({v['best_other_by_ttft_p99']})")
+            print(
+                f"({wl}) balance {f('{:.0f}', v['balance_output_tok_s'])} tok/s vs best other "
+                f"{f('{:.0f}', v['best_other_output_tok_s'])} ({v['best_other_by_throughput']}), "
+                f"TTFT p99 {f('{:.2f}', v['balance_ttft_p99_s'])} s vs best "
+                f"{f('{:.2f}', v['best_other_ttft_p99_s'])} s ({v['best_other_by_ttft_p99']})"
+            )
         if args.out is not None:
             print(f"wrote {args.out / 'sim.json'} and {args.out / 'sim.png'}")
     return 0

@@ -91,9 +91,7 @@ def starvation_bound(params: BalanceParams, token_budget: int) -> int:
     return params.escalate_steps * (escalation_levels(params, token_budget) + 1) + 1
 
 
-def compute_plan(
-    loads: Sequence[LoadVector], params: BalanceParams, token_budget: int
-) -> list[RankPlan]:
+def compute_plan(loads: Sequence[LoadVector], params: BalanceParams, token_budget: int) -> list[RankPlan]:
     """The plan for every rank, from one snapshot. ``token_budget`` is the per-rank
     ``max_num_scheduled_tokens`` (the same on every rank)."""
     n = len(loads)

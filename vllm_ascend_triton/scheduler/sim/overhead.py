@@ -46,12 +46,12 @@ def measure_overhead(num_running: int = 256, steps: int = 200, warmup: int = 20)
         make_vllm_config,
     )
 
-    shape = SchedulerShape(max_num_seqs=num_running, max_num_batched_tokens=8192,
-                           num_blocks=num_running * 40)
+    shape = SchedulerShape(max_num_seqs=num_running, max_num_batched_tokens=8192, num_blocks=num_running * 40)
     cfg = make_vllm_config(shape)
     ref = make_scheduler(Scheduler, shape, cfg)
-    bal = make_scheduler(BalanceScheduler, shape, cfg,
-                         balance=BalanceParams(mode="balance", max_num_seqs=num_running))
+    bal = make_scheduler(
+        BalanceScheduler, shape, cfg, balance=BalanceParams(mode="balance", max_num_seqs=num_running)
+    )
     total_steps = warmup + steps + 64
     for s in (ref, bal):
         for i in range(num_running):
@@ -61,8 +61,10 @@ def measure_overhead(num_running: int = 256, steps: int = 200, warmup: int = 20)
         for s in (ref, bal):
             so = s.schedule()
             s.update_from_output(so, fake_model_output(s, so))
-        if all(len(s.running) == num_running and all(r.num_output_tokens > 0 for r in s.running)
-               for s in (ref, bal)):
+        if all(
+            len(s.running) == num_running and all(r.num_output_tokens > 0 for r in s.running)
+            for s in (ref, bal)
+        ):
             break
     peers = [LoadVector(num_running, 0, 4096, num_running, 8, 0, 0, 0)] * 7
     exchange = _StaticPeersExchange(peers)

@@ -61,7 +61,8 @@ def verdicts(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             "best_other_output_tok_s": best_tput["output_tok_s"],
             "best_other_by_throughput": best_tput["policy"],
             "throughput_gain": bal["output_tok_s"] / best_tput["output_tok_s"] - 1.0
-            if best_tput["output_tok_s"] else float("nan"),
+            if best_tput["output_tok_s"]
+            else float("nan"),
             "balance_ttft_p99_s": bal["ttft_p99_s"],
             "best_other_ttft_p99_s": best_ttft["ttft_p99_s"],
             "best_other_by_ttft_p99": best_ttft["policy"],
@@ -81,8 +82,12 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o)}")
 
 
-def plot(rows: Sequence[dict[str, Any]], series: dict[tuple[str, str], dict[str, list[float]]],
-         path: Path, title: str) -> None:
+def plot(
+    rows: Sequence[dict[str, Any]],
+    series: dict[tuple[str, str], dict[str, list[float]]],
+    path: Path,
+    title: str,
+) -> None:
     """Bars of throughput / TTFT p99 / TPOT p99 per workload and policy, and the step-time
     trace of each policy on each workload."""
     import matplotlib
@@ -92,10 +97,15 @@ def plot(rows: Sequence[dict[str, Any]], series: dict[tuple[str, str], dict[str,
 
     workloads = sorted({r["workload"] for r in rows})
     policies = list(dict.fromkeys(r["policy"] for r in rows))
-    metrics = [("output_tok_s", "output tok/s"), ("ttft_p99_s", "TTFT p99 (s)"),
-               ("tpot_p99_ms", "TPOT p99 (ms)"), ("series", "step time (ms), last 400 steps")]
-    fig, axes = plt.subplots(len(workloads), len(metrics), figsize=(5 * len(metrics), 3.2 * len(workloads)),
-                             squeeze=False)
+    metrics = [
+        ("output_tok_s", "output tok/s"),
+        ("ttft_p99_s", "TTFT p99 (s)"),
+        ("tpot_p99_ms", "TPOT p99 (ms)"),
+        ("series", "step time (ms), last 400 steps"),
+    ]
+    fig, axes = plt.subplots(
+        len(workloads), len(metrics), figsize=(5 * len(metrics), 3.2 * len(workloads)), squeeze=False
+    )
     for i, wl in enumerate(workloads):
         for j, (key, label) in enumerate(metrics):
             ax = axes[i][j]
@@ -109,8 +119,10 @@ def plot(rows: Sequence[dict[str, Any]], series: dict[tuple[str, str], dict[str,
                 if i == 0:
                     ax.legend(fontsize=7)
             else:
-                vals = [next((r[key] for r in rows if r["workload"] == wl and r["policy"] == p), 0.0)
-                        for p in policies]
+                vals = [
+                    next((r[key] for r in rows if r["workload"] == wl and r["policy"] == p), 0.0)
+                    for p in policies
+                ]
                 vals = [0.0 if (isinstance(v, float) and math.isnan(v)) else v for v in vals]
                 colors = ["tab:green" if p == "balance" else "tab:gray" for p in policies]
                 ax.bar(range(len(policies)), vals, color=colors)

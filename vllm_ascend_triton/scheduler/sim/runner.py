@@ -131,9 +131,7 @@ def run_simulation(
     if warmup_steps >= max_steps:
         raise ValueError("warmup_steps must be smaller than max_steps")
     cfg = make_vllm_config(shape)
-    params = BalanceParams(
-        mode=policy.mode, max_num_seqs=shape.max_num_seqs, **dict(balance_overrides or {})
-    )
+    params = BalanceParams(mode=policy.mode, max_num_seqs=shape.max_num_seqs, **dict(balance_overrides or {}))
     scheds = [make_scheduler(BalanceScheduler, shape, cfg, balance=params) for _ in range(dp)]
     exchange = InProcessExchangeGroup(dp)
     members = [exchange.member(r) for r in range(dp)]
@@ -235,10 +233,16 @@ def run_simulation(
                 s.on_step_boundary(m)
 
     window = t - t_warm
-    ttft = [r.first_token - r.arrival for r in reqs.values()
-            if r.first_token is not None and r.first_token > t_warm]
-    tpot = [(r.finish - r.first_token) / (r.n_out - 1) for r in reqs.values()
-            if r.finish is not None and r.finish > t_warm and r.n_out > 1]
+    ttft = [
+        r.first_token - r.arrival
+        for r in reqs.values()
+        if r.first_token is not None and r.first_token > t_warm
+    ]
+    tpot = [
+        (r.finish - r.first_token) / (r.n_out - 1)
+        for r in reqs.values()
+        if r.finish is not None and r.finish > t_warm and r.n_out > 1
+    ]
     result = RunResult(
         workload=workload.name,
         policy=policy.name,
@@ -258,8 +262,7 @@ def run_simulation(
         series=series,
     )
     result._schedulers = scheds  # type: ignore[attr-defined]  # for tests' leak checks
-    logger.info("sim %s/%s: %d steps in %.1fs wall", workload.name, policy.name, step,
-                result.wall_seconds)
+    logger.info("sim %s/%s: %d steps in %.1fs wall", workload.name, policy.name, step, result.wall_seconds)
     return result
 
 

@@ -36,9 +36,7 @@ class StepModel:
         """Seconds one rank would need for its own batch if it ran alone (0 if empty)."""
         if tokens <= 0:
             return 0.0
-        return (
-            self.fixed_ms + self.per_token_ms * tokens + self.per_kv_token_us * 1e-3 * context
-        ) * 1e-3
+        return (self.fixed_ms + self.per_token_ms * tokens + self.per_kv_token_us * 1e-3 * context) * 1e-3
 
     def step_time(self, tokens: Sequence[int], contexts: Sequence[int]) -> float:
         """Seconds the lockstep step takes: every rank waits for the padded, slowest one."""

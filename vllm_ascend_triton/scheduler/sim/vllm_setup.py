@@ -93,9 +93,7 @@ def make_kv_cache_config(shape: SchedulerShape) -> Any:
     import torch
     from vllm.v1.kv_cache_interface import FullAttentionSpec, KVCacheConfig, KVCacheGroupSpec
 
-    spec = FullAttentionSpec(
-        block_size=shape.block_size, num_kv_heads=2, head_size=64, dtype=torch.float16
-    )
+    spec = FullAttentionSpec(block_size=shape.block_size, num_kv_heads=2, head_size=64, dtype=torch.float16)
     return KVCacheConfig(
         num_blocks=shape.num_blocks,
         kv_cache_tensors=[],

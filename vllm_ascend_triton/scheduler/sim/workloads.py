@@ -91,8 +91,9 @@ class PoissonShareGPT(Workload):
     name = "b"
     description = "Poisson arrivals, ShareGPT-like mixed lengths"
 
-    def __init__(self, dp: int, max_num_seqs: int, seed: int, rate_per_rank: float = 4.5,
-                 horizon_s: float = 3600.0):
+    def __init__(
+        self, dp: int, max_num_seqs: int, seed: int, rate_per_rank: float = 4.5, horizon_s: float = 3600.0
+    ):
         super().__init__(dp, max_num_seqs, seed)
         rate = rate_per_rank * dp
         t = 0.0
@@ -111,8 +112,16 @@ class SkewedBursts(Workload):
     name = "c"
     description = "chat background + bursts of long prompts pinned to 1/4 of the ranks"
 
-    def __init__(self, dp: int, max_num_seqs: int, seed: int, rate_per_rank: float = 1.5,
-                 burst_every_s: float = 20.0, burst_per_rank: int = 4, horizon_s: float = 3600.0):
+    def __init__(
+        self,
+        dp: int,
+        max_num_seqs: int,
+        seed: int,
+        rate_per_rank: float = 1.5,
+        burst_every_s: float = 20.0,
+        burst_per_rank: int = 4,
+        horizon_s: float = 3600.0,
+    ):
         super().__init__(dp, max_num_seqs, seed)
         t = 0.0
         rate = rate_per_rank * dp
