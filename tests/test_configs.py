@@ -66,3 +66,14 @@ def test_non_numeric_key_fields_must_match(tmp_path, monkeypatch):
     assert configs.lookup_config("Ascend910B3", "k_dtype", {"dtype": "fp16", "n": 9}, {"BLOCK": 1}) == {
         "BLOCK": 8
     }
+
+
+def test_untuned_sku_warns_once_not_per_kernel(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv(configs.CONFIG_DIR_ENV, str(tmp_path))
+    configs._warn_untuned_sku_once.cache_clear()
+    with caplog.at_level("WARNING", logger=configs.__name__):
+        for kernel in ("k_a", "k_b", "k_c"):
+            configs.lookup_config("Ascend910B2", kernel, {"n": 1}, {"BLOCK": 1})
+    assert [r.getMessage() for r in caplog.records] == [
+        "no tuned configs for Ascend910B2; kernels use their default configs (sized for its UB)"
+    ]

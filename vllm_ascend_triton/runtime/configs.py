@@ -67,10 +67,19 @@ def lookup_config(sku: str, kernel: str, key: dict[str, Any], default: dict[str,
         best = min(data["configs"], key=lambda entry: _distance(key, entry["key"]))
         if _distance(key, best["key"]) < math.inf:
             return {**default, **best["config"]}
-    _warn_default_once(sku, kernel)
+    if any((root / sku).is_dir() for root in roots):
+        _warn_default_once(sku, kernel)
+    else:
+        _warn_untuned_sku_once(sku)
     return dict(default)
 
 
 @functools.cache
 def _warn_default_once(sku: str, kernel: str) -> None:
     logger.warning("no tuned config for %s on %s; using the kernel's default config", kernel, sku)
+
+
+@functools.cache
+def _warn_untuned_sku_once(sku: str) -> None:
+    # One line per SKU rather than one per kernel when nothing at all was tuned for it.
+    logger.warning("no tuned configs for %s; kernels use their default configs (sized for its UB)", sku)
