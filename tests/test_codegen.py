@@ -55,3 +55,18 @@ def test_parse_adapter_ir():
     assert report.ub_bytes == 64 * 128 * 2 + 256
     assert report.discrete_accesses == 1
     assert report.fits_ub(2 * report.ub_bytes) and not report.fits_ub(2 * report.ub_bytes - 1)
+
+
+def test_triton_type_names():
+    import torch
+
+    from vllm_ascend_triton.codegen.lower import triton_type_name
+
+    assert [triton_type_name(d) for d in (torch.float16, torch.bfloat16, torch.float32, torch.int32)] == [
+        "fp16",
+        "bf16",
+        "fp32",
+        "i32",
+    ]
+    with pytest.raises(ValueError, match="float64"):
+        triton_type_name(torch.float64)

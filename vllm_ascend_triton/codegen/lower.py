@@ -23,7 +23,25 @@ import tempfile
 from collections.abc import Sequence
 from typing import Any
 
+import torch
+
 from vllm_ascend_triton.runtime.sku import get_sku
+
+_TRITON_TYPE_NAMES = {
+    torch.float16: "fp16",
+    torch.bfloat16: "bf16",
+    torch.float32: "fp32",
+    torch.int32: "i32",
+    torch.int64: "i64",
+}
+
+
+def triton_type_name(dtype: torch.dtype) -> str:
+    """Triton's name of a torch dtype in a lowering signature ("*" + name for a pointer)."""
+    try:
+        return _TRITON_TYPE_NAMES[dtype]
+    except KeyError:
+        raise ValueError(f"no Triton signature type for {dtype}") from None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -100,11 +100,12 @@ import torch
 import triton
 import triton.language as tl
 
-from vllm_ascend_triton.codegen.lower import LoweringRequest, kernel_ref
+from vllm_ascend_triton.codegen.lower import LoweringRequest, kernel_ref, triton_type_name
 from vllm_ascend_triton.kernels._check import CheckResult, compare
 from vllm_ascend_triton.runtime.checks import (
     FLOAT_DTYPES,
     INDEX_DTYPES,
+    check_last_dim_contiguous,
     check_positive_int,
     check_same_device,
     check_tensor,
@@ -525,11 +526,6 @@ def _choose_splits(
 # ----------------------------------------------------------------------------------------------
 
 
-def _check_last_dim_contiguous(name: str, t: torch.Tensor) -> None:
-    if t.shape[-1] > 1 and t.stride(-1) != 1:
-        raise ValueError(f"{name} must be contiguous in its last dim, got strides {tuple(t.stride())}")
-
-
 def reshape_and_cache(
     key: torch.Tensor,
     value: torch.Tensor,
@@ -569,7 +565,7 @@ def reshape_and_cache(
     if head_size > _MAX_HEAD_SIZE * 2:
         raise ValueError(f"head_size must be <= {_MAX_HEAD_SIZE * 2}, got {head_size}")
     for name, t in (("key", key), ("value", value), ("key_cache", key_cache), ("value_cache", value_cache)):
-        _check_last_dim_contiguous(name, t)
+        check_last_dim_contiguous(name, t)
     if checks_enabled() and num_tokens:
         lo, hi = int(slot_mapping.min()), int(slot_mapping.max())
         if lo < -1 or hi >= num_blocks * block_size:
@@ -641,7 +637,7 @@ def _validate_attention(
     if block_size < 1 or _largest_pow2_divisor(block_size) < 16:
         raise ValueError(f"k_cache block_size must be a multiple of 16, got {block_size}")
     for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache), ("out", out)):
-        _check_last_dim_contiguous(name, t)
+        check_last_dim_contiguous(name, t)
     num_seqs = seqused_k.shape[0]
     if cu_seqlens_q.shape[0] != num_seqs + 1:
         raise ValueError(
@@ -874,11 +870,9 @@ def unified_attention_reference(
 # Lowering variants and self check
 # ----------------------------------------------------------------------------------------------
 
-_TRITON_TYPE = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
-
 
 def _attention_signature(dtype: torch.dtype) -> dict[str, str]:
-    t = "*" + _TRITON_TYPE[dtype]
+    t = "*" + triton_type_name(dtype)
     sig = {
         "q_ptr": t,
         "k_ptr": t,
@@ -947,7 +941,7 @@ def lowering_requests(sku: str) -> list[LoweringRequest]:
             )
         )
     for dtype in (torch.float16, torch.bfloat16):
-        t = "*" + _TRITON_TYPE[dtype]
+        t = "*" + triton_type_name(dtype)
         sig = {
             "out_ptr": t,
             "ws_acc_ptr": "*fp32",
@@ -961,17 +955,14 @@ def lowering_requests(sku: str) -> list[LoweringRequest]:
             for n in ("num_seqs", "num_tokens", "num_q_heads", "num_segments", "o_stride_t", "o_stride_h")
         }
         consts = {"HEAD_SIZE": 128, "HEAD_PAD": 128, "SEG_PAD": _MAX_SPLITS, "USE_SINKS": True}
-        reqs.append(
-            LoweringRequest(
-                kernel_ref(_split_reduce_kernel), sig, consts, sku, f"split_reduce_h128_{_TRITON_TYPE[dtype]}"
-            )
-        )
+        label = f"split_reduce_h128_{triton_type_name(dtype)}"
+        reqs.append(LoweringRequest(kernel_ref(_split_reduce_kernel), sig, consts, sku, label))
     for dtype, head_size, heads in (
         (torch.float16, 128, 8),
         (torch.bfloat16, 80, 2),
         (torch.float32, 256, 4),
     ):
-        t = "*" + _TRITON_TYPE[dtype]
+        t = "*" + triton_type_name(dtype)
         sig = {"key_ptr": t, "value_ptr": t, "kc_ptr": t, "vc_ptr": t, "slot_ptr": "*i64"}
         sig |= {
             n: "i32"
@@ -987,7 +978,7 @@ def lowering_requests(sku: str) -> list[LoweringRequest]:
             "HEAD_PAD": head_pad,
             "BLOCK_H": max(1, min(triton.next_power_of_2(heads), _RC_TILE_ELEMS // head_pad)),
         }
-        label = f"reshape_and_cache_h{head_size}_{_TRITON_TYPE[dtype]}"
+        label = f"reshape_and_cache_h{head_size}_{triton_type_name(dtype)}"
         reqs.append(LoweringRequest(kernel_ref(_reshape_and_cache_kernel), sig, consts, sku, label))
     return reqs
 

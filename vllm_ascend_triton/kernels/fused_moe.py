@@ -75,7 +75,7 @@ import torch
 import triton
 import triton.language as tl
 
-from vllm_ascend_triton.codegen.lower import LoweringRequest
+from vllm_ascend_triton.codegen.lower import LoweringRequest, triton_type_name
 from vllm_ascend_triton.kernels._check import CheckResult, compare
 from vllm_ascend_triton.runtime.checks import FLOAT_DTYPES, INDEX_DTYPES, check_positive_int, check_tensor
 from vllm_ascend_triton.runtime.configs import lookup_config
@@ -790,8 +790,6 @@ def fused_experts_ref(
 # Lowering and self-check
 # --------------------------------------------------------------------------------------------
 
-_TRITON_DTYPE = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
-
 
 def lowering_requests(sku: str) -> list[LoweringRequest]:
     """Every kernel with its default config: the sort for 8 and 512 experts (with/without an
@@ -850,8 +848,8 @@ def lowering_requests(sku: str) -> list[LoweringRequest]:
             )
         )
     for dtype in (torch.float16, torch.bfloat16, torch.float32):
-        ty = f"*{_TRITON_DTYPE[dtype]}"
-        name = _TRITON_DTYPE[dtype]
+        ty = f"*{triton_type_name(dtype)}"
+        name = triton_type_name(dtype)
         reqs.append(
             LoweringRequest(
                 f"{_MODULE}:_gather_rows_kernel",
@@ -953,7 +951,7 @@ def self_check() -> list[CheckResult]:
         results.append(
             compare(
                 "fused_experts",
-                f"e8_k2_{_TRITON_DTYPE[dtype]}",
+                f"e8_k2_{triton_type_name(dtype)}",
                 fused_experts(x, w13, w2, w, ids),
                 fused_experts_ref(x, w13, w2, w, ids),
                 atol,

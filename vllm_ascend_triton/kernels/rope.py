@@ -69,11 +69,12 @@ import torch
 import triton
 import triton.language as tl
 
-from vllm_ascend_triton.codegen.lower import LoweringRequest, kernel_ref
+from vllm_ascend_triton.codegen.lower import LoweringRequest, kernel_ref, triton_type_name
 from vllm_ascend_triton.kernels._check import CheckResult, compare
 from vllm_ascend_triton.runtime.checks import (
     FLOAT_DTYPES,
     INDEX_DTYPES,
+    check_last_dim_contiguous,
     check_positive_int,
     check_same_device,
     check_tensor,
@@ -266,8 +267,8 @@ def _heads_view(
     """(token_stride, head_stride, num_heads) of a query/key tensor, in elements."""
     if x.dim() not in (2, 3):
         raise ValueError(f"{name} must have 2 or 3 dims ([T, H*D] or [T, H, D]), got shape {tuple(x.shape)}")
-    if x.numel() > 0 and x.stride(-1) != 1:
-        raise ValueError(f"{name} must be contiguous in its last dim, got strides {x.stride()}")
+    if x.numel() > 0:
+        check_last_dim_contiguous(name, x)
     if x.dim() == 3 and len(token_shape) == 2 and tuple(x.shape[:2]) == token_shape:
         # [B, S, H*D] with [B, S] positions: token b*S + s lives at b*stride(0) + s*stride(1),
         # which must be one token stride.
@@ -588,7 +589,6 @@ def mrope_reference(
 # Lowering variants and self check
 # ----------------------------------------------------------------------------------------------
 
-_TORCH_TO_SIG = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32: "*fp32"}
 
 # (label, dtype, head_size, rot_dim, num_heads, is_neox): shapes of real models.
 _LOWERING_SHAPES = (
@@ -600,9 +600,9 @@ _LOWERING_SHAPES = (
 
 
 def _common_signature(dtype: torch.dtype, cache_dtype: torch.dtype) -> dict[str, str]:
-    ptr = _TORCH_TO_SIG[dtype]
+    ptr = "*" + triton_type_name(dtype)
     return {
-        "q_ptr": ptr, "k_ptr": ptr, "cache_ptr": _TORCH_TO_SIG[cache_dtype],
+        "q_ptr": ptr, "k_ptr": ptr, "cache_ptr": "*" + triton_type_name(cache_dtype),
         "num_tokens": "i32", "max_pos": "i32",
         "q_token_stride": "i32", "q_head_stride": "i32", "num_q_heads": "i32",
         "k_token_stride": "i32", "k_head_stride": "i32", "num_k_heads": "i32",

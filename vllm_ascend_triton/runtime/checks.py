@@ -47,6 +47,12 @@ def check_tensor(
     return t
 
 
+def check_last_dim_contiguous(name: str, t: torch.Tensor) -> None:
+    """Kernels address the last dim with unit stride (other dims may be strided views)."""
+    if t.shape[-1] > 1 and t.stride(-1) != 1:
+        raise ValueError(f"{name} must be contiguous in its last dim, got strides {tuple(t.stride())}")
+
+
 def check_same_device(**tensors: torch.Tensor | None) -> None:
     devices = {name: t.device for name, t in tensors.items() if t is not None}
     if len(set(devices.values())) > 1:
