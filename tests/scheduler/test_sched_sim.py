@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from vllm_ascend_triton.scheduler.cli import main
+from vllm_ascend_triton.cli.sim import main
 from vllm_ascend_triton.scheduler.sim.runner import Policy, run_simulation
 from vllm_ascend_triton.scheduler.sim.stepmodel import StepModel
 from vllm_ascend_triton.scheduler.sim.vllm_setup import SchedulerShape

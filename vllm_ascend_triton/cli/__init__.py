@@ -16,10 +16,10 @@ from rich.console import Console
 
 # Modules that provide `register(subparsers)` for their subcommands, in `vat --help` order.
 SUBCOMMAND_MODULES = (
-    "vllm_ascend_triton.runtime.info",
-    "vllm_ascend_triton.kernels.cli",
-    "vllm_ascend_triton.codegen.cli",
-    "vllm_ascend_triton.scheduler.cli",
+    "vllm_ascend_triton.cli.info",
+    "vllm_ascend_triton.cli.check",
+    "vllm_ascend_triton.cli.compile",
+    "vllm_ascend_triton.cli.sim",
 )
 
 
