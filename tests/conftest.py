@@ -1,12 +1,15 @@
-"""Shared test setup. Importing the package first chooses the backend (the interpreter here)
-before any test module defines or imports a kernel."""
+"""Shared test setup. The suite runs kernels in Triton's interpreter: the backend is selected
+here, explicitly, before any test module defines or imports a kernel (importing the package
+itself chooses nothing)."""
 
 import os
 
 import pytest
 import torch
 
-import vllm_ascend_triton  # noqa: F401  (must precede every kernel import)
+from vllm_ascend_triton.runtime.backend import select_backend
+
+BACKEND = select_backend(os.environ.get("VAT_BACKEND") or "interpreter")
 
 
 @pytest.fixture(autouse=True)
@@ -16,4 +19,4 @@ def _seed() -> None:
 
 def pytest_report_header(config: pytest.Config) -> str:
     interpret = os.environ.get("TRITON_INTERPRET")
-    return f"vllm_ascend_triton backend: {vllm_ascend_triton.BACKEND.value}, TRITON_INTERPRET={interpret}"
+    return f"vllm_ascend_triton backend: {BACKEND.value}, TRITON_INTERPRET={interpret}"

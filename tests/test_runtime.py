@@ -45,8 +45,9 @@ def test_310p_known_but_unsupported():
     [
         ({"VAT_BACKEND": "npu"}, Backend.NPU),
         ({"VAT_BACKEND": "Interpreter"}, Backend.INTERPRETER),
+        ({"VAT_BACKEND": "cuda"}, Backend.CUDA),
         ({"TRITON_INTERPRET": "1"}, Backend.INTERPRETER),
-        ({}, Backend.INTERPRETER),  # no torch_npu / no /dev/davinci* on this machine
+        ({}, None),  # no torch_npu / no /dev/davinci* on this machine: nothing is chosen
     ],
 )
 def test_decide_backend(env, expected):
@@ -55,7 +56,7 @@ def test_decide_backend(env, expected):
 
 def test_bad_backend_name():
     with pytest.raises(ValueError, match="VAT_BACKEND"):
-        decide_backend({"VAT_BACKEND": "cuda"})
+        decide_backend({"VAT_BACKEND": "gpu"})
 
 
 def test_this_process_uses_the_interpreter():
@@ -136,7 +137,7 @@ def test_vat_info_text(monkeypatch, capsys):
 
 
 def test_forced_npu_backend_without_npu_fails_clearly():
-    # A fresh process: the backend is chosen once, at import.
+    # A fresh process: VAT_BACKEND is applied when a kernel module is first imported.
     code = (
         "import torch\n"
         "from vllm_ascend_triton.runtime.checks import check_tensor\n"

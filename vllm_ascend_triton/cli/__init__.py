@@ -14,6 +14,8 @@ import sys
 
 from rich.console import Console
 
+from vllm_ascend_triton.runtime.backend import Backend, decide_backend, select_backend
+
 # Modules that provide `register(subparsers)` for their subcommands, in `vat --help` order.
 SUBCOMMAND_MODULES = (
     "vllm_ascend_triton.cli.info",
@@ -34,6 +36,22 @@ def build_parser() -> argparse.ArgumentParser:
     for module_name in SUBCOMMAND_MODULES:
         importlib.import_module(module_name).register(subparsers)
     return parser
+
+
+def add_backend_argument(parser: argparse.ArgumentParser) -> None:
+    """For subcommands that run kernels: which backend they run on."""
+    parser.add_argument(
+        "--backend",
+        choices=[b.value for b in Backend],
+        default=None,
+        help="execution backend (default: VAT_BACKEND, else npu on an NPU host, else the interpreter)",
+    )
+
+
+def select_kernel_backend(args: argparse.Namespace) -> Backend:
+    """A subcommand that runs kernels chooses the backend before any kernel module is imported:
+    the one asked for, else the environment's or the NPU, else Triton's interpreter on the CPU."""
+    return select_backend(getattr(args, "backend", None) or decide_backend() or Backend.INTERPRETER)
 
 
 def console() -> Console:

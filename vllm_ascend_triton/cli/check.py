@@ -14,8 +14,9 @@ from vllm_ascend_triton.runtime.backend import current_backend
 
 
 def run(args: argparse.Namespace) -> int:
-    from vllm_ascend_triton.cli import console, emit_json
+    from vllm_ascend_triton.cli import console, emit_json, select_kernel_backend
 
+    select_kernel_backend(args)
     families = tuple(args.family) if args.family else FAMILIES
     started = time.perf_counter()
     results = run_all_checks(families)
@@ -50,7 +51,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from vllm_ascend_triton.cli import add_backend_argument
+
     parser = subparsers.add_parser("check", help="kernel correctness against torch references")
     parser.add_argument("--family", action="append", choices=FAMILIES, help="only this family (repeatable)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    add_backend_argument(parser)
     parser.set_defaults(func=run)

@@ -14,7 +14,7 @@ def format_info(info: dict) -> str:
     support = "supported" if sku["triton_supported"] else "NOT supported: " + sku["unsupported_reason"]
     lines = [
         f"device         : {info['npu'] or 'no NPU'}",
-        f"backend        : {info['backend']}",
+        f"backend        : {info['backend'] or 'none chosen (set VAT_BACKEND to run kernels)'}",
         f"sku            : {sku['name']} ({sku['family']}, {source})",
         f"cube cores     : {dev['cube_cores']}",
         f"vector cores   : {dev['vector_cores']}",

@@ -86,8 +86,8 @@ def lower_many(requests: Sequence[LoweringRequest], timeout: float = 600.0) -> l
         {"kernel": r.kernel, "signature": r.signature, "constants": r.constants, "sku": get_sku(r.sku).name}
         for r in requests
     ]
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["VAT_BACKEND"] = "npu"  # our package must not switch the child to the interpreter
+    # The child compiles: no interpreter, and no backend choice of ours inherited from this process.
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "VAT_BACKEND")}
     # The child imports kernels by module name: let it see every module this process sees.
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     with tempfile.TemporaryDirectory(prefix="vat-lower-") as cache_dir:

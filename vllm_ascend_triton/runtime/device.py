@@ -4,7 +4,12 @@
   `torch.npu.get_device_name()`, the core counts from triton-ascend's driver.
 - Anywhere: `VAT_SKU=<name>` plans for that SKU (grids, tile sizes, tuned configs) without
   needing the chip, which is how the interpreter, lowering and tuning pick their targets.
+- On the cuda backend (benchmarks of the same kernel bodies on an NVIDIA GPU): the planning SKU
+  sizes tiles, and persistent grids use the GPU's SM count as their core count.
 - Otherwise there is no device; planning falls back to `sku.DEFAULT_PLANNING_SKU`.
+
+Asking for the device never chooses a backend: it plans with the selected one, or the one the
+environment and host would give (`backend.decide_backend`), or none.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import functools
 import logging
 import os
 
-from vllm_ascend_triton.runtime.backend import Backend, current_backend, npu_visible
+from vllm_ascend_triton.runtime.backend import Backend, decide_backend, npu_visible, selected_backend
 from vllm_ascend_triton.runtime.sku import DEFAULT_PLANNING_SKU, AscendSKU, get_sku
 
 logger = logging.getLogger(__name__)
@@ -56,8 +61,14 @@ def _npu_name_and_cores() -> tuple[str, int | None, int | None]:
         return name, None, None
 
 
+def _cuda_sm_count() -> int:
+    import torch
+
+    return int(torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count)
+
+
 @functools.cache
-def _detect(sku_override: str | None, backend: Backend) -> DeviceInfo:
+def _detect(sku_override: str | None, backend: Backend | None) -> DeviceInfo:
     npu = backend is Backend.NPU and npu_visible()
     name, cube, vector = _npu_name_and_cores() if npu else (None, None, None)
     if sku_override:
@@ -68,17 +79,21 @@ def _detect(sku_override: str | None, backend: Backend) -> DeviceInfo:
         sku, source = get_sku(DEFAULT_PLANNING_SKU), "default"
     if not sku.triton_supported:
         logger.warning("%s: %s", sku.name, sku.unsupported_reason)
+    if backend is Backend.CUDA:
+        cube = vector = _cuda_sm_count()
+    elif source != "npu":
+        cube = vector = None
     return DeviceInfo(
         sku=sku,
         source=source,
         npu_present=npu,
         device_name=name,
-        cube_cores=cube if cube and source == "npu" else sku.cube_cores,
-        vector_cores=vector if vector and source == "npu" else sku.vector_cores,
+        cube_cores=cube or sku.cube_cores,
+        vector_cores=vector or sku.vector_cores,
         ub_bytes=sku.ub_bytes,
     )
 
 
 def current_device() -> DeviceInfo:
     """The device kernels are planned for (cached per VAT_SKU value)."""
-    return _detect(os.environ.get(SKU_ENV) or None, current_backend())
+    return _detect(os.environ.get(SKU_ENV) or None, selected_backend() or decide_backend())

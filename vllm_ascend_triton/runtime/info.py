@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 
-from vllm_ascend_triton.runtime.backend import current_backend
+from vllm_ascend_triton.runtime.backend import decide_backend, selected_backend
 from vllm_ascend_triton.runtime.device import current_device
 
 
@@ -19,9 +19,10 @@ def _version(*dists: str) -> str | None:
 
 def collect_info() -> dict:
     device = current_device()
+    backend = selected_backend() or decide_backend()
     return {
         "npu": device.device_name if device.npu_present else None,
-        "backend": current_backend().value,
+        "backend": backend.value if backend else None,
         "sku_source": device.source,
         "device": device.as_dict(),
         "versions": {

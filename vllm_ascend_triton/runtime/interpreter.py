@@ -1,5 +1,5 @@
 """Two fixes to Triton's interpreter (as shipped in triton-ascend 3.2), applied when this process
-uses the interpreter backend (see `launch.py`, which every kernel module imports).
+selects the interpreter backend (`backend.select_backend`), never at import time.
 
 1. Integer sums and prefix sums keep their dtype. The interpreter reduces with numpy, which
    widens int32 to int64 while the Triton tensor still says int32; a later `tl.store` then

@@ -14,15 +14,15 @@ from collections.abc import Iterator
 
 import torch
 
-from vllm_ascend_triton.runtime.backend import Backend, current_backend
+from vllm_ascend_triton.runtime.backend import Backend, apply_requested_backend, current_backend, device_type
 from vllm_ascend_triton.runtime.device import DeviceInfo, current_device
 
 CHECK_ENV = "VAT_CHECK_INPUTS"
 
-if current_backend() is Backend.INTERPRETER:
-    from vllm_ascend_triton.runtime.interpreter import patch_triton_interpreter
-
-    patch_triton_interpreter()
+# Every kernel module imports this one before it defines kernels: an interpreter asked for in the
+# environment (VAT_BACKEND=interpreter) must be in force when `@triton.jit` runs. With nothing
+# asked for, this does nothing.
+apply_requested_backend()
 
 
 def persistent_grid(work_items: int, uses_cube: bool = False, device: DeviceInfo | None = None) -> tuple[int]:
@@ -36,7 +36,7 @@ def persistent_grid(work_items: int, uses_cube: bool = False, device: DeviceInfo
 
 def expected_device_type() -> str:
     """Tensors must live here for this process's backend."""
-    return "npu" if current_backend() is Backend.NPU else "cpu"
+    return device_type()
 
 
 def checks_enabled() -> bool:
