@@ -61,7 +61,8 @@ def test_interpreter_chosen_explicitly_runs_kernels(how):
     if how == "env":
         env["VAT_BACKEND"] = "interpreter"
     else:
-        code += "from vllm_ascend_triton.runtime.backend import select_backend\nselect_backend('interpreter')\n"
+        code += "from vllm_ascend_triton.runtime.backend import select_backend\n"
+        code += "select_backend('interpreter')\n"
     code += (
         "from vllm_ascend_triton.kernels import rotary_embedding\n"
         "q = torch.ones(2, 8); k = torch.ones(2, 8); cache = torch.zeros(4, 8)\n"

@@ -40,7 +40,8 @@ def check_tensor(
     if want == "npu" and not npu_visible():
         raise RuntimeError(
             "the npu backend (VAT_BACKEND=npu) needs torch_npu and a visible Ascend NPU (/dev/davinci*), "
-            "and this host has none; set VAT_BACKEND=interpreter to run kernels in Triton's interpreter on the CPU"
+            "and this host has none; set VAT_BACKEND=interpreter to run kernels in Triton's interpreter "
+            "on the CPU"
         )
     if t.device.type != want:
         raise ValueError(f"{name} must be on a {want} device for this backend, got {t.device}")
