@@ -110,7 +110,7 @@ def select_backend(backend: str | Backend) -> Backend:
     chosen = parse_backend(backend, source="backend")
     if _selected is not None:
         if _selected is not chosen:
-            raise RuntimeError(f"this process runs the {_selected} backend already; cannot switch to {chosen}")
+            raise RuntimeError(f"this process runs the {_selected} backend; cannot switch to {chosen}")
         return _selected
     if chosen is Backend.INTERPRETER:
         if _kernels_defined_compiled():
