@@ -190,7 +190,7 @@ def test_more_tokens_than_vector_cores() -> None:
 
 def test_head_tiles_smaller_than_the_head_count(monkeypatch: pytest.MonkeyPatch) -> None:
     # A tuned config may split the heads into several tiles; the tail tile is masked.
-    monkeypatch.setattr(rope, "_default_config", lambda half_rot, num_heads: {"BLOCK_H": 2})
+    monkeypatch.setattr(rope, "_default_config", lambda half_rot, num_heads, dtype: {"BLOCK_H": 2})
     positions = torch.randint(0, MAX_POS, (3,))
     query, key = torch.randn(3, 5 * 64).half(), torch.randn(3, 3 * 64).half()
     cache = _cache(64, torch.float16)
@@ -424,17 +424,24 @@ def test_mrope_rejects_bad_input(name, override, exc, match) -> None:
 
 
 def test_self_check_passes() -> None:
-    results = rope.self_check()
+    from vllm_ascend_triton.kernels.rope.checks import self_check
+
+    results = self_check()
     assert 0 < len(results) <= 6
     assert all(r.ok for r in results), [r for r in results if not r.ok]
 
 
 @pytest.fixture(scope="module")
 def lowered():
-    from vllm_ascend_triton.codegen.lower import lower_many
+    from vllm_ascend_triton.codegen.compile import variant_specs
+    from vllm_ascend_triton.codegen.lower import LoweringRequest, lower_many
 
-    requests = rope.lowering_requests("Ascend910B3") + rope.lowering_requests("Ascend910_9392")
-    return lower_many(requests)
+    requests = [
+        LoweringRequest.from_spec(vs.spec, sku, vs.label)
+        for sku in ("Ascend910B3", "Ascend910_9392")
+        for vs in variant_specs(sku, ["rope"])
+    ]
+    return lower_many(requests, jobs=2)
 
 
 @pytest.mark.slow

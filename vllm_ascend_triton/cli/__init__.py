@@ -10,11 +10,18 @@ import argparse
 import importlib
 import json
 import logging
+import math
 import sys
 
 from rich.console import Console
 
-from vllm_ascend_triton.runtime.backend import Backend, decide_backend, select_backend
+from vllm_ascend_triton.runtime.backend import (
+    Backend,
+    BackendNotSelectedError,
+    decide_backend,
+    select_backend,
+)
+from vllm_ascend_triton.runtime.sku import UnknownSKUError
 
 # Modules that provide `register(subparsers)` for their subcommands, in `vat --help` order.
 SUBCOMMAND_MODULES = (
@@ -54,14 +61,25 @@ def select_kernel_backend(args: argparse.Namespace) -> Backend:
     return select_backend(getattr(args, "backend", None) or decide_backend() or Backend.INTERPRETER)
 
 
-def console() -> Console:
+def console(stderr: bool = False) -> Console:
     """Rich console for tables; wide when piped (a log file should not fold kernel names)."""
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(stderr=stderr, width=None if stream.isatty() else 200)
 
-    return Console(width=None if sys.stdout.isatty() else 200)
+
+def json_safe(value: object) -> object:
+    """Strict JSON: NaN and infinities become null (JSON has no such numbers)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def emit_json(payload: object) -> None:
-    json.dump(payload, sys.stdout, indent=2, default=str)
+    json.dump(json_safe(payload), sys.stdout, indent=2, default=str, allow_nan=False)
     sys.stdout.write("\n")
 
 
@@ -71,7 +89,14 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except (UnknownSKUError, ValueError, BackendNotSelectedError) as exc:
+        # A user's mistake (an unknown SKU in VAT_SKU or --sku, a bad flag value): one line, exit 2.
+        print(f"vat {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `vat ... | head`
+        return 0
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ def _lower_one(req: dict, cache_dir: str) -> dict:
             triton.compile(
                 ASTSource(fn=jit_fn, signature=signature, constants=req["constants"]),
                 target=GPUTarget("npu", req["sku"], 0),
+                options=req.get("options") or None,
             )
     except Exception as exc:
         text = f"{type(exc).__name__}: {exc}"

@@ -1,6 +1,6 @@
 """Correctness checks of a kernel against its torch reference, shared by `vat check` and bench.
 
-Each kernel family module provides `self_check() -> list[CheckResult]`: a few small cases run
+Each kernel family's `checks` module provides `self_check() -> list[CheckResult]`: a few small cases run
 on this process's backend (the interpreter on a CPU) and compared with the family's reference.
 """
 
@@ -41,9 +41,11 @@ def compare(kernel: str, case: str, actual: torch.Tensor, expected: torch.Tensor
 
 
 def run_all_checks(families: tuple[str, ...] | None = None) -> list[CheckResult]:
-    from vllm_ascend_triton.kernels import FAMILIES, family_module
+    import importlib
+
+    from vllm_ascend_triton.kernels import FAMILIES
 
     results: list[CheckResult] = []
     for family in families or FAMILIES:
-        results.extend(family_module(family).self_check())
+        results.extend(importlib.import_module(f"vllm_ascend_triton.kernels.{family}.checks").self_check())
     return results

@@ -14,10 +14,13 @@ environment and host would give (`backend.decide_backend`), or none.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import functools
 import logging
 import os
+from collections.abc import Iterator
 
 from vllm_ascend_triton.runtime.backend import Backend, decide_backend, npu_visible, selected_backend
 from vllm_ascend_triton.runtime.sku import DEFAULT_PLANNING_SKU, AscendSKU, get_sku
@@ -94,6 +97,21 @@ def _detect(sku_override: str | None, backend: Backend | None) -> DeviceInfo:
     )
 
 
+_planning_sku: contextvars.ContextVar[str | None] = contextvars.ContextVar("vat_planning_sku", default=None)
+
+
 def current_device() -> DeviceInfo:
-    """The device kernels are planned for (cached per VAT_SKU value)."""
-    return _detect(os.environ.get(SKU_ENV) or None, selected_backend() or decide_backend())
+    """The device kernels are planned for (cached per planning SKU / VAT_SKU value)."""
+    override = _planning_sku.get() or os.environ.get(SKU_ENV) or None
+    return _detect(override, selected_backend() or decide_backend())
+
+
+@contextlib.contextmanager
+def plan_for(sku: str) -> Iterator[DeviceInfo]:
+    """Plan launches (grids, tiles, tuned configs) for `sku` inside the block, on any host: how
+    codegen and the tuner build the specs of a SKU that is not the one installed."""
+    token = _planning_sku.set(get_sku(sku).name)
+    try:
+        yield current_device()
+    finally:
+        _planning_sku.reset(token)
