@@ -6,11 +6,20 @@ only these), so the same limit holds everywhere it is checked; a call past a lim
 from __future__ import annotations
 
 # --- rope ------------------------------------------------------------------------------------------
-# A whole half row of rotary pairs is one tile axis (the dim axis is not tiled): 512 dims = 256 pairs.
-ROPE_MAX_HEAD_SIZE = 512
+# A whole half row of rotary pairs is one tile axis (the dim axis is not tiled): 512 rotary dims
+# = 256 pairs per tile row, at BLOCK_H = 1 still within every SKU's UB budget. Head sizes beyond it
+# are fine when only the first `rot_dim <= 512` dims rotate.
+ROPE_MAX_ROTARY_DIM = 512
 
 # --- MoE routing, align, permute, experts -----------------------------------------------------------
-# (owned by the MoE families; filled in by their package move)
+# The top-k and the sort keep every expert of a row in one tile axis (no cross-tile merge).
+MOE_MAX_EXPERTS = 1024
+# Top-k selection is unrolled k times at compile time and its results live in a [rows, k] tile;
+# real models route to 2..16 experts.
+MOE_MAX_TOPK = 32
+# Counts, ranks and padded slots are reduced in fp32 lanes (the vector unit's native width),
+# exact below 2^24.
+MOE_MAX_SLOTS = 2**24
 
 # --- attention --------------------------------------------------------------------------------------
 # (owned by the attention family; filled in by its package move)

@@ -21,6 +21,11 @@ them (and returns them for convenience):
   masks it and leaves that token's query and key unchanged. With input checks on
   (`checks_enabled()`: default on the interpreter, opt-in on an NPU since it costs a device
   sync) such positions raise `ValueError` before the launch.
+- Non-finite data (NaN/inf in query, key or the cache) follows IEEE arithmetic within the token
+  and pair it sits in (a NaN cos/sin row poisons that token's rotated dims only; pass-through dims
+  and other tokens are untouched). Nothing outside `query`, `key` and the cache rows named by valid
+  positions is ever read or written, whatever the data, with checks on or off.
+- Limits (`kernels.limits`): `rot_dim <= ROPE_MAX_ROTARY_DIM` (512); larger is a `ValueError`.
 
 `mrope_rotary_embedding(positions, query, key, head_size, cos_sin_cache, is_neox,
 mrope_section, mrope_interleaved=False)` matches vLLM's `MRotaryEmbedding` (Qwen2-VL /
@@ -68,6 +73,7 @@ from collections.abc import Sequence
 import torch
 import triton
 
+from vllm_ascend_triton.kernels.limits import ROPE_MAX_ROTARY_DIM
 from vllm_ascend_triton.kernels.rope._kernels import _mrope_kernel, _rope_kernel
 from vllm_ascend_triton.kernels.rope.reference import mrope_reference, rope_reference
 from vllm_ascend_triton.runtime.checks import (
@@ -161,6 +167,8 @@ def _validate_common(
         raise ValueError(f"cos_sin_cache's rot_dim (dim 1) must be even and >= 2, got {rot_dim}")
     if rot_dim > head_size:
         raise ValueError(f"cos_sin_cache's rot_dim {rot_dim} exceeds head_size {head_size}")
+    if rot_dim > ROPE_MAX_ROTARY_DIM:
+        raise ValueError(f"cos_sin_cache's rot_dim must be <= {ROPE_MAX_ROTARY_DIM}, got {rot_dim}")
     if cos_sin_cache.shape[0] > 0 and cos_sin_cache.stride(1) != 1:
         raise ValueError(f"cos_sin_cache must be contiguous in dim 1, got strides {cos_sin_cache.stride()}")
     return rot_dim
