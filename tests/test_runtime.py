@@ -20,9 +20,22 @@ def test_sku_table_figures():
     assert (b3.cube_cores, b3.vector_cores, b3.ub_bytes) == (20, 40, 196608)
     assert get_sku("ascend910b1").cube_cores == 24  # case-insensitive
     for sku in SKUS.values():
-        if sku.triton_supported:
+        if sku.family in ("Atlas A2", "Atlas A3"):
+            assert sku.triton_supported
             assert sku.vector_cores == 2 * sku.cube_cores  # A2/A3: two AIV per AIC
             assert sku.ub_bytes == 192 * 1024
+
+
+def test_a_larger_unified_buffer_changes_the_tiles():
+    from vllm_ascend_triton.runtime.device import plan_for
+    from vllm_ascend_triton.runtime.ub import tile_elements
+
+    with plan_for("Ascend910B3"):
+        a2 = tile_elements(live_tiles=5, elem_bytes=2)
+    with plan_for("Ascend950PR") as dev:
+        assert dev.ub_bytes == 253952 and not dev.sku.triton_supported
+        a5 = tile_elements(live_tiles=5, elem_bytes=2)
+    assert (a2, a5) == (4096, 8192)
 
 
 def test_unknown_sku_lists_known_ones():

@@ -58,6 +58,26 @@ SKUS: dict[str, AscendSKU] = {
         _a3("Ascend910_9382", 24),
         _a3("Ascend910_9372", 20),
         _a3("Ascend910_9362", 20),
+        # Ascend 950PR (NPU arch 3510, "A5"): 28 cube / 56 vector cores and a 248 KB (253,952-byte)
+        # Unified Buffer per CANN's platform config for Ascend950PR and asc-devkit's
+        # GetRuntimeUBSize ("fixed 248KB" outside SIMD+SIMT mixing); 112 GiB of memory. HBM bandwidth
+        # and cube peak are not sourced: A3's figures stand in for the cost model (modelled only).
+        # triton-ascend 3.2 compiles this generation through a separate pipeline (its
+        # `compile_on_910_95` path, targets Ascend910_95xx) that was not validated here, so it is a
+        # planning SKU: grids and tiles can be planned for it, lowering is refused.
+        AscendSKU(
+            "Ascend950PR",
+            "Ascend 950",
+            28,
+            56,
+            253952,
+            112 * GIB,
+            1600.0,
+            376.0,
+            False,
+            "planning only: triton-ascend 3.2's separate 910_95 compile pipeline was not validated by "
+            "this project (no lowering, no tuned configs)",
+        ),
         # 300I Duo inference card; vector count and UB size are uncertain in the sources.
         AscendSKU(
             "Ascend310P3",
