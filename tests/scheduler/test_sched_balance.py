@@ -36,9 +36,15 @@ def test_deferred_request_admitted_within_bound() -> None:
     assert bound == 11
     scheds, members = _ranks(4, shape, params)
     ref = make_scheduler(Scheduler, shape, make_vllm_config(shape))
-    # Rank 0: a long prefill A, then B. Ranks 1-3 stay idle (they only exchange).
-    add(scheds[0], "A", 30000, 4)
-    add(ref, "A", 30000, 4)
+    # Rank 1 queues more requests than it has slots (the cluster is saturated, so the plan
+    # limits prefill); rank 0 prefills A in 512-token chunks (its pending prefill stays
+    # below one step's budget, so no skew release), then B arrives. Ranks 2-3 stay idle
+    # (they only exchange), so no quorum matches A.
+    for i in range(20):
+        add(scheds[1], f"w{i}", 20, 400, 1000 + i)
+    for s in (scheds[0], ref):
+        add(s, "A", 1500, 4)
+        add(s, "C", 20, 400, 2000)
     lockstep(scheds, members)
     step(ref)
     add(scheds[0], "B", 300, 4)
@@ -81,7 +87,7 @@ def test_random_stress_no_leak(dp: int) -> None:
             for _ in range(rng.choice([0, 1, 1, 2])):
                 rid = f"q{len(owner)}"
                 r = rng.randrange(dp) if rng.random() < 0.5 else 0  # skew onto rank 0
-                add(scheds[r], rid, rng.randint(1, 400), rng.randint(1, 120), len(owner))
+                add(scheds[r], rid, rng.randint(1, 200), rng.randint(1, 120), len(owner))
                 owner[rid] = r
         live = [q for q in owner if q not in finished and q not in aborted]
         if live and rng.random() < 0.05:

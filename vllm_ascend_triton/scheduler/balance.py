@@ -41,7 +41,16 @@ same snapshot (:func:`~vllm_ascend_triton.scheduler.plan.compute_plan`):
 The allowance is enforced from inside vLLM's own ``schedule()`` through the
 ``_reserve_prefill_lookahead`` hook, which upstream calls on every running and waiting
 request right before it allocates KV slots: decodes pass through unchanged, prefill
-chunks are cut to the remaining allowance. Everything else (preemption, pause states,
+chunks are cut to the remaining allowance. The override is installed on the instance
+only for a step whose allowance could actually cut this rank's pending prefill (a bound
+checked in O(pending requests)), so a decode-only or under-allowance step runs
+upstream's ``schedule()`` untouched and costs what vLLM's costs.
+
+Cost at the step boundary: the load vector is kept incremental (the running requests
+still prefilling are tracked from each step's admissions; decodes are counted as
+``running - prefilling``; KV in use is read from the block pool), so it costs
+O(prefilling + free slots), not a scan of the running list; the plan is computed right
+after the exchange, outside ``schedule()``. Everything else (preemption, pause states,
 prefix caching, KV connectors, structured output, encoder cache, Mamba alignment) stays
 upstream's code. Requests with encoder inputs, Mamba block-aligned splits or chunked
 prefill disabled are cut all-or-nothing, since a partial chunk would break their
@@ -53,22 +62,35 @@ requests while any rank runs ``max_num_seqs`` requests) for comparisons.
 
 Switches: ``VLLM_ASCEND_BALANCE_SCHEDULING=1`` (mode ``balance``), or
 ``additional_config={"balance_scheduling": true | "balance" | "gate" | {"mode": ...,
-"min_chunk": ..., "quorum": ..., "escalate_steps": ...}}``, or the constructor
-keyword ``balance`` (same forms; it wins over the config, which wins over the env).
+"min_chunk": ..., "quorum": ..., "escalate_steps": ...}}``, or vllm-ascend's keys
+``additional_config.scheduler_config.enable_balance_scheduling`` /
+``additional_config.enable_balance_scheduling``, or the constructor keyword ``balance``
+(same forms; it wins over the config, which wins over the env); see
+:func:`~vllm_ascend_triton.scheduler.compat.balance_spec`.
+
+With balance on, construction checks every vLLM hook balance mode relies on and refuses
+an unsupported vLLM (:mod:`~vllm_ascend_triton.scheduler.compat`); beside vllm-ascend,
+ours is the one balance mechanism when this class is selected (same module). Every
+``VLLM_LOG_STATS_INTERVAL`` seconds the scheduler logs the plan's effect
+(:mod:`~vllm_ascend_triton.scheduler.stats`); ``balance_stats()`` returns the counters
+and ``make_stats()`` attaches them to vLLM's ``SchedulerStats`` (field ``balance``).
 """
 
 from __future__ import annotations
 
-import os
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
+import vllm.envs as vllm_envs
 from vllm.logger import init_logger
 from vllm.v1.core.sched.async_scheduler import AsyncScheduler
 from vllm.v1.core.sched.output import SchedulerOutput
-from vllm.v1.core.sched.scheduler import Scheduler
+from vllm.v1.metrics.stats import SchedulerStats
 from vllm.v1.request import Request, RequestStatus
 
+from vllm_ascend_triton.scheduler import compat
+from vllm_ascend_triton.scheduler.compat import CONFIG_KEY, ENV_SWITCH, balance_enabled
 from vllm_ascend_triton.scheduler.exchange import LoadExchange, install_dp_engine_hook
 from vllm_ascend_triton.scheduler.plan import (
     MODES,
@@ -77,24 +99,31 @@ from vllm_ascend_triton.scheduler.plan import (
     RankPlan,
     compute_plan,
 )
+from vllm_ascend_triton.scheduler.stats import BalanceStats, estimated_padding_saved
 
 # A child of vLLM's "vllm" logger, so our lines show up in the engine core's log with vLLM's.
 logger = init_logger(f"vllm.{__name__}")
 
-ENV_SWITCH = "VLLM_ASCEND_BALANCE_SCHEDULING"
-CONFIG_KEY = "balance_scheduling"
+# Upstream's own class, even if vllm-ascend replaced the module attribute with its subclass.
+Scheduler = compat.original_vllm_scheduler()
+
+__all__ = [
+    "CONFIG_KEY",
+    "ENV_SWITCH",
+    "AsyncBalanceScheduler",
+    "BalanceScheduler",
+    "BalanceSchedulerStats",
+    "balance_enabled",
+    "resolve_balance_params",
+]
+
+_RUNNING = RequestStatus.RUNNING
 
 
 def resolve_balance_params(vllm_config: Any, balance: Any = None) -> BalanceParams:
     """Balance settings from the constructor keyword, else ``additional_config``, else env."""
     max_num_seqs = vllm_config.scheduler_config.max_num_seqs
-    spec = balance
-    if spec is None:
-        extra = getattr(vllm_config, "additional_config", None)
-        if isinstance(extra, dict) and CONFIG_KEY in extra:
-            spec = extra[CONFIG_KEY]
-    if spec is None:
-        spec = os.environ.get(ENV_SWITCH, "0").strip().lower() in ("1", "true", "yes", "on")
+    spec = balance if balance is not None else compat.balance_spec(vllm_config)
     if isinstance(spec, BalanceParams):
         return spec
     if isinstance(spec, bool):
@@ -111,6 +140,13 @@ def resolve_balance_params(vllm_config: Any, balance: Any = None) -> BalancePara
     raise TypeError(f"{CONFIG_KEY}: expected bool, str, dict or BalanceParams, got {type(spec)}")
 
 
+@dataclasses.dataclass
+class BalanceSchedulerStats(SchedulerStats):
+    """vLLM's ``SchedulerStats`` plus the balance counters of this rank (cumulative)."""
+
+    balance: dict[str, int] | None = None
+
+
 class BalanceMixin:
     """The balance logic, mixed in front of vLLM's ``Scheduler`` or ``AsyncScheduler``."""
 
@@ -118,31 +154,57 @@ class BalanceMixin:
         super().__init__(*args, **kwargs)
         self.balance_params = resolve_balance_params(self.vllm_config, balance)
         self.balance_enabled = self.balance_params.mode != "off"
+        data_parallel = self.parallel_config.data_parallel_size > 1
+        if self.balance_enabled:
+            compat.check_balance_hooks(self, data_parallel=data_parallel)
+        # vllm-ascend's patched Scheduler (if it sits in our MRO) runs its own copied
+        # schedule() while this flag is set: ours is the one mechanism, so clear it.
+        neutralized = getattr(self, "_balance_enabled", False) is True
+        self._balance_enabled = False
+        foreign = compat.foreign_balance()
+        if self.balance_enabled or foreign.present:
+            compat.announce_mechanism(self.balance_params.mode, foreign, neutralized)
         # Per-step state; None allowance and admit_new=True mean "exactly vLLM".
         self._prefill_allowance: int | None = None
         self._admit_new = True
         self._cut = False
         self._starve_steps = 0
-        self._snapshot: Sequence[LoadVector] | None = None
+        self._snapshot: Sequence[LoadVector] | None = None  # last exchanged snapshot
+        self._pending_plan = False  # a snapshot arrived that no schedule() has used yet
+        self._plan: RankPlan | None = None  # this rank's plan, once computed
+        self._own: LoadVector | None = None  # this rank's vector in the snapshot
         self._dp_rank = 0
         self.last_plan: RankPlan | None = None
-        if self.balance_enabled and self.parallel_config.data_parallel_size > 1:
+        # Running requests still prefilling, by id (kept from each step's admissions).
+        self._prefilling: dict[str, Request] = {}
+        self._balance_counters = BalanceStats()
+        self._log_interval_s = float(vllm_envs.VLLM_LOG_STATS_INTERVAL)
+        self._upstream_reserve = getattr(super(), "_reserve_prefill_lookahead", None)
+        if self.balance_enabled and data_parallel:
             install_dp_engine_hook()
         if self.balance_enabled:
             logger.info("DP balance scheduling on: %s", self.balance_params)
 
+    # ---- vllm-ascend compatibility -------------------------------------------------
+    def balance_gather(self) -> None:
+        """vllm-ascend's engine-core hook calls this every step; our exchange replaces it."""
+
     # ---- exchange side -------------------------------------------------------------
     def load_vector(self) -> LoadVector:
-        """This rank's load, read from the scheduler's queues (O(running + free slots))."""
-        decode = running_prefill = context = 0
-        spec = 1 + self.num_spec_tokens
-        for req in self.running:
+        """This rank's load, O(prefilling + free slots): no scan of the running list."""
+        running_prefill = 0
+        prefilling = self._prefilling
+        done = []
+        for rid, req in prefilling.items():
             left = req.num_tokens - req.num_computed_tokens
-            if left > 1:
+            if req.status == _RUNNING and left > 1:
                 running_prefill += left
             else:
-                decode += spec
-            context += req.num_computed_tokens
+                done.append(rid)
+        for rid in done:
+            del prefilling[rid]
+        num_running, num_waiting = self.get_request_counts()
+        decode = (len(self.running) - len(prefilling)) * (1 + self.num_spec_tokens)
         free = max(0, self.max_num_running_reqs - len(self.running))
         waiting_prefill = 0
         if free:
@@ -153,7 +215,6 @@ class BalanceMixin:
                         break
                     waiting_prefill += max(0, req.num_tokens - req.num_computed_tokens)
                     taken += 1
-        num_running, num_waiting = self.get_request_counts()
         return LoadVector(
             decode,
             running_prefill,
@@ -162,39 +223,114 @@ class BalanceMixin:
             num_waiting,
             free,
             self._starve_steps,
-            context,
+            self._kv_tokens_in_use(),
         )
+
+    def _kv_tokens_in_use(self) -> int:
+        """Tokens of KV blocks held by requests (block granular), read from the pool."""
+        pool = getattr(self.kv_cache_manager, "block_pool", None)
+        if pool is None:
+            return 0
+        used = pool.num_gpu_blocks - 1 - pool.get_num_free_blocks()  # block 0 is the null block
+        return max(0, used) * self.block_size
 
     def on_step_boundary(self, exchange: LoadExchange) -> None:
         """Called once per lockstep step on every rank (busy or idle): a collective."""
         if not self.balance_enabled:
             return
         self._dp_rank = exchange.rank
-        self._snapshot = exchange.all_gather(self.load_vector())
+        self._own = self.load_vector()
+        self._snapshot = exchange.all_gather(self._own)
+        self._pending_plan = True
+        self._plan = None
+        if not exchange.completes_later:
+            self._plan = self._compute_plan()
 
-    def _take_plan(self) -> RankPlan | None:
-        snapshot, self._snapshot = self._snapshot, None
+    def _compute_plan(self) -> RankPlan | None:
+        snapshot = self._snapshot
         if snapshot is None or len(snapshot) <= 1:
             return None
-        plan = compute_plan(snapshot, self.balance_params, self.max_num_scheduled_tokens)
+        budget = self.max_num_scheduled_tokens
+        plan = compute_plan(snapshot, self.balance_params, budget)
+        self._balance_counters.padding_saved_tokens_est += estimated_padding_saved(snapshot, plan, budget)
         return plan[self._dp_rank]
 
+    def _take_plan(self) -> RankPlan | None:
+        if not self._pending_plan:
+            return None
+        self._pending_plan = False
+        plan, self._plan = self._plan, None
+        return plan if plan is not None else self._compute_plan()
+
+    def _plan_can_cut(self, plan: RankPlan) -> bool:
+        """Whether the plan could limit anything this rank would schedule now: an upper
+        bound of its prefill (running prefill at the boundary, which can only shrink,
+        plus every waiting prompt) against the allowance."""
+        if not plan.admit_new and (self.waiting or self.kv_holding_waiting):
+            return True
+        allowance = plan.prefill_allowance
+        if allowance is None:
+            return False
+        if self._own is None:
+            return True
+        left = allowance - self._own.running_prefill
+        if left < 0:
+            return True
+        for queue in (self.kv_holding_waiting, self.waiting):
+            for req in queue:
+                left -= req.num_tokens - req.num_computed_tokens
+                if left < 0:
+                    return True
+        return False
+
     # ---- scheduling side -----------------------------------------------------------
-    def schedule(self, throttle_prefills: bool = False) -> SchedulerOutput:
-        plan = self._take_plan() if self.balance_enabled else None
+    def schedule(self, *args: Any, **kwargs: Any) -> SchedulerOutput:
+        if not self.balance_enabled:
+            return super().schedule(*args, **kwargs)
+        plan = self._take_plan()
         self.last_plan = plan
         if plan is None:
-            return super().schedule(throttle_prefills)
-        self._prefill_allowance = plan.prefill_allowance
-        self._admit_new = plan.admit_new
+            out = super().schedule(*args, **kwargs)
+            self._track_admissions(out)
+            return out
         self._cut = False
-        try:
-            out = super().schedule(throttle_prefills)
-        finally:
-            self._prefill_allowance = None
-            self._admit_new = True
+        if self._plan_can_cut(plan):
+            self._prefill_allowance = plan.prefill_allowance
+            self._admit_new = plan.admit_new
+            # An instance attribute shadows the class method for this one call.
+            self._reserve_prefill_lookahead = self._balance_reserve
+            try:
+                out = super().schedule(*args, **kwargs)
+            finally:
+                del self._reserve_prefill_lookahead
+                self._prefill_allowance = None
+                self._admit_new = True
+        else:
+            out = super().schedule(*args, **kwargs)
+        self._track_admissions(out)
         self._starve_steps = self._starve_steps + 1 if self._cut else 0
+        counters = self._balance_counters
+        counters.steps_planned += 1
+        if self._cut:
+            counters.steps_cut += 1
+            counters.record_deferral(self._starve_steps)
+        if counters.due(self._log_interval_s):
+            line = counters.interval_line()
+            if line is not None:
+                logger.info("%s", line)
         return out
+
+    def _track_admissions(self, out: SchedulerOutput) -> None:
+        requests = self.requests
+        prefilling = self._prefilling
+        for new in out.scheduled_new_reqs:
+            req = requests.get(new.req_id)
+            if req is not None and req.num_tokens - req.num_computed_tokens > 1:
+                prefilling[new.req_id] = req
+        for rid in out.scheduled_cached_reqs.resumed_req_ids:
+            req = requests.get(rid)
+            if req is not None and req.num_tokens - req.num_computed_tokens > 1:
+                prefilling[rid] = req
 
     def _balance_all_or_nothing(self, request: Request) -> bool:
         return (
@@ -203,17 +339,16 @@ class BalanceMixin:
             or not self.scheduler_config.enable_chunked_prefill
         )
 
-    def _reserve_prefill_lookahead(
-        self, request: Request, num_computed_tokens: int, num_new_tokens: int
-    ) -> int:
-        n = super()._reserve_prefill_lookahead(request, num_computed_tokens, num_new_tokens)
-        if n == 0 or (self._prefill_allowance is None and self._admit_new):
-            return n
-        if request.num_tokens - num_computed_tokens <= 1:
-            return n  # a decode (or the last prompt token): never limited
-        waiting = request.status != RequestStatus.RUNNING
-        if waiting and not self._admit_new:
+    def _balance_reserve(self, request: Request, num_computed_tokens: int, num_new_tokens: int) -> int:
+        """``_reserve_prefill_lookahead`` while a plan limits this rank's prefill."""
+        n = self._upstream_reserve(request, num_computed_tokens, num_new_tokens)
+        if n == 0 or request.num_tokens - num_computed_tokens <= 1:
+            return n  # nothing to schedule, or a decode (or the last prompt token)
+        counters = self._balance_counters
+        if not self._admit_new and request.status != _RUNNING:
             self._cut = True
+            counters.prefill_tokens_deferred += n
+            counters.requests_held += 1
             return 0
         allowance = self._prefill_allowance
         if allowance is None or n <= allowance:
@@ -223,10 +358,24 @@ class BalanceMixin:
         cut = 0
         if allowance > 0 and not self._balance_all_or_nothing(request):
             # Re-apply upstream's rule so the cut chunk still respects the MTP lookahead.
-            cut = super()._reserve_prefill_lookahead(request, num_computed_tokens, allowance)
+            cut = self._upstream_reserve(request, num_computed_tokens, allowance)
         self._prefill_allowance = allowance - cut
         self._cut = True
+        counters.prefill_tokens_deferred += n - cut
+        counters.requests_held += cut == 0
         return cut
+
+    # ---- observability -------------------------------------------------------------
+    def balance_stats(self) -> dict[str, int]:
+        """Cumulative counters of what the plan did on this rank (JSON-safe ints)."""
+        return self._balance_counters.as_dict()
+
+    def make_stats(self, *args: Any, **kwargs: Any) -> SchedulerStats | None:
+        stats = super().make_stats(*args, **kwargs)
+        if stats is None or not self.balance_enabled:
+            return stats
+        fields = {f.name: getattr(stats, f.name) for f in dataclasses.fields(stats)}
+        return BalanceSchedulerStats(**fields, balance=self.balance_stats())
 
 
 class BalanceScheduler(BalanceMixin, Scheduler):

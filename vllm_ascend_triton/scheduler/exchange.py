@@ -9,7 +9,7 @@ loop iteration while a wave is running, busy or idle, is
 ``dp_group`` all-reduce every ``dp_sync_interval`` steps, and it bumps the lockstep
 ``step_counter``). :func:`install_dp_engine_hook` wraps it so that, before upstream's
 logic, the engine core calls ``scheduler.on_step_boundary(exchange)``; the exchange is one
-SUM all-reduce of a ``[dp_size, LOAD_VECTOR_LEN]`` int64 tensor on the existing gloo
+``all_gather`` of a ``LOAD_VECTOR_LEN`` int64 vector per rank on the existing gloo
 ``dp_group``. The snapshot taken at the end of step N plans step N+1.
 
 The hook is installed by the scheduler's constructor (it runs inside the engine core
@@ -39,6 +39,9 @@ class LoadExchange(abc.ABC):
 
     rank: int
     world_size: int
+    # True when the returned snapshot is only complete once every rank has posted (the
+    # in-process exchange of the simulator): the plan is then computed lazily.
+    completes_later: bool = False
 
     @abc.abstractmethod
     def all_gather(self, local: LoadVector) -> Sequence[LoadVector]:
@@ -46,25 +49,30 @@ class LoadExchange(abc.ABC):
 
 
 class GlooLoadExchange(LoadExchange):
-    """Over a torch.distributed CPU (gloo) group, e.g. the engine core's ``dp_group``."""
+    """Over a torch.distributed CPU (gloo) group, e.g. the engine core's ``dp_group``.
+
+    One ``all_gather`` of an 8-int64 vector per rank into preallocated tensors: a ring
+    all-gather takes ``world - 1`` hops where a SUM all-reduce of the zero-padded matrix
+    (the first version) takes ``2 * (world - 1)``; the exchange is latency-bound (64 bytes
+    per rank), so hops are what cost (measured: ``exchange_bench``)."""
 
     def __init__(self, group: Any) -> None:
+        import torch
         import torch.distributed as dist
 
         self.group = group
         self.rank = dist.get_rank(group=group)
         self.world_size = dist.get_world_size(group=group)
+        self._local = torch.zeros(LOAD_VECTOR_LEN, dtype=torch.int64)
+        self._rows = [torch.zeros(LOAD_VECTOR_LEN, dtype=torch.int64) for _ in range(self.world_size)]
+        self._local_np = self._local.numpy()
 
     def all_gather(self, local: LoadVector) -> list[LoadVector]:
-        import torch
         import torch.distributed as dist
 
-        # One SUM all-reduce of a zero-padded matrix: works on every backend (gloo has
-        # no all_gather_into_tensor) and is the same single collective on every rank.
-        buf = torch.zeros(self.world_size, LOAD_VECTOR_LEN, dtype=torch.int64)
-        buf[self.rank] = torch.tensor(local, dtype=torch.int64)
-        dist.all_reduce(buf, op=dist.ReduceOp.SUM, group=self.group)
-        return [LoadVector(*row) for row in buf.tolist()]
+        self._local_np[:] = local
+        dist.all_gather(self._rows, self._local, group=self.group)
+        return [LoadVector(*row.tolist()) for row in self._rows]
 
 
 class InProcessExchangeGroup:
@@ -121,6 +129,8 @@ class _Round(Sequence[LoadVector]):
 
 
 class InProcessExchange(LoadExchange):
+    completes_later = True
+
     def __init__(self, group: InProcessExchangeGroup, rank: int) -> None:
         self.group = group
         self.rank = rank
@@ -152,19 +162,27 @@ def install_dp_engine_hook() -> bool:
         )
         return False
     with _HOOK_LOCK:
-        if getattr(cls, _HOOK_ATTR, False):
+        # Hooked here or on a base class (a subclass's override calls the base's method).
+        if any(_HOOK_ATTR in vars(k) for k in cls.__mro__):
             return True
 
         def _has_global_unfinished_reqs(self: Any, local_unfinished: bool) -> bool:
             hook = getattr(self.scheduler, "on_step_boundary", None)
             group = getattr(self, "dp_group", None)
-            if hook is not None and group is not None:
+            # Re-entrancy guard: if both a subclass (e.g. vllm-ascend's DPEngineCoreProc)
+            # and its base got wrapped, the exchange still runs once per iteration.
+            if hook is not None and group is not None and not getattr(self, "_vat_in_exchange", False):
                 exchange = getattr(self, "_vat_load_exchange", None)
                 # The group is replaced on elastic-EP reconfiguration: rebuild then.
                 if exchange is None or exchange.group is not group:
                     exchange = GlooLoadExchange(group)
                     self._vat_load_exchange = exchange
                 hook(exchange)
+                self._vat_in_exchange = True
+                try:
+                    return original(self, local_unfinished)
+                finally:
+                    self._vat_in_exchange = False
             return original(self, local_unfinished)
 
         cls._has_global_unfinished_reqs = _has_global_unfinished_reqs
