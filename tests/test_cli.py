@@ -26,14 +26,44 @@ def test_vat_check_json(capsys):
 
 
 @pytest.mark.slow
-def test_vat_compile_json_for_a3(capsys):
-    assert vat_main(["compile", "--sku", "Ascend910_9392", "--family", "rope", "--json"]) == 0
-    rows = json.loads(capsys.readouterr().out)
+def test_vat_compile_json_for_a3_is_incremental(capsys, tmp_path):
+    args = ["compile", "--sku", "Ascend910_9392", "--family", "rope", "--json", "--cache-dir", str(tmp_path)]
+    assert vat_main(args) == 0
+    first = json.loads(capsys.readouterr().out)
+    rows = first["rows"]
     assert rows and all(r["sku"] == "Ascend910_9392" and r["stage"] == "adapter" for r in rows)
     assert all(r["mix_mode"] == "aiv" and r["fits_ub"] and r["discrete_accesses"] == 0 for r in rows)
+    assert all(r["grid_within_cores"] and r["ub_bytes_buffered"] <= r["sku_ub_bytes"] for r in rows)
+    assert first["summary"]["lowered_now"] == len(rows)
+    # Unchanged variants come from the content-addressed cache: nothing is lowered again.
+    assert vat_main(args) == 0
+    second = json.loads(capsys.readouterr().out)
+    assert second["summary"]["lowered_now"] == 0 and second["summary"]["from_cache"] == len(rows)
+    assert all(r["cached"] for r in second["rows"])
 
 
-def test_vat_compile_rejects_unsupported_sku():
-    with pytest.raises(SystemExit) as exit_info:
-        vat_main(["compile", "--sku", "Ascend310P3"])
-    assert exit_info.value.code == 2
+@pytest.mark.slow
+def test_vat_compile_rejects_an_oversized_config_with_the_buffer_figure(capsys, tmp_path, monkeypatch):
+    from vllm_ascend_triton.kernels import rope
+
+    # A planted config (as a tuned-config file would give it) whose head tile cannot fit the UB.
+    monkeypatch.setattr(rope, "lookup_config", lambda sku, kernel, key, default: {**default, "BLOCK_H": 1024})
+    args = ["compile", "--sku", "Ascend910B3", "--family", "rope", "--kernel", "rope", "--quiet"]
+    code = vat_main([*args, "--cache-dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "UB overflow" in out and "196608 bytes of Ascend910B3's Unified Buffer" in out
+
+
+@pytest.mark.parametrize("sku", ["Ascend310P3", "Ascend999"])
+def test_vat_compile_rejects_unsupported_or_unknown_sku(sku, capsys):
+    assert vat_main(["compile", "--sku", sku]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and sku in err[0]
+
+
+def test_unknown_vat_sku_is_one_line_and_exit_2(monkeypatch, capsys):
+    monkeypatch.setenv("VAT_SKU", "Ascend999")
+    assert vat_main(["info"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Ascend999" in err[0] and "Ascend910B3" in err[0]
