@@ -12,15 +12,15 @@ import time
 import pytest
 import torch
 
-from vllm_ascend_triton.codegen.lower import lower_many
+from vllm_ascend_triton.codegen.compile import variant_specs
+from vllm_ascend_triton.codegen.lower import LoweringRequest, lower_many
 from vllm_ascend_triton.codegen.report import parse_adapter_ir
 from vllm_ascend_triton.kernels import reshape_and_cache, unified_attention
-from vllm_ascend_triton.kernels.attention import (
-    _choose_splits,
-    lowering_requests,
+from vllm_ascend_triton.kernels.attention import _choose_splits
+from vllm_ascend_triton.kernels.attention.checks import self_check
+from vllm_ascend_triton.kernels.attention.reference import (
     make_paged_case,
     reshape_and_cache_reference,
-    self_check,
     unified_attention_reference,
 )
 from vllm_ascend_triton.runtime.sku import get_sku
@@ -367,8 +367,12 @@ LOWER_SKUS = ("Ascend910B3", "Ascend910_9392")
 
 @pytest.fixture(scope="module")
 def lowered():
-    reqs = [r for sku in LOWER_SKUS for r in lowering_requests(sku)]
-    return lower_many(reqs)
+    reqs = [
+        LoweringRequest.from_spec(vs.spec, sku, vs.label)
+        for sku in LOWER_SKUS
+        for vs in variant_specs(sku, ["attention"])
+    ]
+    return lower_many(reqs, jobs=2)
 
 
 @pytest.mark.slow
@@ -383,7 +387,7 @@ def test_lowering_all_variants(lowered):
         assert report.discrete_accesses == 0, (
             f"{res.request.label}: {report.discrete_accesses} discrete accesses"
         )
-        if "unified_attention" in res.request.label:
+        if res.request.label.startswith("unified_attention["):
             assert report.mix_mode != "aiv", f"{res.request.label} must use the cube cores"
         else:
             assert report.mix_mode == "aiv", f"{res.request.label} should be vector-only"

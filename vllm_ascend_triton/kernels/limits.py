@@ -22,4 +22,15 @@ MOE_MAX_TOPK = 32
 MOE_MAX_SLOTS = 2**24
 
 # --- attention --------------------------------------------------------------------------------------
-# (owned by the attention family; filled in by its package move)
+# One head-size limit for the whole family (reshape_and_cache and unified_attention): a head is one
+# tile axis (padded to a power of two) and the attention tiles Q, K, V, S/P and the fp32 accumulator
+# of HEAD_PAD 256 at the 16-row / 16-key minimum are what the UB budget still holds in fp32; a
+# cache written with larger heads could not be read by unified_attention anyway.
+ATTENTION_MAX_HEAD_SIZE = 256
+# KV tiles never straddle cache blocks and the cube wants >= 16 keys per tile.
+ATTENTION_MIN_BLOCK_SIZE_MULTIPLE = 16
+# Query/key positions are compared as fp32 in the kernel (Ascend vectorizes float compares):
+# exact below 2^24.
+ATTENTION_MAX_POSITION = 2**24
+# Split-KV segments are one tile axis of the reduction kernel (SEG_PAD = next power of two).
+ATTENTION_MAX_KV_SPLITS = 64

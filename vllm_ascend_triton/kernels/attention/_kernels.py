@@ -1,0 +1,316 @@
+"""The @triton.jit bodies of the attention family (design notes: the package docstring)."""
+
+import triton
+import triton.language as tl
+
+from vllm_ascend_triton.runtime import launch as _launch  # noqa: F401  (applies VAT_BACKEND before @triton.jit)
+
+
+@triton.jit
+def _reshape_and_cache_kernel(
+    key_ptr,
+    value_ptr,
+    kc_ptr,
+    vc_ptr,
+    slot_ptr,
+    num_tokens,
+    num_heads,
+    block_size,
+    key_stride_t,
+    key_stride_h,
+    value_stride_t,
+    value_stride_h,
+    kc_stride_b,
+    kc_stride_s,
+    kc_stride_h,
+    vc_stride_b,
+    vc_stride_s,
+    vc_stride_h,
+    HEAD_SIZE: tl.constexpr,
+    HEAD_PAD: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+):
+    offs_h = tl.arange(0, BLOCK_H)
+    offs_d = tl.arange(0, HEAD_PAD)
+    d_mask = offs_d < HEAD_SIZE
+    for t in range(tl.program_id(0), num_tokens, tl.num_programs(0)):
+        slot = tl.load(slot_ptr + t).to(tl.int64)
+        if slot >= 0:
+            blk = slot // block_size
+            row = slot - blk * block_size
+            kc_base = blk * kc_stride_b + row * kc_stride_s
+            vc_base = blk * vc_stride_b + row * vc_stride_s
+            k_src = tl.cast(t, tl.int64) * key_stride_t
+            v_src = tl.cast(t, tl.int64) * value_stride_t
+            for h0 in range(0, num_heads, BLOCK_H):
+                heads = h0 + offs_h
+                mask = (heads < num_heads)[:, None] & d_mask[None, :]
+                k = tl.load(key_ptr + k_src + heads[:, None] * key_stride_h + offs_d[None, :], mask=mask)
+                v = tl.load(value_ptr + v_src + heads[:, None] * value_stride_h + offs_d[None, :], mask=mask)
+                tl.store(
+                    kc_ptr + kc_base + heads[:, None] * kc_stride_h + offs_d[None, :],
+                    k.to(kc_ptr.dtype.element_ty),
+                    mask=mask,
+                )
+                tl.store(
+                    vc_ptr + vc_base + heads[:, None] * vc_stride_h + offs_d[None, :],
+                    v.to(vc_ptr.dtype.element_ty),
+                    mask=mask,
+                )
+
+
+@triton.jit
+def _attention_kernel(
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    out_ptr,
+    cu_q_ptr,
+    seqused_ptr,
+    bt_ptr,
+    alibi_ptr,
+    sinks_ptr,
+    ws_acc_ptr,
+    ws_m_ptr,
+    ws_l_ptr,
+    num_seqs,
+    num_q_tiles,
+    num_kv_heads,
+    num_segments,
+    q_stride_t,
+    q_stride_h,
+    o_stride_t,
+    o_stride_h,
+    k_stride_b,
+    k_stride_s,
+    k_stride_h,
+    v_stride_b,
+    v_stride_s,
+    v_stride_h,
+    bt_stride,
+    scale,
+    softcap,
+    window,
+    HEAD_SIZE: tl.constexpr,
+    HEAD_PAD: tl.constexpr,
+    QPK: tl.constexpr,
+    QPK_PAD: tl.constexpr,
+    BLOCK_Q: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+    TILE_N: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    USE_WINDOW: tl.constexpr,
+    USE_SOFTCAP: tl.constexpr,
+    USE_ALIBI: tl.constexpr,
+    USE_SINKS: tl.constexpr,
+    SPLIT: tl.constexpr,
+):
+    # Row r of a query tile = (token r // QPK_PAD, head r % QPK_PAD) of the tile's KV group;
+    # used for masks only, memory is addressed through the 3-D (offs_qt, offs_qh) view.
+    offs_r = tl.arange(0, BLOCK_M)
+    r_tok = offs_r // QPK_PAD
+    r_head = offs_r % QPK_PAD
+    offs_qt = tl.arange(0, BLOCK_Q)
+    offs_qh = tl.arange(0, QPK_PAD)
+    offs_d = tl.arange(0, HEAD_PAD)
+    d_mask = offs_d < HEAD_SIZE
+    offs_n = tl.arange(0, TILE_N)
+    offs_n_f = offs_n.to(tl.float32)
+    num_q_heads = num_kv_heads * QPK
+    total = num_q_tiles * num_kv_heads * num_segments
+    for w in range(tl.program_id(0), total, tl.num_programs(0)):
+        seg = w % num_segments
+        rest = w // num_segments
+        kvh = rest % num_kv_heads
+        qt = rest // num_kv_heads
+        # Sequence of tile qt: the last s with cu_q[s] // BLOCK_Q + s <= qt (scalar search).
+        lo = num_seqs * 0
+        hi = num_seqs - 1
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            first_tile = tl.load(cu_q_ptr + mid).to(tl.int32) // BLOCK_Q + mid
+            take = first_tile <= qt
+            lo = tl.where(take, mid, lo)
+            hi = tl.where(take, hi, mid - 1)
+        seq = lo
+        q_start = tl.load(cu_q_ptr + seq).to(tl.int32)
+        q_len = tl.load(cu_q_ptr + seq + 1).to(tl.int32) - q_start
+        tok0 = (qt - (q_start // BLOCK_Q + seq)) * BLOCK_Q
+        if tok0 < q_len:
+            seq_len = tl.load(seqused_ptr + seq).to(tl.int32)
+            ctx = seq_len - q_len
+            tok = tok0 + r_tok
+            row_ok = (r_head < QPK) & (tok < q_len)
+            # Positions are compared in fp32 (exact below 2**24, checked on the host): Ascend
+            # vectorizes float compares, integer compares in compute fall back to scalar code.
+            q_pos_f = (ctx + tok).to(tl.float32)
+            row0 = (q_start + tok0).to(tl.int64)
+            # 3-D [token, head, dim] addresses are affine per axis (rows r // QPK_PAD would make
+            # the adapter scalarize the access); reshape to the 2-D rows the cube wants.
+            tok3 = tok0 + offs_qt
+            ok3 = ((tok3 < q_len)[:, None] & (offs_qh < QPK)[None, :])[:, :, None] & d_mask[None, None, :]
+            head3 = kvh * QPK + offs_qh
+            q3 = tl.load(
+                q_ptr
+                + row0 * q_stride_t
+                + offs_qt[:, None, None] * q_stride_t
+                + head3[None, :, None] * q_stride_h
+                + offs_d[None, None, :],
+                mask=ok3,
+                other=0.0,
+            )
+            q = tl.reshape(q3, (BLOCK_M, HEAD_PAD))
+            # Keys this tile's rows may see: [k_lo, k_hi).
+            q_first = ctx + tok0
+            q_last = ctx + tl.minimum(tok0 + BLOCK_Q, q_len) - 1
+            if CAUSAL:
+                k_hi = q_last + 1
+            else:
+                k_hi = seq_len
+            k_lo = seq_len * 0
+            if USE_WINDOW:
+                k_lo = tl.maximum(q_first - window + 1, 0)
+                if not CAUSAL:
+                    k_hi = tl.minimum(k_hi, q_last + window)
+            j_lo = k_lo // TILE_N
+            j_hi = (k_hi + TILE_N - 1) // TILE_N
+            if SPLIT:
+                per_seg = (j_hi - j_lo + num_segments - 1) // num_segments
+                j_lo = j_lo + seg * per_seg
+                j_hi = tl.minimum(j_hi, j_lo + per_seg)
+
+            m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+            l_i = tl.zeros([BLOCK_M], tl.float32)
+            if USE_SINKS:
+                if not SPLIT:  # split: the reduction adds the sink once
+                    sink = tl.load(sinks_ptr + head3, mask=offs_qh < QPK, other=float("-inf")).to(tl.float32)
+                    m_i = tl.reshape(tl.broadcast_to(sink[None, :], (BLOCK_Q, QPK_PAD)), (BLOCK_M,))
+                    m_i = tl.where(row_ok, m_i, float("-inf"))
+                    l_i = tl.where(m_i > float("-inf"), 1.0, 0.0)
+            if USE_ALIBI:
+                slope = tl.load(alibi_ptr + head3, mask=offs_qh < QPK, other=0.0).to(tl.float32)
+                slope = tl.reshape(tl.broadcast_to(slope[None, :], (BLOCK_Q, QPK_PAD)), (BLOCK_M,))
+            acc = tl.zeros([BLOCK_M, HEAD_PAD], tl.float32)
+            seq_len_f = seq_len.to(tl.float32)
+            ctx_f = ctx.to(tl.float32)
+            window_f = tl.cast(window, tl.float32)
+            bt_row = bt_ptr + tl.cast(seq, tl.int64) * bt_stride
+            for j in range(j_lo, j_hi):
+                k0 = j * TILE_N
+                blk_idx = k0 // BLOCK_SIZE
+                # One scalar block id per tile; the tile is contiguous inside that block.
+                blk = tl.load(bt_row + blk_idx).to(tl.int64)
+                in_blk = k0 - blk_idx * BLOCK_SIZE
+                n_ok = (k0 + offs_n) < seq_len  # load/store masks vectorize as they are
+                kv_mask = n_ok[:, None] & d_mask[None, :]
+                k_base = blk * k_stride_b + kvh * k_stride_h + in_blk * k_stride_s
+                v_base = blk * v_stride_b + kvh * v_stride_h + in_blk * v_stride_s
+                k = tl.load(
+                    k_ptr + k_base + offs_n[:, None] * k_stride_s + offs_d[None, :], mask=kv_mask, other=0.0
+                )
+                v = tl.load(
+                    v_ptr + v_base + offs_n[:, None] * v_stride_s + offs_d[None, :], mask=kv_mask, other=0.0
+                )
+                s = tl.dot(q, tl.trans(k)) * scale
+                if USE_SOFTCAP:
+                    # tanh(y) = 1 - 2 / (exp(2y) + 1): saturates without inf/inf.
+                    s = softcap * (1.0 - 2.0 / (tl.exp(2.0 * (s / softcap)) + 1.0))
+                kpos_f = offs_n_f + k0
+                dist = q_pos_f[:, None] - kpos_f[None, :]  # query position - key position
+                if CAUSAL:
+                    visible = row_ok[:, None] & (dist >= 0.0)  # implies key < seqused_k
+                else:
+                    visible = row_ok[:, None] & (kpos_f < seq_len_f)[None, :]
+                if USE_WINDOW:
+                    visible = visible & (dist < window_f)
+                    if not CAUSAL:
+                        visible = visible & (dist > -window_f)
+                s = tl.where(visible, s, float("-inf"))
+                if USE_ALIBI:
+                    s = s + slope[:, None] * (kpos_f - ctx_f)[None, :]
+                m_new = tl.maximum(m_i, tl.max(s, 1))
+                m_safe = tl.where(m_new > float("-inf"), m_new, 0.0)
+                p = tl.exp(s - m_safe[:, None])
+                alpha = tl.exp(m_i - m_safe)
+                l_i = l_i * alpha + tl.sum(p, 1)
+                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+                m_i = m_new
+
+            if SPLIT:
+                # Workspace [token, head, segment, HEAD_PAD] (fp32), addressed per axis like q.
+                ws_row0 = row0 * num_q_heads * num_segments
+                ws_rows = (offs_qt[:, None] * num_q_heads + head3[None, :]) * num_segments + seg
+                ok2 = (tok3 < q_len)[:, None] & (offs_qh < QPK)[None, :]
+                tl.store(ws_m_ptr + ws_row0 + ws_rows, tl.reshape(m_i, (BLOCK_Q, QPK_PAD)), mask=ok2)
+                tl.store(ws_l_ptr + ws_row0 + ws_rows, tl.reshape(l_i, (BLOCK_Q, QPK_PAD)), mask=ok2)
+                tl.store(
+                    ws_acc_ptr + ws_row0 * HEAD_PAD + ws_rows[:, :, None] * HEAD_PAD + offs_d[None, None, :],
+                    tl.reshape(acc, (BLOCK_Q, QPK_PAD, HEAD_PAD)),
+                    mask=ok2[:, :, None],
+                )
+            else:
+                l_safe = tl.where(l_i > 0.0, l_i, 1.0)
+                o = tl.reshape(acc / l_safe[:, None], (BLOCK_Q, QPK_PAD, HEAD_PAD))
+                tl.store(
+                    out_ptr
+                    + row0 * o_stride_t
+                    + offs_qt[:, None, None] * o_stride_t
+                    + head3[None, :, None] * o_stride_h
+                    + offs_d[None, None, :],
+                    o.to(out_ptr.dtype.element_ty),
+                    mask=ok3,
+                )
+
+
+@triton.jit
+def _split_reduce_kernel(
+    out_ptr,
+    ws_acc_ptr,
+    ws_m_ptr,
+    ws_l_ptr,
+    sinks_ptr,
+    cu_q_ptr,
+    num_seqs,
+    num_tokens,
+    num_q_heads,
+    num_segments,
+    o_stride_t,
+    o_stride_h,
+    HEAD_SIZE: tl.constexpr,
+    HEAD_PAD: tl.constexpr,
+    SEG_PAD: tl.constexpr,
+    USE_SINKS: tl.constexpr,
+):
+    offs_s = tl.arange(0, SEG_PAD)
+    s_mask = offs_s < num_segments
+    offs_d = tl.arange(0, HEAD_PAD)
+    d_mask = offs_d < HEAD_SIZE
+    valid_tokens = tl.load(cu_q_ptr + num_seqs).to(tl.int32)  # rows past it are padding
+    for w in range(tl.program_id(0), num_tokens * num_q_heads, tl.num_programs(0)):
+        t = w // num_q_heads
+        h = w % num_q_heads
+        if t < valid_tokens:
+            row0 = (tl.cast(t, tl.int64) * num_q_heads + h) * num_segments
+            m = tl.load(ws_m_ptr + row0 + offs_s, mask=s_mask, other=float("-inf"))
+            l_seg = tl.load(ws_l_ptr + row0 + offs_s, mask=s_mask, other=0.0)
+            m_max = tl.max(m, 0)
+            if USE_SINKS:
+                sink = tl.load(sinks_ptr + h).to(tl.float32)
+                m_max = tl.maximum(m_max, sink)
+            m_safe = tl.where(m_max > float("-inf"), m_max, 0.0)
+            wgt = tl.exp(m - m_safe)
+            l_tot = tl.sum(l_seg * wgt, 0)
+            if USE_SINKS:
+                l_tot += tl.exp(sink - m_safe)
+            acc = tl.load(
+                ws_acc_ptr + row0 * HEAD_PAD + offs_s[:, None] * HEAD_PAD + offs_d[None, :],
+                mask=s_mask[:, None],
+                other=0.0,
+            )
+            o = tl.sum(acc * wgt[:, None], 0) / tl.where(l_tot > 0.0, l_tot, 1.0)
+            tl.store(
+                out_ptr + tl.cast(t, tl.int64) * o_stride_t + h * o_stride_h + offs_d,
+                o.to(out_ptr.dtype.element_ty),
+                mask=d_mask,
+            )
