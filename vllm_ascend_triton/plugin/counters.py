@@ -1,0 +1,86 @@
+"""Per-process call counters of our kernels inside vLLM, for tests that must prove our code ran.
+
+Counting is always on (an integer increment per launch); the counts leave the process only
+when ``VAT_PLUGIN_COUNTS_DIR`` names a folder: each process then writes
+``<dir>/counts-<pid>.json`` (at most every ``_WRITE_EVERY_S`` seconds while counting, and at
+exit), holding ``{"pid", "dp_rank", "counts": {op: n}}``. Engine processes are spawned and
+may be terminated without running exit hooks, hence the periodic writes.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import threading
+import time
+from collections import Counter
+
+COUNTS_DIR_ENV = "VAT_PLUGIN_COUNTS_DIR"
+_WRITE_EVERY_S = 0.2
+
+_counts: Counter[str] = Counter()
+_lock = threading.Lock()
+_last_write = 0.0
+_atexit_installed = False
+_dp_rank: int | None = None
+
+
+def set_dp_rank(rank: int) -> None:
+    """Label this process's counts with its data-parallel rank (engine cores)."""
+    global _dp_rank
+    _dp_rank = int(rank)
+
+
+def bump(name: str, n: int = 1) -> None:
+    """Count ``n`` calls of ``name`` in this process."""
+    global _last_write, _atexit_installed
+    with _lock:
+        _counts[name] += n
+        folder = os.environ.get(COUNTS_DIR_ENV)
+        if not folder:
+            return
+        if not _atexit_installed:
+            atexit.register(flush)
+            _atexit_installed = True
+        now = time.monotonic()
+        if now - _last_write < _WRITE_EVERY_S and _counts[name] > n:
+            return
+        _last_write = now
+    flush()
+
+
+def snapshot() -> dict[str, int]:
+    with _lock:
+        return dict(_counts)
+
+
+def flush() -> None:
+    """Write this process's counts to ``VAT_PLUGIN_COUNTS_DIR`` (no-op when unset)."""
+    folder = os.environ.get(COUNTS_DIR_ENV)
+    if not folder:
+        return
+    payload = {"pid": os.getpid(), "dp_rank": _dp_rank, "counts": snapshot()}
+    path = os.path.join(folder, f"counts-{os.getpid()}.json")
+    tmp = path + ".tmp"
+    os.makedirs(folder, exist_ok=True)
+    with open(tmp, "w") as f:
+        json.dump(payload, f)
+    os.replace(tmp, path)
+
+
+def read_all(folder: str) -> list[dict]:
+    """Every process's counts written under ``folder`` (for tests and tools)."""
+    out = []
+    for name in sorted(os.listdir(folder)):
+        if name.startswith("counts-") and name.endswith(".json"):
+            with open(os.path.join(folder, name)) as f:
+                out.append(json.load(f))
+    return out
+
+
+def totals(folder: str) -> dict[str, int]:
+    total: Counter[str] = Counter()
+    for entry in read_all(folder):
+        total.update(entry["counts"])
+    return dict(total)

@@ -1,0 +1,103 @@
+"""The interpreter platform: vLLM's CPU platform running our kernels under Triton's interpreter.
+
+Active only with ``VAT_PLATFORM=interpreter`` (``register.interpreter_platform``). It is vLLM's
+``CpuPlatform`` (same workers, model runner, memory handling; ``is_cpu()`` stays true, so our
+custom ops dispatch through their ``forward_cpu``) with four differences:
+
+- attention: ``VAT_TRITON_ATTN`` for every layer it supports, vLLM's CPU backend for the rest
+  (one log line naming the reason, e.g. an fp8 KV cache or a head size above 256);
+- custom ops: our registered ops are switched on (``+<name>`` in ``compilation_config.custom_ops``)
+  and the model runs eagerly (Dynamo cannot trace Triton's interpreter);
+- scheduler: ``BalanceScheduler`` when the balance switch is on and no class was chosen;
+- collectives: ``communicator.GlooCpuCommunicator``, vLLM's CPU communicator plus the variable-size
+  collectives that data/expert-parallel MoE needs (``all_gatherv``, ``reduce_scatterv``), which
+  the CPU one lacks, built from plain gloo all-gather and all-reduce.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any
+
+from vllm.platforms.cpu import CpuPlatform
+
+from vllm_ascend_triton.plugin import register as plugin_register
+
+logger = logging.getLogger(f"vllm.{__name__}")
+
+_fallback_logged: set[str] = set()
+
+
+def triton_helpers_compiled() -> bool:
+    """Triton's own jit helpers (``tl.sum``, ``tl.cumsum``, ...) in this process are compiled-mode
+    objects, so interpreted kernels that call them fail here (Triton was imported before the
+    interpreter was selected)."""
+    standard = sys.modules.get("triton.language.standard")
+    return standard is not None and type(getattr(standard, "sum", None)).__name__ == "JITFunction"
+
+
+class InterpreterPlatform(CpuPlatform):
+    """vLLM's CPU platform with our attention backend, custom ops and gloo communicator."""
+
+    @classmethod
+    def get_attn_backend_cls(
+        cls,
+        selected_backend: Any,
+        attn_selector_config: Any,
+        num_heads: int | None = None,
+    ) -> str:
+        from vllm_ascend_triton.plugin.attention_backend import BACKEND_NAME, unsupported_reason
+
+        if plugin_register.part_enabled("attention"):
+            reason = unsupported_reason(attn_selector_config)
+            if reason is None:
+                if selected_backend is not None and getattr(selected_backend, "name", None) != BACKEND_NAME:
+                    logger.info("vllm-ascend-triton: %s requested; the interpreter platform runs %s",
+                                selected_backend, BACKEND_NAME)  # fmt: skip
+                return "vllm_ascend_triton.plugin.attention_backend.VatAttentionBackend"
+            if reason not in _fallback_logged:
+                _fallback_logged.add(reason)
+                logger.warning("vllm-ascend-triton: attention layer keeps vLLM's CPU backend: %s", reason)
+        return super().get_attn_backend_cls(selected_backend, attn_selector_config, num_heads)
+
+    @classmethod
+    def check_and_update_config(cls, vllm_config: Any) -> None:
+        super().check_and_update_config(vllm_config)
+        if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "1") == "0" and triton_helpers_compiled():
+            raise RuntimeError(
+                "VAT_PLATFORM=interpreter with VLLM_ENABLE_V1_MULTIPROCESSING=0 runs the model in this "
+                "process, where Triton was imported before the interpreter was selected; start Python "
+                "with TRITON_INTERPRET=1 (or VAT_BACKEND=interpreter and TRITON_INTERPRET=1) in the "
+                "environment, or keep V1 multiprocessing on"
+            )
+        from vllm.config import CompilationMode
+
+        compilation = vllm_config.compilation_config
+        if compilation.mode != CompilationMode.NONE:
+            logger.info("vllm-ascend-triton: interpreter platform runs the model eagerly (was %s)",
+                        compilation.mode)  # fmt: skip
+            compilation.mode = CompilationMode.NONE
+        for name in enabled_op_names():
+            if f"-{name}" not in compilation.custom_ops and f"+{name}" not in compilation.custom_ops:
+                compilation.custom_ops.append(f"+{name}")
+        plugin_register.choose_scheduler(vllm_config)
+
+    @classmethod
+    def get_device_communicator_cls(cls) -> str:
+        return "vllm_ascend_triton.plugin.communicator.GlooCpuCommunicator"
+
+
+def enabled_op_names() -> list[str]:
+    """vLLM names of the custom ops our plugin replaces, per the switches."""
+    names: list[str] = []
+    if plugin_register.part_enabled("rope"):
+        from vllm_ascend_triton.plugin.ops import ROPE_OPS
+
+        names.extend(ROPE_OPS)
+    if plugin_register.part_enabled("moe"):
+        from vllm_ascend_triton.plugin.moe import MOE_OP_NAME
+
+        names.append(MOE_OP_NAME)
+    return names
