@@ -2,8 +2,9 @@
 
 Counting is always on (an integer increment per launch); the counts leave the process only
 when ``VAT_PLUGIN_COUNTS_DIR`` names a folder: each process then writes
-``<dir>/counts-<pid>.json`` (at most every ``_WRITE_EVERY_S`` seconds while counting, and at
-exit), holding ``{"pid", "dp_rank", "counts": {op: n}}``. Engine processes are spawned and
+``<dir>/counts-<pid>.json`` (at most every ``_WRITE_EVERY_S`` seconds while counting, once more
+``_WRITE_EVERY_S`` after the last count, and at exit), holding
+``{"pid", "dp_rank", "counts": {op: n}}``. Engine processes are spawned and
 may be terminated without running exit hooks, hence the periodic writes.
 """
 
@@ -23,6 +24,7 @@ _counts: Counter[str] = Counter()
 _lock = threading.Lock()
 _last_write = 0.0
 _atexit_installed = False
+_timer: threading.Timer | None = None
 _dp_rank: int | None = None
 
 
@@ -34,7 +36,7 @@ def set_dp_rank(rank: int) -> None:
 
 def bump(name: str, n: int = 1) -> None:
     """Count ``n`` calls of ``name`` in this process."""
-    global _last_write, _atexit_installed
+    global _last_write, _atexit_installed, _timer
     with _lock:
         _counts[name] += n
         folder = os.environ.get(COUNTS_DIR_ENV)
@@ -45,8 +47,21 @@ def bump(name: str, n: int = 1) -> None:
             _atexit_installed = True
         now = time.monotonic()
         if now - _last_write < _WRITE_EVERY_S and _counts[name] > n:
+            # Throttled: make sure the latest counts still reach the file soon.
+            if _timer is None:
+                _timer = threading.Timer(_WRITE_EVERY_S, _timed_flush)
+                _timer.daemon = True
+                _timer.start()
             return
         _last_write = now
+    flush()
+
+
+def _timed_flush() -> None:
+    global _timer, _last_write
+    with _lock:
+        _timer = None
+        _last_write = time.monotonic()
     flush()
 
 
