@@ -28,6 +28,7 @@ SUBCOMMAND_MODULES = (
     "vllm_ascend_triton.cli.info",
     "vllm_ascend_triton.cli.check",
     "vllm_ascend_triton.cli.compile",
+    "vllm_ascend_triton.cli.tune",
     "vllm_ascend_triton.cli.sim",
 )
 
