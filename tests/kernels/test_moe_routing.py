@@ -12,10 +12,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vllm_ascend_triton.codegen.lower import lower_many
+from vllm_ascend_triton.codegen.lower import LoweringRequest, lower_many
 from vllm_ascend_triton.codegen.report import parse_adapter_ir
 from vllm_ascend_triton.kernels import fused_topk, grouped_topk, moe_align_block_size
 from vllm_ascend_triton.kernels import moe_routing as mr
+from vllm_ascend_triton.kernels.moe_routing import _kernels as mrk
+from vllm_ascend_triton.kernels.moe_routing.checks import self_check
 from vllm_ascend_triton.runtime.sku import get_sku
 
 ATOL = 1e-5
@@ -452,8 +454,8 @@ def test_align_kernels_stay_inside_their_buffers():
     experts_full, expert_ids = _guarded(num_blocks, torch.int32, -77)
     post_full, post_pad = _guarded(1, torch.int32, -77)
     emap = torch.arange(e, dtype=torch.int32)
-    mr._align_count_kernel[(1,)](ids, counts, numel, e, 1, BLOCK_N=64, BLOCK_E=16)
-    mr._align_blocks_kernel[(2,)](
+    mrk._align_count_kernel[(1,)](ids, counts, numel, e, 1, BLOCK_N=64, BLOCK_E=16)
+    mrk._align_blocks_kernel[(2,)](
         counts,
         emap,
         sorted_ids,
@@ -470,7 +472,7 @@ def test_align_kernels_stay_inside_their_buffers():
         BLOCK_B=64,
         BLOCK_S=64,
     )
-    mr._align_scatter_kernel[(1,)](
+    mrk._align_scatter_kernel[(1,)](
         ids, counts, sorted_ids, 1, numel, e, block_size, 1, BLOCK_N=64, BLOCK_E=16
     )
     for full, n in ((counts_full, e), (sorted_full, size), (experts_full, num_blocks), (post_full, 1)):
@@ -488,7 +490,7 @@ def test_topk_kernel_persistent_loop_and_bounds():
     logits = torch.randn(m, e)
     w_full, weights = _guarded(m * k, torch.float32, -77.0)
     i_full, ids = _guarded(m * k, torch.int32, -77)
-    mr._topk_routing_kernel[(2,)](
+    mrk._topk_routing_kernel[(2,)](
         logits,
         logits,
         weights,
@@ -542,14 +544,19 @@ def test_moe_align_random_layouts(m, k, e, block_size, with_map, pad, seed):
 
 
 def test_self_check_passes():
-    results = mr.self_check()
+    results = self_check()
     assert len(results) >= 4 and all(r.ok for r in results), [r for r in results if not r.ok]
 
 
 @pytest.fixture(scope="module")
 def lowered_910b3():
-    requests = mr.lowering_requests("Ascend910B3")
-    return list(zip(requests, lower_many(requests), strict=True))
+    from vllm_ascend_triton.codegen.compile import variant_specs
+
+    requests = [
+        LoweringRequest.from_spec(vs.spec, "Ascend910B3", vs.label)
+        for vs in variant_specs("Ascend910B3", ["moe_routing"])
+    ]
+    return list(zip(requests, lower_many(requests, jobs=2), strict=True))
 
 
 @pytest.mark.slow
@@ -558,9 +565,9 @@ def test_every_routing_kernel_lowers_for_910b3(lowered_910b3):
     for kernel in (
         "fused_topk",
         "grouped_topk",
-        "align_count",
-        "align_blocks",
-        "align_scatter",
+        "moe_align_count",
+        "moe_align_blocks",
+        "moe_align_scatter",
     ):
         assert any(label.startswith(kernel) for label in labels), kernel
     ub = get_sku("Ascend910B3").ub_bytes
@@ -570,7 +577,7 @@ def test_every_routing_kernel_lowers_for_910b3(lowered_910b3):
         assert report.mix_mode == "aiv", req.label  # vector cores only
         assert report.fits_ub(ub), (req.label, report.ub_bytes)
         # Only the align scatter (a permutation) writes through computed addresses.
-        if req.label.startswith("align_scatter"):
+        if req.label.startswith("moe_align_scatter"):
             assert 0 < report.discrete_accesses <= 3, (req.label, report.discrete_accesses)
         else:
             assert report.discrete_accesses == 0, (req.label, report.discrete_accesses)

@@ -1,0 +1,534 @@
+"""MoE expert computation on Ascend: token permutation, the expert MLP (grouped GEMMs), combine.
+
+Semantics
+---------
+Slots are the (token t, top-k slot j) pairs, flattened as s = t * k + j (N = M * k of them).
+`expert_map` (optional, int32 [E] global -> local expert id, -1 = not on this rank) turns global
+ids into local ids; without it local id == global id and L = E.
+
+- `moe_permute(hidden_states [M, H], topk_ids [M, k], num_experts, expert_map=None,
+  num_local_experts=None)` -> `MoePermuteResult` (L = num_local_experts, default
+  expert_map.max() + 1, read on the host):
+    * permuted_hidden_states [M*k, H]: the token rows in expert-contiguous order (ascending local
+      expert id; inside one expert ascending slot s, i.e. stable by token then by k slot). Rows
+      at and after `expert_first_token_offset[L]` (slots of non-local experts) are zeros.
+    * tokens_per_expert int32 [L]: rows per local expert.
+    * expert_first_token_offset int32 [L + 1]: exclusive prefix sum of tokens_per_expert
+      (vLLM keeps int64 here; int32 because int64 vector arithmetic is scalar on Ascend).
+    * inv_permuted_idx int32 [M, k]: the permuted row of slot (t, j), or -1 when that slot's
+      expert is not local.
+    * permuted_idx int32 [M*k]: the source slot s of each permuted row (token = s // k), -1 for
+      the unused rows.
+  M = 0 gives empty tensors and all-zero counts.
+- `moe_unpermute(permuted_out [R, H], topk_weights [M, k], inv_permuted_idx [M, k])` ->
+  `out [M, H]`, out[t] = sum_j w[t, j] * permuted_out[inv[t, j]], terms with inv == -1 skipped
+  (a token with no local expert gets zeros). Accumulated in fp32, stored in permuted_out's dtype.
+- `fused_experts(hidden_states, w13 [L, 2I, H], w2 [L, H, I], topk_weights, topk_ids,
+  activation="silu", expert_map=None, global_num_experts=None)`: vLLM's unquantized expert
+  MLP; topk_ids are global ids (global_num_experts defaults to len(expert_map), else L). w13 stacks gate
+  (rows [0, I)) and up (rows [I, 2I)) as vLLM's w13_weight; act = SiLU(x W_gate^T) * (x W_up^T),
+  rounded to the activation dtype (as vLLM's intermediate cache), y = act W2^T, then the
+  weighted sum over the k experts (non-local experts skipped). Output dtype = hidden dtype.
+  NaN/inf in the inputs propagate to the affected tokens' outputs only.
+
+Ascend design
+-------------
+- Permutation (vector cores, persistent grids, int32 index math). A counting sort over chunks of
+  BLOCK_S slots: `_count_kernel` builds a [BLOCK_S, BLOCK_E] one-hot tile of each chunk's local
+  expert ids and stores the per-chunk expert histogram (one contiguous row per chunk);
+  `_scan_kernel` (one program) turns the histograms into per-chunk bases and the expert offsets
+  with tile-wise cumsums; `_position_kernel` recomputes the one-hot, adds a cumsum along the
+  chunk axis (stable rank inside the chunk) and the chunk's bases to get each slot's row, and
+  writes the inverse map. The only gathers are the expert_map lookup and the scatter of
+  `permuted_idx` (4 bytes per slot). BLOCK_S * BLOCK_E is capped at 4096 elements (8 x 512 for
+  512 experts): the one-hot, its cumsum and their product are 16 KB fp32 tiles each, well inside
+  the 192 KB UB even double-buffered.
+- Row moves (`_gather_rows_kernel`, `_unpermute_kernel`): one scalar index per row, then the row
+  as contiguous BLOCK_H tiles: no discrete (scalarized) accesses.
+- Expert GEMMs (`_grouped_gemm_kernel`, cube cores, `tl.dot` with fp32 accumulation): work items
+  are (row tile of one expert's permuted rows, N tile); the number of row tiles is bounded on
+  the host without reading the counts (ceil(N / BLOCK_M) + min(L, N)), and each program maps a
+  row-tile index to its expert by comparing with the cumsum of per-expert tile counts that it
+  computes once from `expert_first_token_offset`. Unused work items exit at once. The first GEMM
+  computes the gate and up tiles together and applies SiLU-and-mul before storing, the second
+  writes expert outputs in permuted order; `_unpermute_kernel` does the weighted combine
+  (deterministic, no atomics). Tiles: BLOCK_M 64, BLOCK_N 64 (gate-up: two accumulators) / 128
+  (down), BLOCK_K 64, all 16-multiples; expert weight tiles are loaded as [BLOCK_N, BLOCK_K]
+  (rows contiguous along K, so the DMA tail axis is contiguous) and transposed on chip. The
+  adapter IR of the defaults shows ~26-29 KB of UB buffers (A/B staging, expert offsets) and
+  mix_mode "mix" (cube + vector); the fp32 accumulators (2 x 16 KB / 32 KB) stay well inside the
+  192 KB UB for the SiLU-and-mul and store epilogue.
+- Counts, ranks and tile prefix sums are reduced in fp32 (exact below 2^24 slots, checked on the
+  host) and cast to int32: fp32 reductions are native vector ops, and Triton's interpreter
+  widens int32 sums/cumsums to int64 data that its stores then write with 8-byte strides.
+- Index math is int32; each host wrapper checks that the largest activation offset fits in
+  int32; expert weight bases are scalar int64 (all experts' weights may exceed 2^31 elements).
+- bf16 on the interpreter goes through `bf16_shim` (computed in fp32, cast back).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import triton
+
+from vllm_ascend_triton.kernels.fused_moe._kernels import (
+    _count_kernel,
+    _gather_rows_kernel,
+    _grouped_gemm_kernel,
+    _position_kernel,
+    _scan_kernel,
+    _unpermute_kernel,
+)
+from vllm_ascend_triton.kernels.fused_moe.reference import (
+    MoePermuteResult,
+    fused_experts_ref,
+    moe_permute_ref,
+    moe_unpermute_ref,
+)
+from vllm_ascend_triton.kernels.limits import MOE_MAX_EXPERTS, MOE_MAX_SLOTS, MOE_MAX_TOPK
+from vllm_ascend_triton.runtime.checks import FLOAT_DTYPES, INDEX_DTYPES, check_positive_int, check_tensor
+from vllm_ascend_triton.runtime.configs import lookup_config
+from vllm_ascend_triton.runtime.device import current_device
+from vllm_ascend_triton.runtime.launch import LaunchSpec, bf16_shim, checks_enabled, persistent_grid
+from vllm_ascend_triton.runtime.ub import tile_elements, ub_budget_bytes
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "MoePermuteResult",
+    "moe_permute",
+    "moe_unpermute",
+    "fused_experts",
+    "moe_permute_ref",
+    "moe_unpermute_ref",
+    "fused_experts_ref",
+]
+
+ACTIVATIONS = ("silu",)
+_INT32_MAX = 2**31 - 1
+# Live fp32 [BLOCK_S, BLOCK_E] one-hot tiles of the sort (one-hot, its cumsum, their product).
+_SORT_LIVE_TILES = 4
+# Row moves: a row is moved in DMA-sized tiles of at most this many elements.
+_MAX_ROW_TILE = 1024
+
+DEFAULT_GEMM1_CONFIG = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64}
+DEFAULT_GEMM2_CONFIG = {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64}
+
+
+def _block_e(num_local: int) -> int:
+    return max(16, triton.next_power_of_2(max(num_local, 1)))
+
+
+def _sort_blocks(num_local: int) -> tuple[int, int]:
+    """(BLOCK_S, BLOCK_E): the one-hot tiles sized from the UB budget."""
+    block_e = _block_e(num_local)
+    return max(8, min(256, tile_elements(_SORT_LIVE_TILES, 4) // block_e)), block_e
+
+
+def _check_routing(
+    hidden_states: torch.Tensor,
+    topk_ids: torch.Tensor,
+    num_experts: int,
+    expert_map: torch.Tensor | None,
+    topk_weights: torch.Tensor | None = None,
+) -> None:
+    check_tensor("hidden_states", hidden_states, dtypes=FLOAT_DTYPES, ndim=2)
+    check_tensor("topk_ids", topk_ids, dtypes=INDEX_DTYPES, ndim=2)
+    check_positive_int("num_experts", num_experts)
+    if num_experts > MOE_MAX_EXPERTS:
+        raise ValueError(f"num_experts must be <= {MOE_MAX_EXPERTS}, got {num_experts}")
+    if topk_ids.shape[0] != hidden_states.shape[0]:
+        raise ValueError(
+            f"topk_ids must have {hidden_states.shape[0]} rows (one per token of hidden_states), "
+            f"got shape {tuple(topk_ids.shape)}"
+        )
+    if not 1 <= topk_ids.shape[1] <= MOE_MAX_TOPK:
+        raise ValueError(f"topk_ids must have 1..{MOE_MAX_TOPK} columns, got shape {tuple(topk_ids.shape)}")
+    if topk_ids.device != hidden_states.device:
+        raise ValueError(f"topk_ids must be on {hidden_states.device}, got {topk_ids.device}")
+    if topk_ids.numel() > MOE_MAX_SLOTS:
+        raise ValueError(
+            f"topk_ids has {topk_ids.numel()} entries; at most {MOE_MAX_SLOTS} (fp32-exact counts)"
+        )
+    if topk_weights is not None:
+        check_tensor("topk_weights", topk_weights, dtypes=FLOAT_DTYPES, ndim=2)
+        if topk_weights.shape != topk_ids.shape:
+            raise ValueError(
+                f"topk_weights must have the shape of topk_ids {tuple(topk_ids.shape)}, "
+                f"got {tuple(topk_weights.shape)}"
+            )
+        if topk_weights.device != hidden_states.device:
+            raise ValueError(f"topk_weights must be on {hidden_states.device}, got {topk_weights.device}")
+    if expert_map is not None:
+        check_tensor("expert_map", expert_map, dtypes=INDEX_DTYPES, ndim=1)
+        if expert_map.shape[0] != num_experts:
+            raise ValueError(
+                f"expert_map must have num_experts={num_experts} entries, got {expert_map.shape[0]}"
+            )
+        if expert_map.device != hidden_states.device:
+            raise ValueError(f"expert_map must be on {hidden_states.device}, got {expert_map.device}")
+    if checks_enabled() and topk_ids.numel():
+        lo, hi = int(topk_ids.min()), int(topk_ids.max())
+        if lo < 0 or hi >= num_experts:
+            raise ValueError(f"topk_ids values must be in [0, {num_experts}), got [{lo}, {hi}]")
+
+
+def _num_local(num_experts: int, expert_map: torch.Tensor | None, num_local_experts: int | None) -> int:
+    if num_local_experts is not None:
+        check_positive_int("num_local_experts", num_local_experts)
+        if num_local_experts > num_experts:
+            raise ValueError(
+                f"num_local_experts must be <= num_experts={num_experts}, got {num_local_experts}"
+            )
+    if expert_map is None:
+        if num_local_experts not in (None, num_experts):
+            raise ValueError("num_local_experts must equal num_experts without an expert_map")
+        return num_experts
+    if num_local_experts is None:
+        # One host read of a small static tensor; pass num_local_experts to avoid it on an NPU.
+        num_local_experts = int(expert_map.max()) + 1
+        if num_local_experts < 1:
+            raise ValueError("expert_map maps no expert to this rank (all entries are -1)")
+    if checks_enabled():
+        lo, hi = int(expert_map.min()), int(expert_map.max())
+        if lo < -1 or hi >= num_local_experts:
+            raise ValueError(f"expert_map values must be -1 or in [0, {num_local_experts}), got [{lo}, {hi}]")
+    return num_local_experts
+
+
+def _check_int32_extent(name: str, rows: int, cols: int) -> None:
+    if rows * cols > _INT32_MAX:
+        raise ValueError(f"{name}: {rows} x {cols} elements exceed int32 index math")
+
+
+def _route(
+    topk_ids: torch.Tensor, expert_map: torch.Tensor | None, num_local: int, num_tokens: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The counting sort: (tokens_per_expert, offsets, inv_permuted_idx, permuted_idx)."""
+    device = topk_ids.device
+    topk = topk_ids.shape[1]
+    num_slots = num_tokens * topk
+    tokens_per_expert = torch.zeros(num_local, dtype=torch.int32, device=device)
+    offsets = torch.zeros(num_local + 1, dtype=torch.int32, device=device)
+    inv_idx = torch.empty(num_tokens, topk, dtype=torch.int32, device=device)
+    permuted_idx = torch.full((num_slots,), -1, dtype=torch.int32, device=device)
+    if num_slots == 0:
+        return tokens_per_expert, offsets, inv_idx, permuted_idx
+    ids = topk_ids.to(torch.int32).contiguous()
+    emap = expert_map.to(torch.int32).contiguous() if expert_map is not None else ids
+    block_s, block_e = _sort_blocks(num_local)
+    num_chunks = triton.cdiv(num_slots, block_s)
+    chunk_counts = torch.empty(num_chunks, num_local, dtype=torch.int32, device=device)
+    chunk_base = torch.empty_like(chunk_counts)
+    grid = persistent_grid(num_chunks)
+    has_map = expert_map is not None
+    sort_config = {"BLOCK_S": block_s}
+    LaunchSpec(
+        name="moe_count",
+        kernel=_count_kernel,
+        grid=grid,
+        args=dict(
+            ids_ptr=ids,
+            map_ptr=emap,
+            chunk_counts_ptr=chunk_counts,
+            num_slots=num_slots,
+            num_local=num_local,
+            num_chunks=num_chunks,
+        ),
+        constexprs=dict(HAS_MAP=has_map, BLOCK_S=block_s, BLOCK_E=block_e),
+        config=sort_config,
+    ).launch()
+    LaunchSpec(
+        name="moe_scan",
+        kernel=_scan_kernel,
+        grid=(1,),
+        args=dict(
+            chunk_counts_ptr=chunk_counts,
+            chunk_base_ptr=chunk_base,
+            tokens_per_expert_ptr=tokens_per_expert,
+            offsets_ptr=offsets,
+            num_local=num_local,
+            num_chunks=num_chunks,
+        ),
+        constexprs=dict(BLOCK_C=max(1, tile_elements(_SORT_LIVE_TILES, 4) // block_e), BLOCK_E=block_e),
+        config=sort_config,
+    ).launch()
+    LaunchSpec(
+        name="moe_position",
+        kernel=_position_kernel,
+        grid=grid,
+        args=dict(
+            ids_ptr=ids, map_ptr=emap, chunk_base_ptr=chunk_base, offsets_ptr=offsets, inv_idx_ptr=inv_idx,
+            permuted_idx_ptr=permuted_idx, num_slots=num_slots, num_local=num_local, num_chunks=num_chunks,
+        ),
+        constexprs=dict(HAS_MAP=has_map, BLOCK_S=block_s, BLOCK_E=block_e),
+        config=sort_config,
+    ).launch()  # fmt: skip
+    return tokens_per_expert, offsets, inv_idx, permuted_idx
+
+
+def _default_rows_config() -> dict:
+    # A row tile and the fp32 accumulator of the combine: two live tiles.
+    return {"BLOCK_H": min(_MAX_ROW_TILE, tile_elements(2, 4))}
+
+
+def _rows_config(hidden: int, dtype: torch.dtype, kernel: str) -> dict:
+    cfg = lookup_config(
+        current_device().sku.name, kernel, {"hidden": hidden, "dtype": str(dtype)}, _default_rows_config()
+    )
+    cfg["BLOCK_H"] = min(cfg["BLOCK_H"], max(16, triton.next_power_of_2(hidden)))
+    return cfg
+
+
+def moe_permute(
+    hidden_states: torch.Tensor,
+    topk_ids: torch.Tensor,
+    num_experts: int,
+    expert_map: torch.Tensor | None = None,
+    num_local_experts: int | None = None,
+) -> MoePermuteResult:
+    """Gather token rows into expert-contiguous order; see the module docstring for the layout.
+
+    num_local_experts: L under an expert_map (default: expert_map.max() + 1, read on the host)."""
+    _check_routing(hidden_states, topk_ids, num_experts, expert_map)
+    num_local = _num_local(num_experts, expert_map, num_local_experts)
+    num_tokens, hidden = hidden_states.shape
+    topk = topk_ids.shape[1]
+    _check_int32_extent("permuted_hidden_states", num_tokens * topk, hidden)
+    tokens_per_expert, offsets, inv_idx, permuted_idx = _route(topk_ids, expert_map, num_local, num_tokens)
+    permuted = torch.empty(num_tokens * topk, hidden, dtype=hidden_states.dtype, device=hidden_states.device)
+    if permuted.numel():
+        with bf16_shim() as shim:
+            _launch_gather_rows(
+                shim.input(hidden_states.contiguous()), permuted_idx, shim.output(permuted), topk
+            )
+    return MoePermuteResult(permuted, tokens_per_expert, offsets, inv_idx, permuted_idx)
+
+
+def _launch_gather_rows(src: torch.Tensor, permuted_idx: torch.Tensor, dst: torch.Tensor, topk: int) -> None:
+    num_rows, hidden = dst.shape
+    cfg = _rows_config(hidden, src.dtype, "moe_permute_rows")
+    LaunchSpec(
+        name="moe_permute_rows",
+        kernel=_gather_rows_kernel,
+        grid=persistent_grid(num_rows),
+        args=dict(
+            src_ptr=src, permuted_idx_ptr=permuted_idx, dst_ptr=dst, num_rows=num_rows, hidden=hidden,
+            topk=topk,
+        ),
+        constexprs=dict(BLOCK_H=cfg["BLOCK_H"]),
+        config=cfg,
+    ).launch()  # fmt: skip
+
+
+def moe_unpermute(
+    permuted_out: torch.Tensor,
+    topk_weights: torch.Tensor,
+    inv_permuted_idx: torch.Tensor,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """out[t] = sum_j topk_weights[t, j] * permuted_out[inv_permuted_idx[t, j]], skipping -1 entries."""
+    check_tensor("permuted_out", permuted_out, dtypes=FLOAT_DTYPES, ndim=2)
+    check_tensor("topk_weights", topk_weights, dtypes=FLOAT_DTYPES, ndim=2)
+    check_tensor("inv_permuted_idx", inv_permuted_idx, dtypes=(torch.int32,), ndim=2)
+    if inv_permuted_idx.shape != topk_weights.shape:
+        raise ValueError(
+            f"inv_permuted_idx must have the shape of topk_weights {tuple(topk_weights.shape)}, "
+            f"got {tuple(inv_permuted_idx.shape)}"
+        )
+    if not 1 <= topk_weights.shape[1] <= MOE_MAX_TOPK:
+        raise ValueError(
+            f"topk_weights must have 1..{MOE_MAX_TOPK} columns, got shape {tuple(topk_weights.shape)}"
+        )
+    for name, t in (("topk_weights", topk_weights), ("inv_permuted_idx", inv_permuted_idx)):
+        if t.device != permuted_out.device:
+            raise ValueError(f"{name} must be on {permuted_out.device}, got {t.device}")
+    num_tokens, topk = topk_weights.shape
+    hidden = permuted_out.shape[1]
+    _check_int32_extent("permuted_out", permuted_out.shape[0], hidden)
+    if out is None:
+        out = torch.empty(num_tokens, hidden, dtype=permuted_out.dtype, device=permuted_out.device)
+    else:
+        check_tensor("out", out, dtypes=FLOAT_DTYPES, ndim=2)
+        if out.shape != (num_tokens, hidden) or not out.is_contiguous():
+            raise ValueError(
+                f"out must be a contiguous {(num_tokens, hidden)} tensor, got {tuple(out.shape)}"
+            )
+    if checks_enabled() and inv_permuted_idx.numel():
+        lo, hi = int(inv_permuted_idx.min()), int(inv_permuted_idx.max())
+        if lo < -1 or hi >= permuted_out.shape[0]:
+            raise ValueError(
+                f"inv_permuted_idx values must be -1 or in [0, {permuted_out.shape[0]}), got [{lo}, {hi}]"
+            )
+    if out.numel():
+        with bf16_shim() as shim:
+            _launch_unpermute(
+                shim.input(permuted_out.contiguous()),
+                shim.input(topk_weights.contiguous()),
+                inv_permuted_idx.contiguous(),
+                shim.output(out),
+            )
+    return out
+
+
+def _launch_unpermute(
+    y: torch.Tensor, weights: torch.Tensor, inv_idx: torch.Tensor, out: torch.Tensor
+) -> None:
+    num_tokens, hidden = out.shape
+    cfg = _rows_config(hidden, y.dtype, "moe_unpermute")
+    LaunchSpec(
+        name="moe_unpermute",
+        kernel=_unpermute_kernel,
+        grid=persistent_grid(num_tokens),
+        args=dict(
+            y_ptr=y, weights_ptr=weights, inv_idx_ptr=inv_idx, out_ptr=out, num_tokens=num_tokens,
+            hidden=hidden, topk=weights.shape[1],
+        ),
+        constexprs=dict(BLOCK_H=cfg["BLOCK_H"]),
+        config=cfg,
+    ).launch()  # fmt: skip
+
+
+def _gemm_ub_bytes(cfg: dict, gated: bool, elem_bytes: int) -> int:
+    """UB bytes of one GEMM program: double-buffered A/B staging tiles plus the fp32 accumulators
+    of the epilogue (one, or gate and up)."""
+    m, n, k = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
+    staging = (m * k + (2 if gated else 1) * n * k) * elem_bytes
+    return 2 * staging + (2 if gated else 1) * m * n * 4
+
+
+def _default_gemm_config(default: dict, gated: bool, elem_bytes: int) -> dict:
+    """The default tiles, with BLOCK_N halved until one program fits the SKU's UB."""
+    cfg = dict(default)
+    while cfg["BLOCK_N"] > 16 and _gemm_ub_bytes(cfg, gated, elem_bytes) > ub_budget_bytes(multibuffer=False):
+        cfg["BLOCK_N"] //= 2
+    return cfg
+
+
+def _gemm_config(kernel: str, n_out: int, k_dim: int, dtype: torch.dtype, default: dict) -> dict:
+    gated = kernel == "moe_gemm_gate_up"
+    base = _default_gemm_config(default, gated, torch.empty((), dtype=dtype).element_size())
+    cfg = lookup_config(
+        current_device().sku.name, kernel, {"n": n_out, "k": k_dim, "dtype": str(dtype)}, base
+    )
+    # tl.dot needs every tile side >= 16; don't pad tiny problems beyond the next power of two.
+    cfg["BLOCK_N"] = max(16, min(cfg["BLOCK_N"], triton.next_power_of_2(n_out)))
+    cfg["BLOCK_K"] = max(16, min(cfg["BLOCK_K"], triton.next_power_of_2(k_dim)))
+    return cfg
+
+
+def _launch_grouped_gemm(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    offsets: torch.Tensor,
+    c: torch.Tensor,
+    gated: bool,
+    kernel: str,
+    default: dict,
+) -> None:
+    num_rows, k_dim = a.shape
+    n_out = c.shape[1]
+    num_local = b.shape[0]
+    cfg = _gemm_config(kernel, n_out, k_dim, a.dtype, default)
+    max_row_tiles = triton.cdiv(num_rows, cfg["BLOCK_M"]) + min(num_local, num_rows)
+    work = max_row_tiles * triton.cdiv(n_out, cfg["BLOCK_N"])
+    logger.debug(
+        "%s: %d rows x %d x %d, %d work items (upper bound), config %s",
+        kernel,
+        num_rows,
+        n_out,
+        k_dim,
+        work,
+        cfg,
+    )
+    LaunchSpec(
+        name=kernel,
+        kernel=_grouped_gemm_kernel,
+        grid=persistent_grid(work, uses_cube=True),
+        args=dict(
+            a_ptr=a, b_ptr=b, offsets_ptr=offsets, c_ptr=c, n_out=n_out, k_dim=k_dim, num_local=num_local,
+            max_row_tiles=max_row_tiles,
+        ),
+        constexprs=dict(
+            GATED=gated, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
+            BLOCK_E=_block_e(num_local),
+        ),
+        config=cfg,
+        uses_cube=True,
+    ).launch()  # fmt: skip
+
+
+def fused_experts(
+    hidden_states: torch.Tensor,
+    w13: torch.Tensor,
+    w2: torch.Tensor,
+    topk_weights: torch.Tensor,
+    topk_ids: torch.Tensor,
+    activation: str = "silu",
+    expert_map: torch.Tensor | None = None,
+    global_num_experts: int | None = None,
+) -> torch.Tensor:
+    """vLLM's unquantized fused MoE: sum_j w[t, j] * W2_e (SiLU(W_gate_e x_t) * W_up_e x_t), e = ids[t, j].
+
+    w13 [L, 2I, H] (gate rows then up rows), w2 [L, H, I]; L = local experts. topk_ids are global
+    ids in [0, global_num_experts) (default: expert_map's length, else L); expert_map maps them to
+    local ids (-1 = not local: skipped)."""
+    check_tensor("hidden_states", hidden_states, dtypes=FLOAT_DTYPES, ndim=2)
+    check_tensor("w13", w13, dtypes=FLOAT_DTYPES, ndim=3)
+    check_tensor("w2", w2, dtypes=FLOAT_DTYPES, ndim=3)
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    num_local, two_i, hidden = w13.shape
+    if hidden_states.shape[1] != hidden:
+        raise ValueError(
+            f"hidden_states must have {hidden} columns (w13 is {tuple(w13.shape)}), "
+            f"got shape {tuple(hidden_states.shape)}"
+        )
+    if two_i % 2 or two_i == 0:
+        raise ValueError(f"w13 dim 1 must be 2 * intermediate_size (even, > 0), got shape {tuple(w13.shape)}")
+    inter = two_i // 2
+    if w2.shape != (num_local, hidden, inter):
+        raise ValueError(
+            f"w2 must have shape {(num_local, hidden, inter)} to match w13 {tuple(w13.shape)}, "
+            f"got {tuple(w2.shape)}"
+        )
+    if global_num_experts is None:
+        global_num_experts = expert_map.shape[0] if isinstance(expert_map, torch.Tensor) else num_local
+    _check_routing(hidden_states, topk_ids, global_num_experts, expert_map, topk_weights)
+    for name, t in (("w13", w13), ("w2", w2)):
+        if t.dtype != hidden_states.dtype:
+            raise TypeError(f"{name} must have hidden_states' dtype {hidden_states.dtype}, got {t.dtype}")
+        if t.device != hidden_states.device:
+            raise ValueError(f"{name} must be on {hidden_states.device}, got {t.device}")
+    if expert_map is None and global_num_experts != num_local:
+        raise ValueError(
+            f"without an expert_map, global_num_experts ({global_num_experts}) must equal "
+            f"w13's expert count ({num_local})"
+        )
+    if expert_map is not None:
+        _num_local(global_num_experts, expert_map, num_local)  # values fit w13's expert count
+    num_tokens, topk = topk_ids.shape
+    num_slots = num_tokens * topk
+    _check_int32_extent("permuted rows", num_slots, max(hidden, inter))
+    _check_int32_extent("w13 per expert", two_i, hidden)
+
+    out = torch.empty(num_tokens, hidden, dtype=hidden_states.dtype, device=hidden_states.device)
+    if num_tokens == 0:
+        return out
+    _, offsets, inv_idx, permuted_idx = _route(topk_ids, expert_map, num_local, num_tokens)
+    with bf16_shim() as shim:
+        x = shim.input(hidden_states.contiguous())
+        w13_c = shim.input(w13.contiguous())
+        w2_c = shim.input(w2.contiguous())
+        weights = shim.input(topk_weights.contiguous())
+        work_dtype = x.dtype
+        x_perm = torch.empty(num_slots, hidden, dtype=work_dtype, device=x.device)
+        _launch_gather_rows(x, permuted_idx, x_perm, topk)
+        act = torch.empty(num_slots, inter, dtype=work_dtype, device=x.device)
+        _launch_grouped_gemm(x_perm, w13_c, offsets, act, True, "moe_gemm_gate_up", DEFAULT_GEMM1_CONFIG)
+        y = torch.empty(num_slots, hidden, dtype=work_dtype, device=x.device)
+        _launch_grouped_gemm(act, w2_c, offsets, y, False, "moe_gemm_down", DEFAULT_GEMM2_CONFIG)
+        _launch_unpermute(y, weights, inv_idx, shim.output(out))
+    return out
