@@ -9,7 +9,8 @@ writes `key[t]` / `value[t]` (`[num_kv_heads, head_size]`) into
 more rows than `slot_mapping` (vLLM pads them); the caches `[num_blocks, block_size,
 num_kv_heads, head_size]` may be strided views of one packed tensor (vLLM 0.32 keeps K and V in
 one `[num_blocks, 2, block_size, H, D]` tensor and unbinds dim 1). Values are cast to the
-cache's dtype. With input checks on, a slot outside the cache (or < -1) raises ValueError.
+cache's dtype. With input checks on, a slot outside the cache (or < -1) raises ValueError
+(with checks off it is skipped: see "hostile input" below).
 
 `unified_attention(q, k_cache, v_cache, out, cu_seqlens_q, max_seqlen_q, seqused_k,
 max_seqlen_k, softmax_scale, causal, window_size, block_table, softcap, alibi_slopes=None,
@@ -44,6 +45,37 @@ sinks=None, *, num_kv_splits=None)` follows vLLM 0.32's
   int8 KV caches and descales, qq_bias, mm_prefix ranges, chunked-local attention, R-SWA.
   A `causal` that is not a bool raises TypeError.
 
+Errors, limits and hostile input
+--------------------------------
+Static mistakes always raise before any launch: TypeError for a dtype or a Python type (`out`
+must have q's dtype, caches q's dtype, metadata int32/int64, `softmax_scale`/`softcap` numbers,
+`window_size` ints), ValueError for shapes, layouts and values (non-finite `softmax_scale` or
+`softcap`, metadata vectors that are not dense). The limits of both kernels live in
+`kernels/limits.py` (`ATTENTION_*`: head size <= 256 for both, block size a multiple of 16,
+positions < 2^24, at most 64 KV splits); past one, a ValueError names it.
+
+Data-dependent checks (slot range, block ids, block-table coverage, cu_seqlens_q/seqused_k
+consistency) need the metadata on the host, a device sync on an NPU, so they run only with
+input checks on (`VAT_CHECK_INPUTS`; default on for the interpreter, off on an NPU) and raise
+ValueError. With checks off the kernels never read or write outside their tensors, whatever the
+data, and the results are defined:
+
+- `reshape_and_cache`: a slot outside `[0, num_blocks * block_size)` (-1 included) skips its
+  token; every other token is written exactly.
+- `unified_attention`: a KV tile whose block id lies outside `[0, num_blocks)` is masked out of
+  the softmax (its keys are never loaded, the address is clamped to block 0); keys past what the
+  block table covers (`seqused_k > block_table.shape[1] * block_size`) are never looked up, as if
+  masked, while query positions still follow `seqused_k`; a row that then sees no key and no sink
+  gets 0. Rows of `q`/`out` outside `[0, q.shape[0])` are never touched, whatever
+  `cu_seqlens_q` says (malformed `cu_seqlens_q` gives unspecified values inside `out`).
+- NaN/inf data is computed with, never checked: a non-finite q element poisons only its own
+  (token, head) row; a non-finite K value reaches only rows that see that key; a non-finite V
+  value reaches rows of the same query tile and KV head whose tile-wide key range holds it (for
+  decode exactly the rows that see it; for prefill possibly other rows of that tile of
+  `BLOCK_Q` tokens, since one P.V product serves the tile); a non-finite sink or ALiBi slope
+  poisons that head's rows (a -inf sink is no sink). Cache rows no sequence reads (block tails,
+  unused blocks, padding) never reach any output. reshape_and_cache copies values as they are.
+
 Ascend design
 -------------
 - Main kernel on the cube cores: `persistent_grid(work, uses_cube=True)`, each program loops
@@ -74,11 +106,12 @@ Ascend design
   query position, sliding windows start at the first visible key.
 - Tile sizes: `BLOCK_M` (query rows) and `TILE_N` (keys per KV tile) come from
   `lookup_config(sku, "unified_attention", ...)`; the default keeps the live tiles (Q, K, V,
-  S, P, acc) under half of the 192 KB Unified Buffer so double buffering fits:
-  `_ub_estimate` below (it also counts the fp32 S/P/acc tiles): fp16 D=128 block 128 ->
-  BLOCK_M 16, TILE_N 64; fp32 D=256 -> TILE_N 16. The adapter IR of those defaults allocates
-  12-41 KB of buffers (`vat compile` / the lowering test report it). Decode-only batches keep
-  the minimum 16 rows (one real token per sequence; the tile's other tokens are masked).
+  S, P, acc) within the SKU's UB budget (`runtime.ub.ub_budget_bytes`: the SKU's UB, double
+  buffering counted): `_ub_estimate` below (it also counts the fp32 S/P/acc tiles): on a 192 KB
+  UB fp16 D=128 block 128 -> BLOCK_M 16, TILE_N 64; fp32 D=256 -> TILE_N 16. The adapter IR of
+  the variants' defaults allocates 6-37 KB of buffers (`vat compile` reports it; modelled).
+  Decode-only batches keep the minimum 16 rows (one real token per sequence; the tile's other
+  tokens are masked).
 - Split-KV (decode, few sequences): when `num_seqs * Hkv` work items cannot fill the cube
   cores, each item's KV range is cut into `num_kv_splits` segments (work item = (tile, KV head,
   segment)); each segment writes its unnormalized accumulator, running max and sum to an fp32
@@ -94,10 +127,16 @@ Ascend design
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 
 import torch
-import triton
+
+# First: applies a requested backend (VAT_BACKEND=interpreter) before triton is imported, since
+# triton decides interpreter or compiler for its own jit functions at import time.
+from vllm_ascend_triton.runtime import launch as _launch  # noqa: F401  # isort: skip
+
+import triton  # noqa: E402  # isort: skip
 
 from vllm_ascend_triton.kernels.attention._kernels import (
     _attention_kernel,
@@ -241,6 +280,7 @@ def reshape_and_cache(
     check_tensor("key_cache", key_cache, dtypes=FLOAT_DTYPES, ndim=4)
     check_tensor("value_cache", value_cache, dtypes=FLOAT_DTYPES, ndim=4)
     check_tensor("slot_mapping", slot_mapping, dtypes=INDEX_DTYPES, ndim=1)
+    _check_dense_vector("slot_mapping", slot_mapping)
     check_same_device(
         key=key, value=value, key_cache=key_cache, value_cache=value_cache, slot_mapping=slot_mapping
     )
@@ -302,6 +342,7 @@ def reshape_and_cache(
             args=dict(
                 key_ptr=k_in, value_ptr=v_in, kc_ptr=kc, vc_ptr=vc, slot_ptr=slot_mapping,
                 num_tokens=num_tokens, num_heads=num_heads, block_size=block_size,
+                num_slots=num_blocks * block_size,
                 key_stride_t=k_in.stride(0), key_stride_h=k_in.stride(1),
                 value_stride_t=v_in.stride(0), value_stride_h=v_in.stride(1),
                 kc_stride_b=kc.stride(0), kc_stride_s=kc.stride(1), kc_stride_h=kc.stride(2),
@@ -310,6 +351,20 @@ def reshape_and_cache(
             constexprs=dict(HEAD_SIZE=head_size, HEAD_PAD=head_pad, BLOCK_H=block_h),
             config=cfg,
         ).launch()  # fmt: skip
+
+
+def _check_dense_vector(name: str, t: torch.Tensor | None) -> None:
+    if t is not None and t.shape[0] > 1 and t.stride(0) != 1:
+        raise ValueError(f"{name} must be contiguous, got stride {t.stride(0)}")
+
+
+def _check_float(name: str, value: object) -> float:
+    """A finite Python number (a scalar argument, not data: always checked)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return float(value)
 
 
 def _validate_attention(
@@ -337,6 +392,8 @@ def _validate_attention(
         raise TypeError(
             f"k_cache/v_cache must have q's dtype {q.dtype}, got {k_cache.dtype} and {v_cache.dtype}"
         )
+    if out.dtype != q.dtype:
+        raise TypeError(f"out must have q's dtype {q.dtype}, got {out.dtype}")
     num_tokens, num_q_heads, head_size = q.shape
     _, block_size, num_kv_heads, cache_head = k_cache.shape
     if tuple(v_cache.shape) != tuple(k_cache.shape):
@@ -366,8 +423,18 @@ def _validate_attention(
         )
     if block_table.shape[0] < num_seqs:
         raise ValueError(f"block_table must have a row per sequence ({num_seqs}), got {block_table.shape[0]}")
-    if block_table.stride(1) != 1:
-        raise ValueError("block_table must be contiguous along its last dim")
+    if block_table.shape[1] > 1 and block_table.stride(1) != 1:
+        raise ValueError(
+            f"block_table must be contiguous along its last dim, got strides {block_table.stride()}"
+        )
+    # The kernel reads these as dense vectors (element i at offset i).
+    for name, t in (
+        ("cu_seqlens_q", cu_seqlens_q),
+        ("seqused_k", seqused_k),
+        ("alibi_slopes", alibi_slopes),
+        ("sinks", sinks),
+    ):
+        _check_dense_vector(name, t)
     for name, t, n in (("alibi_slopes", alibi_slopes, num_q_heads), ("sinks", sinks, num_q_heads)):
         if t is not None and t.shape[0] != n:
             raise ValueError(f"{name} must have one entry per query head ({n}), got {t.shape[0]}")
@@ -378,18 +445,20 @@ def _validate_attention(
             f"max_seqlen_k must be < {ATTENTION_MAX_POSITION} (positions are compared in fp32), "
             f"got {max_seqlen_k}"
         )
-    if not isinstance(softmax_scale, int | float) or isinstance(softmax_scale, bool):
-        raise TypeError(f"softmax_scale must be a float, got {type(softmax_scale).__name__}")
+    _check_float("softmax_scale", softmax_scale)
     if not isinstance(causal, bool):
         raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
-    if not isinstance(softcap, int | float) or isinstance(softcap, bool) or softcap < 0:
-        raise ValueError(f"softcap must be a float >= 0 (0 = off), got {softcap!r}")
-    if (
-        not isinstance(window_size, Sequence)
-        or len(window_size) != 2
-        or not all(isinstance(w, int) and not isinstance(w, bool) and w >= -1 for w in window_size)
-    ):
+    if _check_float("softcap", softcap) < 0:
+        raise ValueError(f"softcap must be >= 0 (0 = off), got {softcap!r}")
+    if not isinstance(window_size, Sequence) or isinstance(window_size, str):
+        raise TypeError(f"window_size must be a (left, right) pair of ints, got {type(window_size).__name__}")
+    if len(window_size) != 2:
         raise ValueError(f"window_size must be a (left, right) pair of ints >= -1, got {window_size!r}")
+    for w in window_size:
+        if isinstance(w, bool) or not isinstance(w, int):
+            raise TypeError(f"window_size must hold ints, got {window_size!r}")
+        if w < -1:
+            raise ValueError(f"window_size entries must be >= -1 (-1 = no window), got {window_size!r}")
     if num_kv_splits is not None:
         check_positive_int("num_kv_splits", num_kv_splits)
         if num_kv_splits > ATTENTION_MAX_KV_SPLITS:
@@ -496,6 +565,8 @@ def unified_attention(
                 alibi_ptr=alibi_slopes if alibi_slopes is not None else dummy, sinks_ptr=sinks_arg,
                 ws_acc_ptr=ws_acc, ws_m_ptr=ws_m, ws_l_ptr=ws_l,
                 num_seqs=num_seqs, num_q_tiles=num_q_tiles, num_kv_heads=num_kv_heads, num_segments=splits,
+                num_tokens=num_tokens, num_blocks=k_cache.shape[0],
+                max_keys=block_table.shape[1] * block_size,
                 q_stride_t=q_in.stride(0), q_stride_h=q_in.stride(1),
                 o_stride_t=o.stride(0), o_stride_h=o.stride(1),
                 k_stride_b=k_in.stride(0), k_stride_s=k_in.stride(1), k_stride_h=k_in.stride(2),

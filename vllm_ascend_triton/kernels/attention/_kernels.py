@@ -16,6 +16,7 @@ def _reshape_and_cache_kernel(
     num_tokens,
     num_heads,
     block_size,
+    num_slots,
     key_stride_t,
     key_stride_h,
     value_stride_t,
@@ -35,7 +36,8 @@ def _reshape_and_cache_kernel(
     d_mask = offs_d < HEAD_SIZE
     for t in range(tl.program_id(0), num_tokens, tl.num_programs(0)):
         slot = tl.load(slot_ptr + t).to(tl.int64)
-        if slot >= 0:
+        # -1 skips the token (vLLM); so does any slot outside [0, num_slots): never a stray write.
+        if (slot >= 0) & (slot < num_slots):
             blk = slot // block_size
             row = slot - blk * block_size
             kc_base = blk * kc_stride_b + row * kc_stride_s
@@ -77,6 +79,9 @@ def _attention_kernel(
     num_q_tiles,
     num_kv_heads,
     num_segments,
+    num_tokens,
+    num_blocks,
+    max_keys,
     q_stride_t,
     q_stride_h,
     o_stride_t,
@@ -137,11 +142,14 @@ def _attention_kernel(
         q_start = tl.load(cu_q_ptr + seq).to(tl.int32)
         q_len = tl.load(cu_q_ptr + seq + 1).to(tl.int32) - q_start
         tok0 = (qt - (q_start // BLOCK_Q + seq)) * BLOCK_Q
-        if tok0 < q_len:
+        # Rows that exist in q/out whatever cu_seqlens_q says (it is not range-checked with checks
+        # off): positions still follow q_len, memory follows q_rows.
+        q_rows = tl.minimum(q_len, num_tokens - q_start)
+        if (tok0 >= 0) & (tok0 < q_rows) & (q_start >= 0):
             seq_len = tl.load(seqused_ptr + seq).to(tl.int32)
             ctx = seq_len - q_len
             tok = tok0 + r_tok
-            row_ok = (r_head < QPK) & (tok < q_len)
+            row_ok = (r_head < QPK) & (tok < q_rows)
             # Positions are compared in fp32 (exact below 2**24, checked on the host): Ascend
             # vectorizes float compares, integer compares in compute fall back to scalar code.
             q_pos_f = (ctx + tok).to(tl.float32)
@@ -149,7 +157,7 @@ def _attention_kernel(
             # 3-D [token, head, dim] addresses are affine per axis (rows r // QPK_PAD would make
             # the adapter scalarize the access); reshape to the 2-D rows the cube wants.
             tok3 = tok0 + offs_qt
-            ok3 = ((tok3 < q_len)[:, None] & (offs_qh < QPK)[None, :])[:, :, None] & d_mask[None, None, :]
+            ok3 = ((tok3 < q_rows)[:, None] & (offs_qh < QPK)[None, :])[:, :, None] & d_mask[None, None, :]
             head3 = kvh * QPK + offs_qh
             q3 = tl.load(
                 q_ptr
@@ -163,7 +171,7 @@ def _attention_kernel(
             q = tl.reshape(q3, (BLOCK_M, HEAD_PAD))
             # Keys this tile's rows may see: [k_lo, k_hi).
             q_first = ctx + tok0
-            q_last = ctx + tl.minimum(tok0 + BLOCK_Q, q_len) - 1
+            q_last = ctx + tl.minimum(tok0 + BLOCK_Q, q_rows) - 1
             if CAUSAL:
                 k_hi = q_last + 1
             else:
@@ -173,6 +181,8 @@ def _attention_kernel(
                 k_lo = tl.maximum(q_first - window + 1, 0)
                 if not CAUSAL:
                     k_hi = tl.minimum(k_hi, q_last + window)
+            # Keys past what the block table covers (seqused_k too large) are never looked up.
+            k_hi = tl.minimum(k_hi, max_keys)
             j_lo = k_lo // TILE_N
             j_hi = (k_hi + TILE_N - 1) // TILE_N
             if SPLIT:
@@ -201,8 +211,15 @@ def _attention_kernel(
                 blk_idx = k0 // BLOCK_SIZE
                 # One scalar block id per tile; the tile is contiguous inside that block.
                 blk = tl.load(bt_row + blk_idx).to(tl.int64)
+                # A block id outside the cache masks the whole tile out of the softmax; the
+                # address is clamped too, so nothing outside the cache is ever addressed.
+                blk_ok = (blk >= 0) & (blk < num_blocks)
+                blk = tl.where(blk_ok, blk, 0)
                 in_blk = k0 - blk_idx * BLOCK_SIZE
-                n_ok = (k0 + offs_n) < seq_len  # load/store masks vectorize as they are
+                # Only keys some row of the tile may see are loaded (others read as 0), so a
+                # non-finite value in a key nobody here sees cannot reach the P.V product.
+                k_idx = k0 + offs_n
+                n_ok = (k_idx >= k_lo) & (k_idx < k_hi) & (k_idx < seq_len) & blk_ok
                 kv_mask = n_ok[:, None] & d_mask[None, :]
                 k_base = blk * k_stride_b + kvh * k_stride_h + in_blk * k_stride_s
                 v_base = blk * v_stride_b + kvh * v_stride_h + in_blk * v_stride_s
@@ -226,6 +243,7 @@ def _attention_kernel(
                     visible = visible & (dist < window_f)
                     if not CAUSAL:
                         visible = visible & (dist > -window_f)
+                visible = visible & blk_ok
                 s = tl.where(visible, s, float("-inf"))
                 if USE_ALIBI:
                     s = s + slope[:, None] * (kpos_f - ctx_f)[None, :]
@@ -241,7 +259,7 @@ def _attention_kernel(
                 # Workspace [token, head, segment, HEAD_PAD] (fp32), addressed per axis like q.
                 ws_row0 = row0 * num_q_heads * num_segments
                 ws_rows = (offs_qt[:, None] * num_q_heads + head3[None, :]) * num_segments + seg
-                ok2 = (tok3 < q_len)[:, None] & (offs_qh < QPK)[None, :]
+                ok2 = (tok3 < q_rows)[:, None] & (offs_qh < QPK)[None, :]
                 tl.store(ws_m_ptr + ws_row0 + ws_rows, tl.reshape(m_i, (BLOCK_Q, QPK_PAD)), mask=ok2)
                 tl.store(ws_l_ptr + ws_row0 + ws_rows, tl.reshape(l_i, (BLOCK_Q, QPK_PAD)), mask=ok2)
                 tl.store(
@@ -250,7 +268,8 @@ def _attention_kernel(
                     mask=ok2[:, :, None],
                 )
             else:
-                l_safe = tl.where(l_i > 0.0, l_i, 1.0)
+                # `== 0` (a row with no key and no sink: 0), not `> 0`: a NaN sum must stay NaN.
+                l_safe = tl.where(l_i == 0.0, 1.0, l_i)
                 o = tl.reshape(acc / l_safe[:, None], (BLOCK_Q, QPK_PAD, HEAD_PAD))
                 tl.store(
                     out_ptr
@@ -308,7 +327,8 @@ def _split_reduce_kernel(
                 mask=s_mask[:, None],
                 other=0.0,
             )
-            o = tl.sum(acc * wgt[:, None], 0) / tl.where(l_tot > 0.0, l_tot, 1.0)
+            # `== 0` (no key, no sink: 0), not `> 0`: a NaN sink or sum must stay NaN.
+            o = tl.sum(acc * wgt[:, None], 0) / tl.where(l_tot == 0.0, 1.0, l_tot)
             tl.store(
                 out_ptr + tl.cast(t, tl.int64) * o_stride_t + h * o_stride_h + offs_d,
                 o.to(out_ptr.dtype.element_ty),

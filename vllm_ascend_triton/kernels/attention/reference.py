@@ -15,9 +15,11 @@ def reshape_and_cache_reference(
     value_cache: torch.Tensor,
     slot_mapping: torch.Tensor,
 ) -> None:
-    block_size = key_cache.shape[1]
+    """In place on the caches. A slot outside [0, num_blocks * block_size) (-1 included) skips
+    its token, the kernel's contract with input checks off."""
+    num_blocks, block_size = key_cache.shape[:2]
     for t, slot in enumerate(slot_mapping.tolist()):
-        if slot < 0:
+        if not 0 <= slot < num_blocks * block_size:
             continue
         key_cache[slot // block_size, slot % block_size] = key[t].to(key_cache.dtype)
         value_cache[slot // block_size, slot % block_size] = value[t].to(value_cache.dtype)
@@ -38,33 +40,46 @@ def unified_attention_reference(
     sinks: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per sequence: gather its keys/values block by block, then dense masked softmax attention
-    in float64. Returns a float64 `[T, Hq, D]` tensor; rows of no sequence stay NaN."""
+    in float64. Returns a float64 `[T, Hq, D]` tensor; rows of no sequence stay NaN.
+
+    The kernel's contract for metadata that input checks would reject: keys whose block-table
+    column lies past the table's width (seqused_k too large) or whose block id lies outside
+    [0, num_blocks) are masked out of the softmax; a row that sees no key and no sink is 0. A
+    row's output is the sum over the keys it sees only (a non-finite value of a key it does not
+    see does not reach it)."""
     num_tokens, num_q_heads, head_size = q.shape
-    block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
+    num_blocks, block_size, num_kv_heads = k_cache.shape[:3]
     qpk = num_q_heads // num_kv_heads
+    width = block_table.shape[1]
     out = torch.full((num_tokens, num_q_heads, head_size), float("nan"), dtype=torch.float64)
     cu = cu_seqlens_q.tolist()
     for s, seq_len in enumerate(seqused_k.tolist()):
         q_len = cu[s + 1] - cu[s]
-        if q_len == 0:
+        if q_len <= 0:
             continue
-        n_blocks = -(-seq_len // block_size)
+        n_blocks = min(max(-(-seq_len // block_size), 0), width)
+        n_keys = min(max(seq_len, 0), n_blocks * block_size)
         blocks = block_table[s, :n_blocks].long()
-        keys = k_cache[blocks].reshape(-1, num_kv_heads, head_size)[:seq_len].double()
-        values = v_cache[blocks].reshape(-1, num_kv_heads, head_size)[:seq_len].double()
+        block_ok = (blocks >= 0) & (blocks < num_blocks)
+        blocks = torch.where(block_ok, blocks, 0)
+        key_ok = block_ok.repeat_interleave(block_size)[:n_keys]
+        keys = k_cache[blocks].reshape(-1, num_kv_heads, head_size)[:n_keys].double()
+        values = v_cache[blocks].reshape(-1, num_kv_heads, head_size)[:n_keys].double()
         ctx = seq_len - q_len
         q_pos = torch.arange(q_len)[:, None] + ctx
-        k_pos = torch.arange(seq_len)[None, :]
-        visible = torch.ones(q_len, seq_len, dtype=torch.bool)
+        k_pos = torch.arange(n_keys)[None, :]
+        visible = key_ok[None, :].expand(q_len, n_keys).clone()
         if causal:
             visible &= k_pos <= q_pos
         if window_size[0] >= 0:
-            width = window_size[0] + 1
-            visible &= (q_pos - k_pos) < width
+            width_w = window_size[0] + 1
+            visible &= (q_pos - k_pos) < width_w
             if not causal:
-                visible &= (k_pos - q_pos) < width
+                visible &= (k_pos - q_pos) < width_w
+        sees_none = ~visible.any(dim=1)
         for h in range(num_q_heads):
             qh = q[cu[s] : cu[s + 1], h].double()
+            vh = values[:, h // qpk]
             scores = softmax_scale * qh @ keys[:, h // qpk].T
             if softcap > 0:
                 scores = softcap * torch.tanh(scores / softcap)
@@ -76,7 +91,12 @@ def unified_attention_reference(
                 probs = torch.softmax(torch.cat([scores, sink_col], dim=1), dim=1)[:, :-1]
             else:
                 probs = torch.softmax(scores, dim=1)
-            out[cu[s] : cu[s + 1], h] = probs @ values[:, h // qpk]
+            probs = probs.masked_fill(sees_none[:, None], 0.0)
+            if bool(torch.isfinite(vh).all()):
+                rows = probs @ vh
+            else:  # only the keys a row sees: 0 * inf must not reach it
+                rows = torch.where(visible[:, :, None], probs[:, :, None] * vh[None], 0.0).sum(dim=1)
+            out[cu[s] : cu[s + 1], h] = rows
     return out
 
 
