@@ -17,8 +17,11 @@ and the SKU table (`runtime.sku`: cores, HBM bandwidth, fp16 cube peak). For one
     roofline_s = max(HBM bytes / bandwidth, FLOPs / peak)   (the ideal on the whole chip)
 
 HBM bytes and FLOPs come from a traffic model per kernel name (`TRAFFIC_MODELS`, for kernels
-whose access pattern we know) or a generic one: every distinct tensor argument moved once, one
-vector op per element, tiles of the product of the BLOCK_*/TILE_* constexprs. The constants below
+whose access pattern we know) or a generic one: every distinct tensor argument moved once (indexed
+storage such as a KV cache capped, see `generic_traffic`), one vector op per element, tiles of the
+product of the BLOCK_*/TILE_* constexprs. Where the op's minimum traffic is known (the benchmark
+workloads), `estimate_op` uses it for the roofline terms and the specs for the fixed costs.
+The constants below
 are assumptions (order-of-magnitude figures for Ascend 910B from public material, not measured
 here); the model is for ranking candidates and is always labelled "model".
 """
@@ -27,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -39,6 +42,7 @@ PER_ITERATION_S = 0.4e-6  # per tile iteration of one program (DMA issue + loop 
 VECTOR_CLOCK_HZ = 1.8e9  # AIV clock, approximate
 VECTOR_BYTES_PER_CYCLE = 256  # one AIV vector instruction works on 256 bytes (128 fp16 / 64 fp32 lanes)
 CUBE_FP32_FRACTION = 0.25  # fp32 tl.dot runs at about a quarter of the fp16 cube peak (assumed)
+INDEXED_RATIO = 4  # generic model: a tensor this much larger than the next is indexed storage
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,23 +103,30 @@ def _tensors(args: Mapping[str, Any]) -> list[torch.Tensor]:
 
 
 def _tile_elements(constexprs: Mapping[str, Any]) -> int:
-    tile = 1
+    """Product of the BLOCK_*/TILE_* constexprs times the widest *_PAD one (a padded row length)."""
+    tile, pad = 1, 1
     for name, value in constexprs.items():
-        if (
-            name.upper().startswith(("BLOCK", "TILE"))
-            and isinstance(value, int)
-            and not isinstance(value, bool)
-        ):
+        if not isinstance(value, int) or isinstance(value, bool):
+            continue
+        if name.upper().startswith(("BLOCK", "TILE")):
             tile *= max(1, value)
-    return tile
+        elif name.upper().endswith("_PAD"):
+            pad = max(pad, value)
+    return tile * pad
 
 
 def generic_traffic(spec: Any) -> Traffic:
-    """Every distinct tensor argument moved once (a bound: large caches are overcounted), one op per
-    element, iterations = elements / tile elements."""
+    """Every distinct tensor argument moved once, one op per element, iterations = elements / tile
+    elements. Tensors more than INDEXED_RATIO times larger than the largest of the others are taken
+    for indexed storage (KV caches, a cos/sin table) of which only a part is touched: each counts as
+    INDEXED_RATIO times that one."""
     tensors = _tensors(spec.args)
-    nbytes = float(sum(t.numel() * t.element_size() for t in tensors))
-    elems = float(sum(t.numel() for t in tensors))
+    largest = max((t.numel() for t in tensors), default=0)
+    smaller = [t.numel() for t in tensors if t.numel() * INDEXED_RATIO < largest]
+    cap = INDEXED_RATIO * max(smaller) if smaller else math.inf
+    counted = [(min(t.numel(), cap), t.element_size()) for t in tensors]
+    nbytes = float(sum(n * size for n, size in counted))
+    elems = float(sum(n for n, _ in counted))
     widths = [t.element_size() for t in tensors if t.is_floating_point()]
     elem_bytes = max(widths) if widths else 4
     tile = _tile_elements(spec.constexprs)
@@ -200,3 +211,26 @@ def estimate_specs(specs: Iterable[Any], sku: AscendSKU) -> CostEstimate:
         serial_s=sum(p.serial_s for p in parts),
         roofline_s=sum(p.roofline_s for p in parts),
     )
+
+
+def estimate_op(specs: Sequence[Any], sku: AscendSKU, hbm_bytes: float, flops: float) -> CostEstimate:
+    """Modelled time of one host-API call whose minimum traffic and useful work are known (the
+    benchmark workloads know them): the roofline of the op's bytes and FLOPs on the whole chip,
+    plus each launch's fixed cost and serial tile-iteration cost from the spec model."""
+    parts = [estimate_spec(s, sku) for s in specs]
+    if not parts:
+        raise ValueError("estimate_op needs at least one launch spec")
+    heaviest = max(parts, key=lambda p: p.memory_s + p.compute_s)
+    elem = min((traffic(s).elem_bytes for s in specs), default=2)
+    peak = cube_peak_flops(sku, elem) if heaviest.unit == "cube" else vector_peak_flops(sku, elem)
+    busy = min(1.0, heaviest.programs / heaviest.cores)
+    memory_s = hbm_bytes / (sku.hbm_bandwidth_gbps * 1e9 * busy)
+    compute_s = flops / (peak * busy)
+    serial_s = sum(p.serial_s for p in parts)
+    seconds = len(parts) * LAUNCH_S + max(memory_s, compute_s) + serial_s
+    roofline_s = max(hbm_bytes / (sku.hbm_bandwidth_gbps * 1e9), flops / peak)
+    return CostEstimate(
+        seconds, hbm_bytes, flops, heaviest.unit, max(p.programs for p in parts), heaviest.cores,
+        max(p.rounds for p in parts), sum(p.iterations_per_program for p in parts),
+        memory_s, compute_s, serial_s, roofline_s,
+    )  # fmt: skip

@@ -29,6 +29,7 @@ SUBCOMMAND_MODULES = (
     "vllm_ascend_triton.cli.check",
     "vllm_ascend_triton.cli.compile",
     "vllm_ascend_triton.cli.tune",
+    "vllm_ascend_triton.cli.bench",
     "vllm_ascend_triton.cli.sim",
 )
 
