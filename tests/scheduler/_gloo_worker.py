@@ -60,6 +60,7 @@ def main(rank: int, port: int, out_path: str) -> None:
                 "snapshots": snapshots,
                 "plans": plans,
                 "finished": not running,
+                "overlapped": sched.overlapped_exchanges,
             },
             f,
         )

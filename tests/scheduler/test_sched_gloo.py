@@ -52,6 +52,10 @@ def test_exchange_two_process_gloo_idle_rank(tmp_path: Path) -> None:
     assert r0["iterations"] == r1["iterations"] > 1
     assert r0["snapshots"] == r1["snapshots"]
     assert r1["busy_steps"] == 0 and r0["busy_steps"] > 1
+    # The busy rank posted its vector right after schedule() (overlapped with the step; not
+    # on its first step, which precedes the first boundary), the idle rank at the boundary:
+    # the collectives still paired up.
+    assert r0["overlapped"] == r0["busy_steps"] - 1 and r1["overlapped"] == 0
     # The idle rank's vector is all zeros but for its free slots; rank 0 reported work.
     assert r0["snapshots"][0][1] == [0, 0, 0, 0, 0, 4, 0, 0]
     assert r0["snapshots"][0][0] != r0["snapshots"][0][1]

@@ -175,6 +175,12 @@ class BalanceMixin:
         self._own: LoadVector | None = None  # this rank's vector in the snapshot
         self._dp_rank = 0
         self.last_plan: RankPlan | None = None
+        # Overlapped exchange (see exchange.py): post the vector after schedule(), collect
+        # it at the boundary. False: post and collect at the boundary.
+        self.exchange_overlap = True
+        self._overlap_exchange: LoadExchange | None = None
+        self._inflight: tuple[LoadExchange, LoadVector, Any] | None = None
+        self.overlapped_exchanges = 0  # boundaries that collected a vector posted earlier
         # Running requests still prefilling, by id (kept from each step's admissions).
         self._prefilling: dict[str, Request] = {}
         self._balance_counters = BalanceStats()
@@ -239,8 +245,17 @@ class BalanceMixin:
         if not self.balance_enabled:
             return
         self._dp_rank = exchange.rank
-        self._own = self.load_vector()
-        self._snapshot = exchange.all_gather(self._own)
+        inflight, self._inflight = self._inflight, None
+        if inflight is not None and inflight[0] is exchange:
+            self.overlapped_exchanges += 1
+            self._own = inflight[1]
+            self._snapshot = exchange.finish(inflight[2])
+        else:
+            if inflight is not None:  # the group was replaced (elastic EP): drain the old one
+                inflight[0].finish(inflight[2])
+            self._own = self.load_vector()
+            self._snapshot = exchange.all_gather(self._own)
+        self._overlap_exchange = exchange if self.exchange_overlap and exchange.supports_overlap else None
         self._pending_plan = True
         self._plan = None
         if not exchange.completes_later:
@@ -292,6 +307,7 @@ class BalanceMixin:
         if plan is None:
             out = super().schedule(*args, **kwargs)
             self._track_admissions(out)
+            self._post_after_schedule()
             return out
         self._cut = False
         if self._plan_can_cut(plan):
@@ -318,7 +334,15 @@ class BalanceMixin:
             line = counters.interval_line()
             if line is not None:
                 logger.info("%s", line)
+        self._post_after_schedule()
         return out
+
+    def _post_after_schedule(self) -> None:
+        """Busy rank, overlap on: post the vector now (once per loop iteration)."""
+        exchange = self._overlap_exchange
+        if exchange is not None and self._inflight is None:
+            own = self.load_vector()
+            self._inflight = (exchange, own, exchange.start(own))
 
     def _track_admissions(self, out: SchedulerOutput) -> None:
         requests = self.requests
