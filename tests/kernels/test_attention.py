@@ -271,6 +271,29 @@ def _bad_cases():
         ("max_seqlen_q too small", lambda a: a.update(max_seqlen_q=1), ValueError, "max_seqlen_q"),
         ("causal not bool", lambda a: a.update(causal=1), TypeError, "causal"),
         ("num_kv_splits zero", lambda a: a.update(num_kv_splits=0), ValueError, "num_kv_splits"),
+        # contract gaps closed by issue 12: one error type per kind of mistake
+        ("out dtype", lambda a: a.update(out=a["out"].half()), TypeError, "out must have q's dtype"),
+        ("softmax_scale inf", lambda a: a.update(softmax_scale=float("inf")), ValueError, "softmax_scale"),
+        ("softmax_scale str", lambda a: a.update(softmax_scale="0.1"), TypeError, "softmax_scale"),
+        ("softcap None", lambda a: a.update(softcap=None), TypeError, "softcap"),
+        ("softcap nan", lambda a: a.update(softcap=float("nan")), ValueError, "softcap"),
+        ("window float", lambda a: a.update(window_size=(1.5, 0)), TypeError, "window_size"),
+        ("window below -1", lambda a: a.update(window_size=(-2, 0)), ValueError, "window_size"),
+        ("window int", lambda a: a.update(window_size=5), TypeError, "window_size"),
+        (
+            "strided seqused_k",
+            lambda a: a.update(seqused_k=torch.stack([a["seqused_k"]] * 2, 1)[:, 0]),
+            ValueError,
+            "seqused_k must be contiguous",
+        ),
+        (
+            "block size 8",
+            lambda a: a.update(k_cache=torch.zeros(8, 8, 2, 64), v_cache=torch.zeros(8, 8, 2, 64)),
+            ValueError,
+            "multiple of 16",
+        ),
+        ("num_kv_splits 65", lambda a: a.update(num_kv_splits=65), ValueError, "num_kv_splits"),
+        ("max_seqlen_k 2^24", lambda a: a.update(max_seqlen_k=2**24), ValueError, "max_seqlen_k"),
     ]
 
 
@@ -332,6 +355,7 @@ def test_reshape_and_cache_empty_and_all_skipped():
         (lambda a: a.update(value=torch.randn(2, 1, 64)), ValueError, "rows"),
         (lambda a: a.update(value_cache=torch.zeros(2, 16, 1, 32)), ValueError, "value_cache shape"),
         (lambda a: a.update(key_cache=torch.zeros(2, 16, 64)), ValueError, "key_cache"),
+        (lambda a: a.update(slot_mapping=torch.tensor([0, 1, 2, 3])[::2][:3]), ValueError, "slot_mapping"),
     ],
     ids=[
         "slot_too_big",
@@ -341,6 +365,7 @@ def test_reshape_and_cache_empty_and_all_skipped():
         "too_few_rows",
         "cache_shape",
         "cache_rank",
+        "strided_slots",
     ],
 )
 def test_reshape_and_cache_bad_input(mutate, exc, match):
@@ -351,6 +376,50 @@ def test_reshape_and_cache_bad_input(mutate, exc, match):
     mutate(args)
     with pytest.raises(exc, match=match):
         reshape_and_cache(**args)
+
+
+def test_head_size_limit_is_one_for_the_family():
+    """reshape_and_cache and unified_attention refuse the same head sizes (kernels/limits.py)."""
+    from vllm_ascend_triton.kernels.limits import ATTENTION_MAX_HEAD_SIZE
+
+    d = ATTENTION_MAX_HEAD_SIZE + 8
+    kv = torch.zeros(2, 16, 1, d)
+    with pytest.raises(ValueError, match=f"head_size must be in \\[1, {ATTENTION_MAX_HEAD_SIZE}\\]"):
+        reshape_and_cache(torch.zeros(1, 1, d), torch.zeros(1, 1, d), kv, kv.clone(), torch.tensor([0]))
+    args = _good_args()
+    args.update(q=torch.zeros(3, 4, d), out=torch.zeros(3, 4, d), k_cache=torch.zeros(4, 16, 2, d),
+                v_cache=torch.zeros(4, 16, 2, d))  # fmt: skip
+    with pytest.raises(ValueError, match=f"head_size must be in \\[1, {ATTENTION_MAX_HEAD_SIZE}\\]"):
+        unified_attention(**args)
+
+
+def test_launched_specs_equal_the_variants_that_vat_compile_lowers():
+    """For variants covering all three kernels, the specs built in `vat compile`'s dry run equal
+    what the executed host API launches (bf16 runs as fp32 through the interpreter's shim, so only
+    the pointer dtypes differ there)."""
+    from vllm_ascend_triton.kernels._variants import collect_specs
+    from vllm_ascend_triton.kernels.attention.variants import VARIANTS
+    from vllm_ascend_triton.runtime.launch import record_launches
+
+    labels = {"qwen3_gqa8_decode_split_sinks_fp16", "h64_gqa4_b16_fp32", "cache_h256_fp32_to_fp16",
+              "cache_glm45_bf16"}  # fmt: skip
+    chosen = [v for v in VARIANTS if v.label in labels]
+    assert len(chosen) == len(labels)
+    dry = collect_specs(chosen)
+    executed = []
+    for variant in chosen:
+        with record_launches() as specs:
+            variant.call()
+        executed.extend(specs)
+    assert [vs.spec.name for vs in dry] == [s.name for s in executed]
+    assert "unified_attention_split_reduce" in [s.name for s in executed]
+    for vs, spec in zip(dry, executed, strict=True):
+        d = vs.spec
+        assert (d.grid, dict(d.constexprs), dict(d.config), dict(d.options), d.uses_cube) == (
+            spec.grid, dict(spec.constexprs), dict(spec.config), dict(spec.options), spec.uses_cube
+        ), vs.label  # fmt: skip
+        dry_sig = {k: v.replace("bf16", "fp32") for k, v in d.signature().items()}
+        assert dry_sig == spec.signature(), vs.label
 
 
 def test_self_check_passes():
