@@ -454,8 +454,11 @@ def test_align_kernels_stay_inside_their_buffers():
     experts_full, expert_ids = _guarded(num_blocks, torch.int32, -77)
     post_full, post_pad = _guarded(1, torch.int32, -77)
     emap = torch.arange(e, dtype=torch.int32)
-    mrk._align_count_kernel[(1,)](ids, counts, numel, e, 1, BLOCK_N=64, BLOCK_E=16)
-    mrk._align_blocks_kernel[(2,)](
+    # The shared sort: one run (one program) counts, the layout fills, the run scatters.
+    mrk._sort_count_kernel[(1,)](
+        ids, ids, counts, numel, e, e, 1, HAS_MAP=False, BLOCK_N=64, BLOCK_B=16, BLOCK_I=1
+    )
+    mrk._align_layout_kernel[(2,)](
         counts,
         emap,
         sorted_ids,
@@ -472,8 +475,23 @@ def test_align_kernels_stay_inside_their_buffers():
         BLOCK_B=64,
         BLOCK_S=64,
     )
-    mrk._align_scatter_kernel[(1,)](
-        ids, counts, sorted_ids, 1, numel, e, block_size, 1, BLOCK_N=64, BLOCK_E=16
+    mrk._sort_scatter_kernel[(1,)](
+        ids,
+        ids,
+        counts,
+        sorted_ids,
+        sorted_ids,
+        1,
+        numel,
+        e,
+        e,
+        block_size,
+        1,
+        HAS_MAP=False,
+        WRITE_INV=False,
+        BLOCK_N=64,
+        BLOCK_B=16,
+        BLOCK_I=1,
     )
     for full, n in ((counts_full, e), (sorted_full, size), (experts_full, num_blocks), (post_full, 1)):
         assert (full[n:] == -77).all()
@@ -565,9 +583,9 @@ def test_every_routing_kernel_lowers_for_910b3(lowered_910b3):
     for kernel in (
         "fused_topk",
         "grouped_topk",
-        "moe_align_count",
-        "moe_align_blocks",
-        "moe_align_scatter",
+        "moe_sort_count",  # the MoE counting sort shared with moe_permute (issue 12)
+        "moe_align_layout",
+        "moe_sort_scatter",
     ):
         assert any(label.startswith(kernel) for label in labels), kernel
     ub = get_sku("Ascend910B3").ub_bytes
@@ -577,7 +595,7 @@ def test_every_routing_kernel_lowers_for_910b3(lowered_910b3):
         assert report.mix_mode == "aiv", req.label  # vector cores only
         assert report.fits_ub(ub), (req.label, report.ub_bytes)
         # Only the align scatter (a permutation) writes through computed addresses.
-        if req.label.startswith("moe_align_scatter"):
+        if req.label.startswith("moe_sort_scatter"):
             assert 0 < report.discrete_accesses <= 3, (req.label, report.discrete_accesses)
         else:
             assert report.discrete_accesses == 0, (req.label, report.discrete_accesses)

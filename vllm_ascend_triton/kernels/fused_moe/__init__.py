@@ -3,8 +3,8 @@
 Semantics
 ---------
 Slots are the (token t, top-k slot j) pairs, flattened as s = t * k + j (N = M * k of them).
-`expert_map` (optional, int32 [E] global -> local expert id, -1 = not on this rank) turns global
-ids into local ids; without it local id == global id and L = E.
+`expert_map` (optional, int32/int64 [E] global -> local expert id, -1 = not on this rank) turns
+global ids into local ids; without it local id == global id and L = E.
 
 - `moe_permute(hidden_states [M, H], topk_ids [M, k], num_experts, expert_map=None,
   num_local_experts=None)` -> `MoePermuteResult` (L = num_local_experts, default
@@ -16,7 +16,7 @@ ids into local ids; without it local id == global id and L = E.
     * expert_first_token_offset int32 [L + 1]: exclusive prefix sum of tokens_per_expert
       (vLLM keeps int64 here; int32 because int64 vector arithmetic is scalar on Ascend).
     * inv_permuted_idx int32 [M, k]: the permuted row of slot (t, j), or -1 when that slot's
-      expert is not local.
+      expert is not local (or its route is dropped, see below).
     * permuted_idx int32 [M*k]: the source slot s of each permuted row (token = s // k), -1 for
       the unused rows.
   M = 0 gives empty tensors and all-zero counts.
@@ -31,18 +31,39 @@ ids into local ids; without it local id == global id and L = E.
   weighted sum over the k experts (non-local experts skipped). Output dtype = hidden dtype.
   NaN/inf in the inputs propagate to the affected tokens' outputs only.
 
+Limits (`kernels.limits`, shared with moe_routing): E and L at most `MOE_MAX_EXPERTS` = 1024,
+k at most `MOE_MAX_TOPK` = 32, M * k at most `MOE_MAX_SLOTS` = 2^24; one expert's w13 below 2^31
+elements. Past a limit: `ValueError`. Wrong dtypes: `TypeError`; wrong shapes/values: `ValueError`.
+
+Out-of-range data (the contract of every MoE kernel, shared with moe_routing)
+-----------------------------------------------------------------------------
+With input checks on (`VAT_CHECK_INPUTS=1`; default on the interpreter, off on an NPU where they
+cost a device sync) the host raises `ValueError` for ids outside `[0, E)`, `expert_map` entries
+outside `[-1, L)` (including values that do not fit int32: never a silent wrap) and
+`inv_permuted_idx` entries outside `[-1, R)`. With checks off nothing is read or written outside
+the tensors, and:
+- a slot whose id is outside `[0, E)` (the documented -1 included), or whose `expert_map` entry is
+  outside `[0, L)` (-1 = not local; int64 ids and entries are compared before any narrowing), is
+  dropped: `inv_permuted_idx` -1, no permuted row, no count, no contribution to `fused_experts`
+  (its weight is never read into a sum, even when NaN);
+- a `moe_unpermute` index outside `[0, R)` is skipped like -1 (row not read, weight unused);
+- NaN/inf: `moe_permute` copies rows bit for bit; `moe_unpermute` and `fused_experts` propagate
+  them only to the tokens that use the affected row, weight or expert (a NaN weight of a kept
+  slot makes its token NaN; an expert no kept slot routes to never touches any output).
+
 Ascend design
 -------------
-- Permutation (vector cores, persistent grids, int32 index math). A counting sort over chunks of
-  BLOCK_S slots: `_count_kernel` builds a [BLOCK_S, BLOCK_E] one-hot tile of each chunk's local
-  expert ids and stores the per-chunk expert histogram (one contiguous row per chunk);
-  `_scan_kernel` (one program) turns the histograms into per-chunk bases and the expert offsets
-  with tile-wise cumsums; `_position_kernel` recomputes the one-hot, adds a cumsum along the
-  chunk axis (stable rank inside the chunk) and the chunk's bases to get each slot's row, and
-  writes the inverse map. The only gathers are the expert_map lookup and the scatter of
-  `permuted_idx` (4 bytes per slot). BLOCK_S * BLOCK_E is capped at 4096 elements (8 x 512 for
-  512 experts): the one-hot, its cumsum and their product are 16 KB fp32 tiles each, well inside
-  the 192 KB UB even double-buffered.
+- Permutation: the MoE counting sort shared with `moe_align_block_size`
+  (`moe_routing/_sort.py`): `moe_sort_count` (one histogram row per program over its run of
+  route tiles: int32 `[programs <= vector cores, L]` scratch, O(cores x experts)),
+  `moe_permute_layout` (tokens_per_expert, the offsets, the -1 fill of permuted_idx), and
+  `moe_sort_scatter` (every program redoes the scan over <= 40 count rows in parallel, then each
+  slot's row = expert offset + earlier runs + earlier tiles + rank in the tile; writes
+  inv_permuted_idx contiguously and permuted_idx by the scatter, the sort's only discrete
+  access). The expert_map is applied without a gather: the program loads the map once as a
+  vector and a slot's local id is a one-hot reduction over the id lanes, so an id past the map
+  cannot be read from outside it. At 8K tokens x top-8 x 512 experts the scratch is 81,920
+  bytes on a 40-core 910B3 (the old per-chunk design needed two 16 MiB buffers).
 - Row moves (`_gather_rows_kernel`, `_unpermute_kernel`): one scalar index per row, then the row
   as contiguous BLOCK_H tiles: no discrete (scalarized) accesses.
 - Expert GEMMs (`_grouped_gemm_kernel`, cube cores, `tl.dot` with fp32 accumulation): work items
@@ -58,11 +79,11 @@ Ascend design
   adapter IR of the defaults shows ~26-29 KB of UB buffers (A/B staging, expert offsets) and
   mix_mode "mix" (cube + vector); the fp32 accumulators (2 x 16 KB / 32 KB) stay well inside the
   192 KB UB for the SiLU-and-mul and store epilogue.
-- Counts, ranks and tile prefix sums are reduced in fp32 (exact below 2^24 slots, checked on the
-  host) and cast to int32: fp32 reductions are native vector ops, and Triton's interpreter
-  widens int32 sums/cumsums to int64 data that its stores then write with 8-byte strides.
-- Index math is int32; each host wrapper checks that the largest activation offset fits in
-  int32; expert weight bases are scalar int64 (all experts' weights may exceed 2^31 elements).
+- Counts and expert tile prefix sums are reduced in fp32 (exact below 2^24 slots, checked on the
+  host) and cast to int32: fp32 reductions are native vector ops.
+- Index math: every row base (token rows, permuted rows, GEMM row tiles, expert weight bases) is
+  a scalar int64 product, so M * k * H past 2^31 elements cannot overflow; offsets inside a tile
+  or one expert's weights stay int32 vectors (int64 vector arithmetic is scalar on Ascend).
 - bf16 on the interpreter goes through `bf16_shim` (computed in fp32, cast back).
 """
 
@@ -74,11 +95,8 @@ import torch
 import triton
 
 from vllm_ascend_triton.kernels.fused_moe._kernels import (
-    _count_kernel,
     _gather_rows_kernel,
     _grouped_gemm_kernel,
-    _position_kernel,
-    _scan_kernel,
     _unpermute_kernel,
 )
 from vllm_ascend_triton.kernels.fused_moe.reference import (
@@ -88,6 +106,9 @@ from vllm_ascend_triton.kernels.fused_moe.reference import (
     moe_unpermute_ref,
 )
 from vllm_ascend_triton.kernels.limits import MOE_MAX_EXPERTS, MOE_MAX_SLOTS, MOE_MAX_TOPK
+from vllm_ascend_triton.kernels.moe_routing import check_expert_map_values
+from vllm_ascend_triton.kernels.moe_routing._kernels import _permute_layout_kernel
+from vllm_ascend_triton.kernels.moe_routing._sort import bin_lanes, plan_sort, sort_count, sort_scatter
 from vllm_ascend_triton.runtime.checks import FLOAT_DTYPES, INDEX_DTYPES, check_positive_int, check_tensor
 from vllm_ascend_triton.runtime.configs import lookup_config
 from vllm_ascend_triton.runtime.device import current_device
@@ -108,8 +129,8 @@ __all__ = [
 
 ACTIVATIONS = ("silu",)
 _INT32_MAX = 2**31 - 1
-# Live fp32 [BLOCK_S, BLOCK_E] one-hot tiles of the sort (one-hot, its cumsum, their product).
-_SORT_LIVE_TILES = 4
+# int32 lanes per store of the permuted_idx fill.
+_LAYOUT_FILL = 1024
 # Row moves: a row is moved in DMA-sized tiles of at most this many elements.
 _MAX_ROW_TILE = 1024
 
@@ -119,12 +140,6 @@ DEFAULT_GEMM2_CONFIG = {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64}
 
 def _block_e(num_local: int) -> int:
     return max(16, triton.next_power_of_2(max(num_local, 1)))
-
-
-def _sort_blocks(num_local: int) -> tuple[int, int]:
-    """(BLOCK_S, BLOCK_E): the one-hot tiles sized from the UB budget."""
-    block_e = _block_e(num_local)
-    return max(8, min(256, tile_elements(_SORT_LIVE_TILES, 4) // block_e)), block_e
 
 
 def _check_routing(
@@ -191,10 +206,12 @@ def _num_local(num_experts: int, expert_map: torch.Tensor | None, num_local_expe
         num_local_experts = int(expert_map.max()) + 1
         if num_local_experts < 1:
             raise ValueError("expert_map maps no expert to this rank (all entries are -1)")
-    if checks_enabled():
-        lo, hi = int(expert_map.min()), int(expert_map.max())
-        if lo < -1 or hi >= num_local_experts:
-            raise ValueError(f"expert_map values must be -1 or in [0, {num_local_experts}), got [{lo}, {hi}]")
+        if num_local_experts > num_experts:
+            raise ValueError(
+                f"expert_map values must be -1 or local ids below num_experts={num_experts}, "
+                f"got a maximum of {num_local_experts - 1}"
+            )
+    check_expert_map_values(expert_map, num_local_experts)
     return num_local_experts
 
 
@@ -204,11 +221,12 @@ def _check_int32_extent(name: str, rows: int, cols: int) -> None:
 
 
 def _route(
-    topk_ids: torch.Tensor, expert_map: torch.Tensor | None, num_local: int, num_tokens: int
+    topk_ids: torch.Tensor, expert_map: torch.Tensor | None, num_experts: int, num_local: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The counting sort: (tokens_per_expert, offsets, inv_permuted_idx, permuted_idx)."""
+    """The shared MoE counting sort with local experts as bins:
+    (tokens_per_expert, offsets, inv_permuted_idx, permuted_idx)."""
     device = topk_ids.device
-    topk = topk_ids.shape[1]
+    num_tokens, topk = topk_ids.shape
     num_slots = num_tokens * topk
     tokens_per_expert = torch.zeros(num_local, dtype=torch.int32, device=device)
     offsets = torch.zeros(num_local + 1, dtype=torch.int32, device=device)
@@ -216,56 +234,30 @@ def _route(
     permuted_idx = torch.full((num_slots,), -1, dtype=torch.int32, device=device)
     if num_slots == 0:
         return tokens_per_expert, offsets, inv_idx, permuted_idx
-    ids = topk_ids.to(torch.int32).contiguous()
-    emap = expert_map.to(torch.int32).contiguous() if expert_map is not None else ids
-    block_s, block_e = _sort_blocks(num_local)
-    num_chunks = triton.cdiv(num_slots, block_s)
-    chunk_counts = torch.empty(num_chunks, num_local, dtype=torch.int32, device=device)
-    chunk_base = torch.empty_like(chunk_counts)
-    grid = persistent_grid(num_chunks)
-    has_map = expert_map is not None
-    sort_config = {"BLOCK_S": block_s}
+    # Ids and map in their own dtypes: the kernels range-check before narrowing, nothing wraps.
+    ids = topk_ids.contiguous().view(-1)
+    emap = expert_map.contiguous() if expert_map is not None else None
+    dev = current_device()
+    plan = plan_sort(num_slots, num_experts, num_local, has_map=emap is not None, device=dev)
+    logger.debug(
+        "moe sort: %d slots, E=%d, L=%d, %d runs, scratch %d bytes", num_slots, num_experts, num_local,
+        plan.runs, plan.scratch_bytes,
+    )  # fmt: skip
+    counts = sort_count(plan, ids, emap)
+    layout_cfg = {"BLOCK_S": _LAYOUT_FILL}
     LaunchSpec(
-        name="moe_count",
-        kernel=_count_kernel,
-        grid=grid,
+        name="moe_permute_layout",
+        kernel=_permute_layout_kernel,
+        grid=persistent_grid(triton.cdiv(num_slots, _LAYOUT_FILL), device=dev),
         args=dict(
-            ids_ptr=ids,
-            map_ptr=emap,
-            chunk_counts_ptr=chunk_counts,
-            num_slots=num_slots,
-            num_local=num_local,
-            num_chunks=num_chunks,
+            counts_ptr=counts, permuted_idx_ptr=permuted_idx, tokens_per_expert_ptr=tokens_per_expert,
+            offsets_ptr=offsets, num_runs=plan.runs, num_local=num_local, numel=num_slots,
         ),
-        constexprs=dict(HAS_MAP=has_map, BLOCK_S=block_s, BLOCK_E=block_e),
-        config=sort_config,
-    ).launch()
-    LaunchSpec(
-        name="moe_scan",
-        kernel=_scan_kernel,
-        grid=(1,),
-        args=dict(
-            chunk_counts_ptr=chunk_counts,
-            chunk_base_ptr=chunk_base,
-            tokens_per_expert_ptr=tokens_per_expert,
-            offsets_ptr=offsets,
-            num_local=num_local,
-            num_chunks=num_chunks,
-        ),
-        constexprs=dict(BLOCK_C=max(1, tile_elements(_SORT_LIVE_TILES, 4) // block_e), BLOCK_E=block_e),
-        config=sort_config,
-    ).launch()
-    LaunchSpec(
-        name="moe_position",
-        kernel=_position_kernel,
-        grid=grid,
-        args=dict(
-            ids_ptr=ids, map_ptr=emap, chunk_base_ptr=chunk_base, offsets_ptr=offsets, inv_idx_ptr=inv_idx,
-            permuted_idx_ptr=permuted_idx, num_slots=num_slots, num_local=num_local, num_chunks=num_chunks,
-        ),
-        constexprs=dict(HAS_MAP=has_map, BLOCK_S=block_s, BLOCK_E=block_e),
-        config=sort_config,
+        constexprs=dict(BLOCK_E=bin_lanes(num_local), BLOCK_S=_LAYOUT_FILL),
+        config=layout_cfg,
     ).launch()  # fmt: skip
+    # After the -1 fill (same stream): kept slots overwrite it; inv gets every slot's row or -1.
+    sort_scatter(plan, ids, emap, counts, permuted_idx, inv_idx, 1)
     return tokens_per_expert, offsets, inv_idx, permuted_idx
 
 
@@ -296,8 +288,7 @@ def moe_permute(
     num_local = _num_local(num_experts, expert_map, num_local_experts)
     num_tokens, hidden = hidden_states.shape
     topk = topk_ids.shape[1]
-    _check_int32_extent("permuted_hidden_states", num_tokens * topk, hidden)
-    tokens_per_expert, offsets, inv_idx, permuted_idx = _route(topk_ids, expert_map, num_local, num_tokens)
+    tokens_per_expert, offsets, inv_idx, permuted_idx = _route(topk_ids, expert_map, num_experts, num_local)
     permuted = torch.empty(num_tokens * topk, hidden, dtype=hidden_states.dtype, device=hidden_states.device)
     if permuted.numel():
         with bf16_shim() as shim:
@@ -347,7 +338,6 @@ def moe_unpermute(
             raise ValueError(f"{name} must be on {permuted_out.device}, got {t.device}")
     num_tokens, topk = topk_weights.shape
     hidden = permuted_out.shape[1]
-    _check_int32_extent("permuted_out", permuted_out.shape[0], hidden)
     if out is None:
         out = torch.empty(num_tokens, hidden, dtype=permuted_out.dtype, device=permuted_out.device)
     else:
@@ -384,7 +374,7 @@ def _launch_unpermute(
         grid=persistent_grid(num_tokens),
         args=dict(
             y_ptr=y, weights_ptr=weights, inv_idx_ptr=inv_idx, out_ptr=out, num_tokens=num_tokens,
-            hidden=hidden, topk=weights.shape[1],
+            num_rows=y.shape[0], hidden=hidden, topk=weights.shape[1],
         ),
         constexprs=dict(BLOCK_H=cfg["BLOCK_H"]),
         config=cfg,
@@ -511,13 +501,13 @@ def fused_experts(
         _num_local(global_num_experts, expert_map, num_local)  # values fit w13's expert count
     num_tokens, topk = topk_ids.shape
     num_slots = num_tokens * topk
-    _check_int32_extent("permuted rows", num_slots, max(hidden, inter))
+    # Activation rows use int64 bases; inside one expert's weights offsets stay int32.
     _check_int32_extent("w13 per expert", two_i, hidden)
 
     out = torch.empty(num_tokens, hidden, dtype=hidden_states.dtype, device=hidden_states.device)
     if num_tokens == 0:
         return out
-    _, offsets, inv_idx, permuted_idx = _route(topk_ids, expert_map, num_local, num_tokens)
+    _, offsets, inv_idx, permuted_idx = _route(topk_ids, expert_map, global_num_experts, num_local)
     with bf16_shim() as shim:
         x = shim.input(hidden_states.contiguous())
         w13_c = shim.input(w13.contiguous())

@@ -7,109 +7,6 @@ from vllm_ascend_triton.runtime import launch as _launch  # noqa: F401  (applies
 
 
 @triton.jit
-def _local_ids(ids_ptr, map_ptr, slots, smask, HAS_MAP: tl.constexpr):
-    """Local expert id of each slot (-1 for masked slots and non-local experts)."""
-    ids = tl.load(ids_ptr + slots, mask=smask, other=0)
-    if HAS_MAP:
-        # expert_map is tiny and read once per slot: the only gather of the sort.
-        local = tl.load(map_ptr + ids, mask=smask, other=-1)
-    else:
-        local = ids
-    return tl.where(smask, local, -1)
-
-
-@triton.jit
-def _count_kernel(
-    ids_ptr,
-    map_ptr,
-    chunk_counts_ptr,
-    num_slots,
-    num_local,
-    num_chunks,
-    HAS_MAP: tl.constexpr,
-    BLOCK_S: tl.constexpr,
-    BLOCK_E: tl.constexpr,
-):
-    """chunk_counts[c, e] = number of slots of chunk c whose local expert is e."""
-    pid = tl.program_id(0)
-    s_offs = tl.arange(0, BLOCK_S)
-    e_offs = tl.arange(0, BLOCK_E)
-    for c in range(pid, num_chunks, tl.num_programs(0)):
-        slots = c * BLOCK_S + s_offs
-        local = _local_ids(ids_ptr, map_ptr, slots, slots < num_slots, HAS_MAP)
-        one_hot = (local[:, None] == e_offs[None, :]).to(tl.float32)
-        counts = tl.sum(one_hot, axis=0).to(tl.int32)
-        tl.store(chunk_counts_ptr + c * num_local + e_offs, counts, mask=e_offs < num_local)
-
-
-@triton.jit
-def _scan_kernel(
-    chunk_counts_ptr,
-    chunk_base_ptr,
-    tokens_per_expert_ptr,
-    offsets_ptr,
-    num_local,
-    num_chunks,
-    BLOCK_C: tl.constexpr,
-    BLOCK_E: tl.constexpr,
-):
-    """One program: chunk_base[c, e] = rows of expert e in chunks before c; the expert counts and
-    offsets[1:] (offsets[0] is zero-initialised by the host)."""
-    c_offs = tl.arange(0, BLOCK_C)
-    e_offs = tl.arange(0, BLOCK_E)
-    emask = e_offs < num_local
-    carry = tl.zeros([BLOCK_E], dtype=tl.float32)
-    for c0 in range(0, num_chunks, BLOCK_C):
-        rows = c0 + c_offs
-        mask = (rows < num_chunks)[:, None] & emask[None, :]
-        ptrs = rows[:, None] * num_local + e_offs[None, :]
-        tile = tl.load(chunk_counts_ptr + ptrs, mask=mask, other=0).to(tl.float32)
-        inclusive = tl.cumsum(tile, axis=0)
-        tl.store(chunk_base_ptr + ptrs, (carry[None, :] + inclusive - tile).to(tl.int32), mask=mask)
-        carry += tl.sum(tile, axis=0)
-    tl.store(tokens_per_expert_ptr + e_offs, carry.to(tl.int32), mask=emask)
-    tl.store(offsets_ptr + 1 + e_offs, tl.cumsum(carry, axis=0).to(tl.int32), mask=emask)
-
-
-@triton.jit
-def _position_kernel(
-    ids_ptr,
-    map_ptr,
-    chunk_base_ptr,
-    offsets_ptr,
-    inv_idx_ptr,
-    permuted_idx_ptr,
-    num_slots,
-    num_local,
-    num_chunks,
-    HAS_MAP: tl.constexpr,
-    BLOCK_S: tl.constexpr,
-    BLOCK_E: tl.constexpr,
-):
-    """Each slot's permuted row: expert offset + chunk base + stable rank inside the chunk."""
-    pid = tl.program_id(0)
-    s_offs = tl.arange(0, BLOCK_S)
-    e_offs = tl.arange(0, BLOCK_E)
-    emask = e_offs < num_local
-    expert_start = tl.load(offsets_ptr + e_offs, mask=emask, other=0).to(tl.float32)
-    for c in range(pid, num_chunks, tl.num_programs(0)):
-        slots = c * BLOCK_S + s_offs
-        smask = slots < num_slots
-        local = _local_ids(ids_ptr, map_ptr, slots, smask, HAS_MAP)
-        one_hot = (local[:, None] == e_offs[None, :]).to(tl.float32)
-        base = expert_start + tl.load(chunk_base_ptr + c * num_local + e_offs, mask=emask, other=0).to(
-            tl.float32
-        )
-        # inclusive cumsum down the chunk: 1-based rank of the slot among its expert's slots
-        rank = tl.cumsum(one_hot, axis=0)
-        pos = tl.sum(one_hot * (base[None, :] + rank - 1.0), axis=1).to(tl.int32)
-        is_local = local >= 0
-        pos = tl.where(is_local, pos, -1)
-        tl.store(inv_idx_ptr + slots, pos, mask=smask)
-        tl.store(permuted_idx_ptr + pos, slots, mask=smask & is_local)
-
-
-@triton.jit
 def _gather_rows_kernel(
     src_ptr,
     permuted_idx_ptr,
@@ -127,8 +24,9 @@ def _gather_rows_kernel(
         slot = tl.load(permuted_idx_ptr + p)
         valid = slot >= 0
         token = tl.maximum(slot, 0) // topk
-        src_row = src_ptr + token * hidden
-        dst_row = dst_ptr + p * hidden
+        # Row bases are scalar int64 products: rows x hidden may pass 2^31 elements.
+        src_row = src_ptr + token.to(tl.int64) * hidden
+        dst_row = dst_ptr + tl.cast(p, tl.int64) * hidden
         for h0 in range(0, hidden, BLOCK_H):
             h = h0 + h_offs
             hmask = h < hidden
@@ -143,24 +41,29 @@ def _unpermute_kernel(
     inv_idx_ptr,
     out_ptr,
     num_tokens,
+    num_rows,
     hidden,
     topk,
     BLOCK_H: tl.constexpr,
 ):
-    """out[t] = sum_j w[t, j] * y[inv[t, j]] (inv == -1 skipped), fp32 accumulation."""
+    """out[t] = sum_j w[t, j] * y[inv[t, j]], fp32 accumulation; entries outside [0, num_rows)
+    (-1 and any out-of-range value) are skipped: their row is not read, their weight not used."""
     pid = tl.program_id(0)
     h_offs = tl.arange(0, BLOCK_H)
     for t in range(pid, num_tokens, tl.num_programs(0)):
-        out_row = out_ptr + t * hidden
+        out_row = out_ptr + tl.cast(t, tl.int64) * hidden
         for h0 in range(0, hidden, BLOCK_H):
             h = h0 + h_offs
             hmask = h < hidden
             acc = tl.zeros([BLOCK_H], dtype=tl.float32)
             for j in range(0, topk):
                 pos = tl.load(inv_idx_ptr + t * topk + j)
+                used = (pos >= 0) & (pos < num_rows)
                 w = tl.load(weights_ptr + t * topk + j).to(tl.float32)
-                row = tl.load(y_ptr + tl.maximum(pos, 0) * hidden + h, mask=hmask & (pos >= 0), other=0.0)
-                acc += tl.where(pos >= 0, w, 0.0) * row.to(tl.float32)
+                y_row = y_ptr + tl.where(used, pos, 0).to(tl.int64) * hidden
+                row = tl.load(y_row + h, mask=hmask & used, other=0.0)
+                # A skipped entry adds exactly 0, even with a NaN/inf weight.
+                acc += tl.where(used, w * row.to(tl.float32), 0.0)
             tl.store(out_row + h, acc.to(out_ptr.dtype.element_ty), mask=hmask)
 
 
@@ -205,8 +108,10 @@ def _grouped_gemm_kernel(
             first_tile = tl.sum(tl.where(e_offs == expert, tiles_end - tiles, 0.0), axis=0).to(tl.int32)
             row_start = tl.load(offsets_ptr + expert) + (m_tile - first_tile) * BLOCK_M
             row_end = tl.load(offsets_ptr + expert + 1)
-            rows = row_start + m_offs
-            rmask = rows < row_end
+            rmask = row_start + m_offs < row_end
+            # Scalar int64 tile bases (rows x width may pass 2^31); int32 offsets inside the tile.
+            a_tile = a_ptr + row_start.to(tl.int64) * k_dim
+            c_tile = c_ptr + row_start.to(tl.int64) * n_out
             cols = n_tile * BLOCK_N + n_offs
             cmask = cols < n_out
             b_expert = b_ptr + expert.to(tl.int64) * b_rows * k_dim
@@ -216,7 +121,7 @@ def _grouped_gemm_kernel(
                 ks = k0 + k_offs
                 kmask = ks < k_dim
                 a = tl.load(
-                    a_ptr + rows[:, None] * k_dim + ks[None, :],
+                    a_tile + m_offs[:, None] * k_dim + ks[None, :],
                     mask=rmask[:, None] & kmask[None, :],
                     other=0.0,
                 )
@@ -233,7 +138,7 @@ def _grouped_gemm_kernel(
             if GATED:
                 acc = acc / (1.0 + tl.exp(-acc)) * acc_up
             tl.store(
-                c_ptr + rows[:, None] * n_out + cols[None, :],
+                c_tile + m_offs[:, None] * n_out + cols[None, :],
                 acc.to(c_ptr.dtype.element_ty),
                 mask=rmask[:, None] & cmask[None, :],
             )

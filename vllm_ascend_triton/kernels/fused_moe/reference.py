@@ -17,9 +17,17 @@ class MoePermuteResult(NamedTuple):
     permuted_idx: torch.Tensor  # int32 [M*k], source slot t*k+j, -1 = unused row
 
 
-def _local_ids_ref(topk_ids: torch.Tensor, expert_map: torch.Tensor | None) -> torch.Tensor:
-    ids = topk_ids.long()
-    return expert_map.long()[ids] if expert_map is not None else ids
+def _local_ids_ref(
+    topk_ids: torch.Tensor, expert_map: torch.Tensor | None, num_experts: int, num_local: int
+) -> torch.Tensor:
+    """Local expert of every slot, -1 = dropped: ids outside [0, num_experts) and map entries
+    outside [0, num_local) (the kernels' contract with input checks off)."""
+    ids = topk_ids.long().cpu()
+    ids = torch.where((ids >= 0) & (ids < num_experts), ids, -1)
+    if expert_map is not None:
+        emap = expert_map.long().cpu()
+        ids = torch.where(ids >= 0, emap[ids.clamp(min=0)], -1)
+    return torch.where((ids >= 0) & (ids < num_local), ids, -1)
 
 
 def moe_permute_ref(
@@ -32,7 +40,7 @@ def moe_permute_ref(
     """Plain-torch moe_permute (stable sort of the flat slots by local expert id)."""
     num_tokens, topk = topk_ids.shape
     num_local = num_local_experts or (int(expert_map.max()) + 1 if expert_map is not None else num_experts)
-    local = _local_ids_ref(topk_ids, expert_map).flatten()
+    local = _local_ids_ref(topk_ids, expert_map, num_experts, num_local).flatten()
     key = torch.where(local >= 0, local, num_local)
     order = torch.sort(key, stable=True).indices
     n_valid = int((local >= 0).sum())
@@ -52,9 +60,10 @@ def moe_unpermute_ref(
     permuted_out: torch.Tensor, topk_weights: torch.Tensor, inv_permuted_idx: torch.Tensor
 ) -> torch.Tensor:
     inv = inv_permuted_idx.long()
-    rows = permuted_out.float()[inv.clamp(min=0)]  # [M, k, H]
-    w = torch.where(inv >= 0, topk_weights.float(), 0.0)
-    return (w[..., None] * rows).sum(1).to(permuted_out.dtype)
+    used = (inv >= 0) & (inv < permuted_out.shape[0])  # other entries are skipped
+    rows = permuted_out.float()[torch.where(used, inv, 0)]  # [M, k, H]
+    terms = torch.where(used[..., None], topk_weights.float()[..., None] * rows, 0.0)
+    return terms.sum(1).to(permuted_out.dtype)
 
 
 def fused_experts_ref(
@@ -64,12 +73,17 @@ def fused_experts_ref(
     topk_weights: torch.Tensor,
     topk_ids: torch.Tensor,
     expert_map: torch.Tensor | None = None,
+    global_num_experts: int | None = None,
 ) -> torch.Tensor:
-    """Loop over experts in fp32; the SiLU-and-mul output is rounded to the input dtype as vLLM does."""
+    """Loop over experts in fp32; the SiLU-and-mul output is rounded to the input dtype as vLLM does.
+    Dropped slots (out-of-range ids or map entries) contribute nothing."""
     dtype = hidden_states.dtype
     x = hidden_states.float()
     inter = w13.shape[1] // 2
-    local = _local_ids_ref(topk_ids, expert_map)
+    num_local = w13.shape[0]
+    if global_num_experts is None:
+        global_num_experts = expert_map.shape[0] if expert_map is not None else num_local
+    local = _local_ids_ref(topk_ids, expert_map, global_num_experts, num_local)
     out = torch.zeros_like(x)
     for e in range(w13.shape[0]):
         tok, slot = torch.nonzero(local == e, as_tuple=True)

@@ -33,17 +33,33 @@ Edge cases (defined here, tested)
 - M = 0 returns empty outputs without a launch (align: empty buffers, `num_tokens_post_pad` 0).
 - Bad arguments raise `ValueError` naming the argument: `topk > num_experts`, groups not dividing
   the experts, `topk_group > num_expert_group`, `topk > topk_group * group_size`, a bias with
-  one-expert groups (vLLM's top-2 group score needs two), unknown `scoring_func`, and wrong
-  dtypes (`RoutingArgumentError`, a ValueError that is also a TypeError, so the foundation's
-  TypeError-for-dtype convention holds too).
+  one-expert groups (vLLM's top-2 group score needs two), unknown `scoring_func`; wrong dtypes
+  raise `RoutingArgumentError`, a TypeError (the package's error type for dtypes) that is also
+  a ValueError (the routing API's historical contract). Limits (`kernels.limits`, the same for
+  every MoE kernel): at most `MOE_MAX_EXPERTS` = 1024 experts, `MOE_MAX_TOPK` = 32, and
+  `MOE_MAX_SLOTS` = 2^24 padded align slots; past a limit a `ValueError`.
+
+Out-of-range data (one contract for every MoE kernel, here and in `fused_moe`)
+------------------------------------------------------------------------------
+Data-dependent checks cost a device sync, so on an NPU they are off unless `VAT_CHECK_INPUTS=1`.
+With checks on, `moe_align_block_size` raises `ValueError` for `expert_map` entries outside
+`[-1, num_experts)` (saying so when they do not even fit int32). With checks off the kernels
+still never read or write outside their tensors, and the results are defined:
+- An expert id outside `[0, num_experts)` (the documented -1 included) drops the route: it gets
+  no slot in `sorted_token_ids` and counts toward no expert (vLLM's kernels skip them too). Ids
+  are compared in their own dtype before any narrowing, so an int64 id such as 2^32 + 1 never
+  wraps into range.
+- An `expert_map` entry outside `[-1, num_experts)` (int64 entries compared unwrapped) counts as
+  -1: its blocks are labelled -1, like a non-local expert.
+- Non-finite logits and biases: see above (routing is defined for every float value).
 
 Ascend design
 -------------
 - Top-k (one kernel serves both APIs; NUM_GROUPS = 1 is plain top-k): persistent grid of at most
   one program per vector core, each looping over tiles of BLOCK_M token rows x BLOCK_E
-  (= next power of two >= E) experts held in the Unified Buffer. The tile size keeps
-  BLOCK_M * BLOCK_E near 2048 fp32 elements so the handful of live tiles stays well inside half
-  of the 192 KB UB (double buffering), and never more rows than tokens (a decode batch of one
+  (= next power of two >= E) experts held in the Unified Buffer. BLOCK_M * BLOCK_E
+  comes from the SKU's Unified Buffer (`runtime.ub.tile_elements`, 8 live fp32 tiles, double
+  buffered: 2048 elements on a 192 KB UB), and never more rows than tokens (a decode batch of one
   token reduces one row, not a tile of padding); E up to 1024 fits in one row tile, so there is no
   cross-tile merge. Selection is an iterative loop of k steps: row max, then the lowest lane
   holding that max, found as the lane where an fp32 running count (`tl.cumsum`) of the max lanes
@@ -57,26 +73,23 @@ Ascend design
   score with one masked reduction per group (two with a bias: top-1, then top-2), then picks
   `topk_group` groups with the same max/first-lane loop, all in the [BLOCK_M, BLOCK_E] layout
   (no reshapes, so group sizes need not be powers of two).
-- Align: three launches, no atomics, deterministic. Programs of the count and scatter launches
-  own contiguous runs of route tiles (BLOCK_N routes each), so the scratch is one count row per
-  program ([<= vector cores, E] int32) and no long scan over tiles is needed.
-  1. count: per tile, a one-hot [BLOCK_N, BLOCK_E] compare summed over routes, accumulated over
-     the program's run; one contiguous row store per program;
-  2. blocks: each program adds up the <= 40 count rows, rounds every expert up to a block and
-     takes one `tl.cumsum` over <= 1024 experts for the padded offsets, writes `expert_ids` for
-     its blocks (expert of a block = number of experts ending at or before it; `expert_map`
-     applied by a one-hot reduction, not a gather) and fills `sorted_token_ids` with the
-     sentinel;
-  3. scatter: same runs as the count; a route's slot = its expert's offset + routes of earlier
-     runs + earlier tiles of this run + its rank in the tile (exclusive `tl.cumsum` of the
-     one-hot along routes). The only discrete access is this final scatter store (one scalar
-     loop in the adapter IR), inherent to a permutation.
-  Counts and offsets that are stored are reduced and scanned in fp32 lanes (exact below 2^24
-  slots, which the host checks) and converted to int32: fp32 is the vector unit's native width,
-  and Triton's interpreter widens int32 `tl.sum`/`tl.cumsum` results to int64 arrays, which its
-  stores then write 8 bytes per element (past the end of the output). The scatter's slots stay
-  int32 (they are only addresses; the adapter rejects a scatter addressed through an fp32 ->
-  int32 conversion). int64 `topk_ids` are narrowed to int32 on load.
+- Align and `moe_permute` share one counting sort (`_sort.py`; three launches, no atomics,
+  deterministic, stable by route index): `moe_sort_count` stores one histogram row per program
+  (programs own contiguous runs of BLOCK_N-route tiles, at most one program per vector core, so
+  the scratch is int32 `[programs, experts]`: 81,920 bytes at 512 experts on a 40-core 910B3,
+  whatever the number of routes); the API's layout launch (`moe_align_layout` here) and the
+  scatter each redo the scan themselves in every program (add up <= 40 rows, one `tl.cumsum`
+  over the experts), in parallel; `moe_sort_scatter` gives every route its slot = its expert's
+  padded offset + routes of earlier runs + earlier tiles of this run + its rank in the tile
+  (exclusive `tl.cumsum` of the one-hot). The only discrete access is that final scatter store
+  (one scalar loop in the adapter IR), inherent to a permutation. `moe_align_layout` writes
+  `num_tokens_post_pad`, every block's expert (number of experts ending at or before it;
+  `expert_map` applied by a one-hot reduction, not a gather) and the sentinel fill.
+  Counts that are stored are reduced and scanned in fp32 lanes (exact below 2^24 slots, which
+  the host checks) and converted to int32: fp32 is the vector unit's native width. The scatter's
+  slots stay int32 (the adapter rejects a scatter addressed through an fp32 -> int32
+  conversion). The top-k kernel's row and output bases are scalar int64 products, so token
+  counts x strides past 2^31 elements cannot overflow; offsets inside a tile are int32.
 """
 
 from __future__ import annotations
@@ -87,12 +100,8 @@ import torch
 import triton
 
 from vllm_ascend_triton.kernels.limits import MOE_MAX_EXPERTS, MOE_MAX_SLOTS, MOE_MAX_TOPK
-from vllm_ascend_triton.kernels.moe_routing._kernels import (
-    _align_blocks_kernel,
-    _align_count_kernel,
-    _align_scatter_kernel,
-    _topk_routing_kernel,
-)
+from vllm_ascend_triton.kernels.moe_routing._kernels import _align_layout_kernel, _topk_routing_kernel
+from vllm_ascend_triton.kernels.moe_routing._sort import bin_lanes, plan_sort, sort_count, sort_scatter
 from vllm_ascend_triton.kernels.moe_routing.reference import (
     grouped_topk_ref,
     max_num_tokens_padded,
@@ -107,7 +116,7 @@ from vllm_ascend_triton.runtime.checks import (
 )
 from vllm_ascend_triton.runtime.configs import lookup_config
 from vllm_ascend_triton.runtime.device import current_device
-from vllm_ascend_triton.runtime.launch import LaunchSpec, bf16_shim, persistent_grid
+from vllm_ascend_triton.runtime.launch import LaunchSpec, bf16_shim, checks_enabled, persistent_grid
 from vllm_ascend_triton.runtime.ub import tile_elements
 
 logger = logging.getLogger(__name__)
@@ -315,15 +324,22 @@ def grouped_topk(
     )
 
 
-def _align_config(numel: int, num_experts: int) -> dict:
-    block_e = triton.next_power_of_2(num_experts)
-    default = {
-        "BLOCK_N": max(16, min(256, tile_elements(_ALIGN_LIVE_TILES, 4) // block_e)),
-        "BLOCK_B": max(8, min(256, tile_elements(_ALIGN_LIVE_TILES, 4) // block_e)),
-        "BLOCK_S": 1024,
-    }
-    key = {"num_experts": num_experts, "numel": numel}
-    return lookup_config(current_device().sku.name, "moe_align_block_size", key, default)
+def _align_layout_config(num_experts: int) -> dict:
+    block_e = bin_lanes(num_experts)
+    # [BLOCK_B blocks, BLOCK_E experts] compare tiles; BLOCK_S int32 sentinel lanes per fill store.
+    default = {"BLOCK_B": max(8, min(256, tile_elements(_ALIGN_LIVE_TILES, 4) // block_e)), "BLOCK_S": 1024}
+    return lookup_config(current_device().sku.name, "moe_align_layout", {"num_experts": num_experts}, default)
+
+
+def check_expert_map_values(expert_map: torch.Tensor, bound: int) -> None:
+    """Data-dependent check (a device sync on an NPU, so only with checks on): every entry is -1 or
+    a local expert id in [0, bound). With checks off the kernels treat other entries as -1."""
+    if expert_map.numel() == 0 or not checks_enabled():
+        return
+    lo, hi = int(expert_map.min()), int(expert_map.max())
+    if lo < -1 or hi >= bound:
+        why = " (they do not even fit int32)" if lo < -(2**31) or hi >= 2**31 else ""
+        raise ValueError(f"expert_map values must be -1 or in [0, {bound}), got [{lo}, {hi}]{why}")
 
 
 def moe_align_block_size(
@@ -349,12 +365,15 @@ def moe_align_block_size(
         check_same_device(topk_ids=topk_ids, expert_map=expert_map)
         if expert_map.shape[0] != num_experts:
             raise ValueError(f"expert_map must have shape ({num_experts},), got {tuple(expert_map.shape)}")
-        expert_map = expert_map.to(torch.int32).contiguous()
+        check_expert_map_values(expert_map, num_experts)
+        expert_map = expert_map.contiguous()  # its own dtype: the kernel never wraps int64 entries
     numel = topk_ids.numel()
     device = topk_ids.device
     size = max_num_tokens_padded(numel, block_size, num_experts, pad_sorted_ids)
     if size >= MOE_MAX_SLOTS:
-        raise ValueError(f"topk_ids: {numel} routes pad to {size} slots; at most 2^24 are supported")
+        raise ValueError(
+            f"topk_ids: {numel} routes pad to {size} slots; at most {MOE_MAX_SLOTS} are supported"
+        )
     num_blocks = triton.cdiv(size, block_size)
     sorted_ids = torch.empty(size, dtype=torch.int32, device=device)
     expert_ids = torch.empty(num_blocks, dtype=torch.int32, device=device)
@@ -362,49 +381,33 @@ def moe_align_block_size(
     if numel == 0:
         return sorted_ids, expert_ids, num_post_pad
 
-    flat = topk_ids.reshape(-1)
-    cfg = _align_config(numel, num_experts)
+    flat = topk_ids.reshape(-1).contiguous()
     dev = current_device()
-    block_e = triton.next_power_of_2(num_experts)
-    num_tiles = triton.cdiv(numel, cfg["BLOCK_N"])
-    (num_ranges,) = grid = persistent_grid(num_tiles, device=dev)
-    tiles_per_program = triton.cdiv(num_tiles, num_ranges)
-    range_counts = torch.empty(num_ranges, num_experts, dtype=torch.int32, device=device)
+    # Bins are the global experts; the map only relabels blocks (vLLM's wrapper does the same).
+    plan = plan_sort(numel, num_experts, num_experts, has_map=False, device=dev)
+    cfg = _align_layout_config(num_experts)
     logger.debug(
-        "moe_align_block_size: %d routes, E=%d, %d tiles on %d programs, config=%s",
+        "moe_align_block_size: %d routes, E=%d, %d runs of %d tiles, scratch %d bytes, config=%s",
         numel,
         num_experts,
-        num_tiles,
-        num_ranges,
+        plan.runs,
+        plan.tiles_per_program,
+        plan.scratch_bytes,
         cfg,
     )
-
-    LaunchSpec(
-        name="moe_align_count",
-        kernel=_align_count_kernel,
-        grid=grid,
-        args=dict(
-            topk_ids_ptr=flat,
-            range_counts_ptr=range_counts,
-            numel=numel,
-            num_experts=num_experts,
-            tiles_per_program=tiles_per_program,
-        ),
-        constexprs=dict(BLOCK_N=cfg["BLOCK_N"], BLOCK_E=block_e),
-        config=cfg,
-    ).launch()
+    counts = sort_count(plan, flat, None)
     block_work = max(triton.cdiv(num_blocks, cfg["BLOCK_B"]), triton.cdiv(size, cfg["BLOCK_S"]))
     LaunchSpec(
-        name="moe_align_blocks",
-        kernel=_align_blocks_kernel,
+        name="moe_align_layout",
+        kernel=_align_layout_kernel,
         grid=persistent_grid(block_work, device=dev),
         args=dict(
-            range_counts_ptr=range_counts,
-            expert_map_ptr=expert_map if expert_map is not None else range_counts,  # read only with HAS_MAP
+            counts_ptr=counts,
+            expert_map_ptr=expert_map if expert_map is not None else counts,  # read only with HAS_MAP
             sorted_ids_ptr=sorted_ids,
             expert_ids_ptr=expert_ids,
             num_post_pad_ptr=num_post_pad,
-            num_ranges=num_ranges,
+            num_runs=plan.runs,
             num_experts=num_experts,
             block_size=block_size,
             numel=numel,
@@ -412,29 +415,13 @@ def moe_align_block_size(
             num_blocks=num_blocks,
         ),
         constexprs=dict(
-            HAS_MAP=expert_map is not None, BLOCK_E=block_e, BLOCK_B=cfg["BLOCK_B"], BLOCK_S=cfg["BLOCK_S"]
+            HAS_MAP=expert_map is not None,
+            BLOCK_E=bin_lanes(num_experts),
+            BLOCK_B=cfg["BLOCK_B"],
+            BLOCK_S=cfg["BLOCK_S"],
         ),
         config=cfg,
     ).launch()
     # After the sentinel fill (same stream): route slots overwrite it.
-    LaunchSpec(
-        name="moe_align_scatter",
-        kernel=_align_scatter_kernel,
-        grid=grid,
-        args=dict(
-            topk_ids_ptr=flat,
-            range_counts_ptr=range_counts,
-            sorted_ids_ptr=sorted_ids,
-            num_ranges=num_ranges,
-            numel=numel,
-            num_experts=num_experts,
-            block_size=block_size,
-            tiles_per_program=tiles_per_program,
-        ),
-        constexprs=dict(BLOCK_N=cfg["BLOCK_N"], BLOCK_E=block_e),
-        config=cfg,
-    ).launch()
+    sort_scatter(plan, flat, None, counts, sorted_ids, None, block_size)
     return sorted_ids, expert_ids, num_post_pad
-
-
-# --------------------------------------------------------------------------------------------

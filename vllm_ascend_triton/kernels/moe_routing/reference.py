@@ -67,7 +67,8 @@ def moe_align_block_size_ref(
     expert_map: torch.Tensor | None = None,
     pad_sorted_ids: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Torch reference of the layout vLLM's CUDA op produces (stable order within an expert)."""
+    """Torch reference of the layout vLLM's CUDA op produces (stable order within an expert); ids
+    outside [0, num_experts) are skipped."""
     flat = topk_ids.reshape(-1).long()
     numel = flat.numel()
     size = max_num_tokens_padded(numel, block_size, num_experts, pad_sorted_ids)
@@ -78,8 +79,10 @@ def moe_align_block_size_ref(
         routes = torch.nonzero(flat == e).flatten()
         sorted_ids[start : start + routes.numel()] = routes.to(torch.int32)
         padded = triton.cdiv(routes.numel(), block_size) * block_size
+        label = e if expert_map is None else int(expert_map[e])
+        # Map entries outside [-1, num_experts) label their blocks -1 (the kernels' contract).
         expert_ids[start // block_size : (start + padded) // block_size] = (
-            e if expert_map is None else int(expert_map[e])
+            label if -1 <= label < num_experts else -1
         )
         start += padded
     return sorted_ids, expert_ids, torch.tensor([start], dtype=torch.int32)

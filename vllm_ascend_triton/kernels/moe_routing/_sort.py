@@ -1,0 +1,148 @@
+"""The MoE counting sort, host side: one histogram + scan + scatter primitive under both
+`moe_align_block_size` (bins = global experts, each padded to a block) and `moe_permute` /
+`fused_experts` (bins = local experts through an optional expert_map, block 1).
+
+1. `moe_sort_count`: route tiles are split into contiguous runs, one per program (at most one
+   program per vector core); each program stores its run's histogram as one row of an
+   int32 `[programs, bins]` scratch: O(cores x experts), whatever the number of routes.
+2. scan: every program of the next launches adds up the <= cores rows itself and takes one
+   `tl.cumsum` over the bins (`_bin_layout`), in parallel; no program scans serially over chunks.
+3. `moe_sort_scatter`: a route's slot = its bin's (padded) offset + routes of earlier runs +
+   earlier tiles of this run + its rank in the tile (exclusive cumsum of the one-hot). The store
+   of the permutation is the only discrete access of the sort.
+
+Between the count and the scatter, the API's own layout launch writes the per-bin outputs and
+fills the sorted buffer with its sentinel. No atomics (a vectorized `tl.atomic_add` of many lanes
+to one address executes once on the NPU), deterministic, stable by route index within a bin.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import triton
+
+from vllm_ascend_triton.kernels.moe_routing._kernels import _sort_count_kernel, _sort_scatter_kernel
+from vllm_ascend_triton.runtime.configs import lookup_config
+from vllm_ascend_triton.runtime.device import DeviceInfo, current_device
+from vllm_ascend_triton.runtime.launch import LaunchSpec, persistent_grid
+from vllm_ascend_triton.runtime.ub import tile_elements
+
+# Live [BLOCK_N, BLOCK_B] int32/fp32 tiles of the count and scatter loops (one-hot, its cumsum,
+# their product, a temporary); an expert map adds a one-hot over the id lanes and its product.
+_LIVE_TILES = 4
+_LIVE_TILES_WITH_MAP = 6
+
+
+def bin_lanes(num_bins: int) -> int:
+    """Lanes of the bin axis: a power of two, at least 8 (32 bytes of int32, the DMA alignment)."""
+    return max(8, triton.next_power_of_2(num_bins))
+
+
+@dataclasses.dataclass(frozen=True)
+class SortPlan:
+    """What the count and scatter launches share: the same runs of route tiles."""
+
+    numel: int
+    num_ids: int  # ids outside [0, num_ids) are dropped
+    num_bins: int
+    has_map: bool
+    config: dict
+    runs: int  # programs of the count and scatter grids = rows of the scratch
+    tiles_per_program: int
+
+    @property
+    def block_b(self) -> int:
+        return bin_lanes(self.num_bins)
+
+    @property
+    def block_i(self) -> int:
+        return triton.next_power_of_2(self.num_ids) if self.has_map else 1
+
+    @property
+    def scratch_bytes(self) -> int:
+        return self.runs * self.num_bins * 4
+
+
+def plan_sort(
+    numel: int, num_ids: int, num_bins: int, has_map: bool, device: DeviceInfo | None = None
+) -> SortPlan:
+    dev = device or current_device()
+    widest = max(bin_lanes(num_bins), triton.next_power_of_2(num_ids) if has_map else 1)
+    live = _LIVE_TILES_WITH_MAP if has_map else _LIVE_TILES
+    default = {"BLOCK_N": max(8, min(256, tile_elements(live, 4, device=dev) // widest))}
+    key = {"num_bins": num_bins, "numel": numel, "has_map": has_map}
+    config = lookup_config(dev.sku.name, "moe_sort_count", key, default)
+    num_tiles = triton.cdiv(max(numel, 1), config["BLOCK_N"])
+    (runs,) = persistent_grid(num_tiles, device=dev)
+    return SortPlan(numel, num_ids, num_bins, has_map, config, runs, triton.cdiv(num_tiles, runs))
+
+
+def sort_scratch_bytes(
+    numel: int, num_bins: int, has_map: bool = False, device: DeviceInfo | None = None
+) -> int:
+    """Bytes of the sort's scratch (the per-program histograms) for a problem size."""
+    return plan_sort(numel, num_bins, num_bins, has_map, device).scratch_bytes
+
+
+def sort_count(plan: SortPlan, ids: torch.Tensor, expert_map: torch.Tensor | None) -> torch.Tensor:
+    """Launch the histogram; returns the int32 [runs, bins] scratch."""
+    counts = torch.empty(plan.runs, plan.num_bins, dtype=torch.int32, device=ids.device)
+    LaunchSpec(
+        name="moe_sort_count",
+        kernel=_sort_count_kernel,
+        grid=(plan.runs,),
+        args=dict(
+            ids_ptr=ids,
+            map_ptr=expert_map if expert_map is not None else ids,  # read only with HAS_MAP
+            counts_ptr=counts,
+            numel=plan.numel,
+            num_ids=plan.num_ids,
+            num_bins=plan.num_bins,
+            tiles_per_program=plan.tiles_per_program,
+        ),
+        constexprs=dict(
+            HAS_MAP=plan.has_map, BLOCK_N=plan.config["BLOCK_N"], BLOCK_B=plan.block_b, BLOCK_I=plan.block_i
+        ),
+        config=plan.config,
+    ).launch()
+    return counts
+
+
+def sort_scatter(
+    plan: SortPlan,
+    ids: torch.Tensor,
+    expert_map: torch.Tensor | None,
+    counts: torch.Tensor,
+    sorted_out: torch.Tensor,
+    inv_out: torch.Tensor | None,
+    block_size: int,
+) -> None:
+    """Launch the scatter: sorted_out[slot] = route (and inv_out[route] = slot or -1)."""
+    LaunchSpec(
+        name="moe_sort_scatter",
+        kernel=_sort_scatter_kernel,
+        grid=(plan.runs,),
+        args=dict(
+            ids_ptr=ids,
+            map_ptr=expert_map if expert_map is not None else ids,
+            counts_ptr=counts,
+            sorted_ptr=sorted_out,
+            inv_ptr=inv_out if inv_out is not None else sorted_out,  # written only with WRITE_INV
+            num_runs=plan.runs,
+            numel=plan.numel,
+            num_ids=plan.num_ids,
+            num_bins=plan.num_bins,
+            block_size=block_size,
+            tiles_per_program=plan.tiles_per_program,
+        ),
+        constexprs=dict(
+            HAS_MAP=plan.has_map,
+            WRITE_INV=inv_out is not None,
+            BLOCK_N=plan.config["BLOCK_N"],
+            BLOCK_B=plan.block_b,
+            BLOCK_I=plan.block_i,
+        ),
+        config=plan.config,
+    ).launch()
