@@ -34,13 +34,13 @@ def _comparable(spec, bf16_as_fp32: bool = False) -> dict:
 
 
 def test_every_family_has_variants():
-    assert _CONVERTED == list(FAMILIES), f"families without a variants module: {set(FAMILIES) - set(_CONVERTED)}"
+    assert _CONVERTED == list(FAMILIES), f"no variants module: {set(FAMILIES) - set(_CONVERTED)}"
 
 
 @pytest.mark.parametrize("variant", _VARIANTS, ids=lambda v: f"{v.family}-{v.label}")
-@pytest.mark.parametrize("sku", ["Ascend910B3", "Ascend910_9392"])
-def test_compiled_spec_equals_launched_spec(variant, sku):
-    with plan_for(sku):
+def test_compiled_spec_equals_launched_spec(variant):
+    # One SKU: planning for another changes grids and tiles, not the path from call to spec.
+    with plan_for("Ascend910B3"):
         with record_launches(execute=False) as planned:
             variant.call()
         with record_launches() as launched:

@@ -34,20 +34,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from vllm_ascend_triton.runtime.launch import LaunchSpec, kernel_ref  # noqa: F401  (re-exported)
+from vllm_ascend_triton.runtime.launch import LaunchSpec
 from vllm_ascend_triton.runtime.sku import get_sku
-
-
-def triton_type_name(dtype: Any) -> str:
-    """Transitional, for families not yet moved to launch specs: Triton's name of a torch dtype."""
-    from triton.runtime.jit import mangle_type
-
-    return mangle_type(_DtypeOnly(dtype)).removeprefix("*")
-
-
-@dataclasses.dataclass(frozen=True)
-class _DtypeOnly:
-    dtype: Any
 
 
 @dataclasses.dataclass(frozen=True)
