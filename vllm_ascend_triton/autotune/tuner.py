@@ -34,6 +34,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from vllm_ascend_triton.autotune import cost_model, spaces
 from vllm_ascend_triton.bench.shapes import ShapeSet
 from vllm_ascend_triton.bench.workloads import workloads
@@ -69,6 +71,7 @@ class TuneCase:
     call: Callable[[], object]  # the public host API call (dry-run to build specs)
     origin: str  # "variant" | "shapes"
     prepare: Callable[[], Callable[[], object]] | None = None  # inputs once, then a timed call
+    dry: Callable[[], Callable[[], object]] | None = None  # uninitialised inputs once, then calls
 
 
 @dataclasses.dataclass
@@ -139,12 +142,18 @@ def tune_cases(families: Sequence[str] = FAMILIES, shapes: ShapeSet | None = Non
             def prepare(w=w) -> Callable[[], object]:
                 return w.prepare(device(), fill=True).run
 
-            cases.append(TuneCase(w.label, w.family, call, "shapes", prepare))
+            def dry(w=w) -> Callable[[], object]:
+                return w.prepare(device(), fill=False).run
+
+            cases.append(TuneCase(w.label, w.family, call, "shapes", prepare, dry))
     return cases
 
 
 def _dry_run(
-    sku: str, case: TuneCase, overrides: Mapping[str, Mapping[str, Any]]
+    sku: str,
+    case: TuneCase,
+    overrides: Mapping[str, Mapping[str, Any]],
+    call: Callable[[], object] | None = None,
 ) -> tuple[list[LaunchSpec], list[configs.ConfigLookup]]:
     with (
         plan_for(sku),
@@ -152,7 +161,7 @@ def _dry_run(
         configs.record_lookups() as lookups,
         record_launches(execute=False) as specs,
     ):
-        case.call()
+        (call or case.call)()
     return list(specs), list(lookups)
 
 
@@ -209,10 +218,16 @@ def rank_candidates(sku: str, item: _Item) -> tuple[list[_Candidate], dict[str, 
     out: list[_Candidate] = []
     counts = {"candidates": 0, "rejected": 0, "duplicates": 0}
     default_s = None
+    # Inputs once per case for all candidates (a config changes no input), freed with the item.
+    with plan_for(sku):
+        calls = [case.dry() if case.dry is not None else case.call for case in item.cases]
     for i, candidate in enumerate(spaces.candidates(item.kernel, item.defaults[0])):
         counts["candidates"] += 1
         try:
-            per_case = [_dry_run(sku, case, {item.kernel: candidate})[0] for case in item.cases]
+            per_case = [
+                _dry_run(sku, case, {item.kernel: candidate}, call)[0]
+                for case, call in zip(item.cases, calls, strict=True)
+            ]
         except (ValueError, TypeError):
             counts["rejected"] += 1  # the host API refuses this config for the shape
             continue
@@ -224,11 +239,20 @@ def rank_candidates(sku: str, item: _Item) -> tuple[list[_Candidate], dict[str, 
         modelled = sum(cost_model.estimate_specs(specs, sku_info).seconds for specs in per_case if specs)
         if i == 0:
             default_s = modelled
-        out.append(_Candidate(dict(candidate), per_case, modelled))
+        out.append(_Candidate(dict(candidate), [[_strip(s) for s in specs] for specs in per_case], modelled))
     # Ties (within 0.1 ns) go to the default, then to the smaller tiles (less UB, fewer pads).
     base = spaces.candidates(item.kernel, item.defaults[0])[0]
     out.sort(key=lambda c: (round(c.modelled_s, 10), c.config != base, _tile_size(c.config)))
     return out, counts, default_s
+
+
+def _strip(spec: LaunchSpec) -> LaunchSpec:
+    """The spec with its tensors replaced by empty ones of the same dtype: all that lowering and the
+    report need (the signature depends on dtypes only), without keeping the inputs alive."""
+    args = {
+        k: torch.empty(0, dtype=v.dtype) if isinstance(v, torch.Tensor) else v for k, v in spec.args.items()
+    }
+    return dataclasses.replace(spec, args=args)
 
 
 def _tile_size(config: Mapping[str, Any]) -> int:
