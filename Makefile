@@ -15,10 +15,15 @@ test: env
 test-fast: env
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
+# The quick kernel benchmark for $(BENCH_SKU): on this machine Triton's interpreter runs every kernel
+# on the CPU (error against the torch references), the codegen report gives lowering status and UB
+# use, and the cost model the modelled time (an NPU or `--backend cuda` adds measured figures).
+# Writes out/bench/bench.{csv,json,md,png}. Extra flags: make bench BENCH_ARGS="--kernels rope".
+BENCH_SKU ?= Ascend910B3
+BENCH_ARGS ?=
 bench: env
 	.venv/bin/vat info
-	.venv/bin/vat check
-	.venv/bin/vat compile --sku Ascend910B3
+	.venv/bin/vat bench --sku $(BENCH_SKU) --quick --out out/bench $(BENCH_ARGS)
 
 lint: env
 	.venv/bin/ruff check vllm_ascend_triton tests

@@ -163,3 +163,14 @@ def test_interrupted_run_resumes(tmp_path):
     fresh = tuner.tune_sku(SKU, cases, tmp_path / "fresh", kernels=["rope"])
     by_key = lambda s: sorted((json.dumps(r["key"]), json.dumps(r["config"])) for r in s["results"])  # noqa: E731
     assert by_key(resumed) == by_key(fresh)
+
+
+def test_tune_and_bench_have_help_and_json():
+    from vllm_ascend_triton.cli import build_parser
+
+    parser = build_parser()
+    for command in ("tune", "bench"):
+        with pytest.raises(SystemExit) as exit_info:
+            parser.parse_args([command, "--help"])
+        assert exit_info.value.code == 0
+        assert parser.parse_args([command, "--json"]).json is True
