@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -333,6 +335,11 @@ def test_every_kernel_lowers_for_ascend(lowered):
             assert report.mix_mode != "aiv" and report.uses_cube, label
         else:
             assert report.mix_mode == "aiv", label
+        if label.startswith(("moe_permute_rows", "moe_unpermute", "moe_gemm")):
+            # Row and tile bases are int64 products (token x hidden may pass 2^31 elements): the
+            # TTIR multiplies in i64 and offsets a kernel argument's pointer by an i64.
+            assert re.search(r"arith\.muli %\w+, %\w+ : i64", result.ttir), label
+            assert re.search(r"tt\.addptr %arg\d+, %\w+ : !tt\.ptr<\w+>, i64", result.ttir), label
         if label.startswith("moe_sort_scatter"):
             # the permutation's store is the only discrete access of the sort
             assert 0 < report.discrete_accesses <= 3, (label, report.discrete_accesses)

@@ -5,6 +5,7 @@ wrapper) and against this module's torch references for the documented edge case
 The interpreter runs max-reductions element by element, so shapes are small: few token rows,
 full expert counts (the model shapes), one case per axis combination."""
 
+import re
 import types
 
 import pytest
@@ -594,6 +595,9 @@ def test_every_routing_kernel_lowers_for_910b3(lowered_910b3):
         report = parse_adapter_ir(result.ttadapter)
         assert report.mix_mode == "aiv", req.label  # vector cores only
         assert report.fits_ub(ub), (req.label, report.ub_bytes)
+        if req.label.startswith(("fused_topk", "grouped_topk")):
+            # Tile bases are int64 products (rows x stride may pass 2^31 elements).
+            assert re.search(r"tt\.addptr %arg\d+, %\w+ : !tt\.ptr<\w+>, i64", result.ttir), req.label
         # Only the align scatter (a permutation) writes through computed addresses.
         if req.label.startswith("moe_sort_scatter"):
             assert 0 < report.discrete_accesses <= 3, (req.label, report.discrete_accesses)
