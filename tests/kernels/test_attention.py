@@ -393,6 +393,29 @@ def test_head_size_limit_is_one_for_the_family():
         unified_attention(**args)
 
 
+def test_query_group_too_large_for_the_ub_is_refused():
+    """128 query heads on one KV head of 256 fp32 need a 128 KB query tile (160 KB of buffers in
+    the adapter IR): refused with the figure; in bf16 (64 KB) it is accepted."""
+    for dtype in (torch.float32, torch.bfloat16):
+        c = make_paged_case([1], [5], 128, 1, 256, 16, dtype)
+        out = torch.zeros_like(c["q"])
+        args = (c["q"], c["k_cache"], c["v_cache"], out, c["cu_seqlens_q"], 1, c["seqused_k"], 5,
+                0.0625, True, (-1, -1), c["block_table"], 0.0)  # fmt: skip
+        if dtype == torch.float32:
+            with pytest.raises(ValueError, match="131072-byte query tile"):
+                unified_attention(*args)
+            with pytest.raises(ValueError, match="query tile"):  # a static limit: an empty batch too
+                unified_attention(c["q"][:0], *args[1:3], out[:0], torch.zeros(1, dtype=torch.int32), 0,
+                                  c["seqused_k"][:0], 0, *args[8:])  # fmt: skip
+        else:
+            unified_attention(*args)
+            ref = unified_attention_reference(
+                c["q"], c["k_cache"], c["v_cache"], c["cu_seqlens_q"], c["seqused_k"], 0.0625, True, (-1, -1),
+                c["block_table"], 0.0,
+            )  # fmt: skip
+            torch.testing.assert_close(out.double(), ref, atol=3e-2, rtol=0)
+
+
 def test_launched_specs_equal_the_variants_that_vat_compile_lowers():
     """For variants covering all three kernels, the specs built in `vat compile`'s dry run equal
     what the executed host API launches (bf16 runs as fp32 through the interpreter's shim, so only

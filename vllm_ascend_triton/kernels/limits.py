@@ -34,3 +34,8 @@ ATTENTION_MIN_BLOCK_SIZE_MULTIPLE = 16
 ATTENTION_MAX_POSITION = 2**24
 # Split-KV segments are one tile axis of the reduction kernel (SEG_PAD = next power of two).
 ATTENTION_MAX_KV_SPLITS = 64
+# One query tile holds every query head of a KV head (BLOCK_M >= QPK_PAD rows x HEAD_PAD): its Q
+# block in the data dtype may take at most this share of the SKU's UB. From the adapter IR
+# (modelled): MQA with 64 heads x 256 fp32 (64 KB Q block) uses 96 KB single-buffered and fits
+# 192 KB double-buffered; 128 heads x 256 fp32 (128 KB) needs 160 KB and does not.
+ATTENTION_MAX_Q_TILE_UB_FRACTION = 1 / 3

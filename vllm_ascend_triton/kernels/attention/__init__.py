@@ -52,7 +52,9 @@ must have q's dtype, caches q's dtype, metadata int32/int64, `softmax_scale`/`so
 `window_size` ints), ValueError for shapes, layouts and values (non-finite `softmax_scale` or
 `softcap`, metadata vectors that are not dense). The limits of both kernels live in
 `kernels/limits.py` (`ATTENTION_*`: head size <= 256 for both, block size a multiple of 16,
-positions < 2^24, at most 64 KV splits); past one, a ValueError names it.
+positions < 2^24, at most 64 KV splits, the query heads of one KV head x head size within a
+third of the SKU's UB: e.g. MQA with 128 heads of 256 in fp32 is refused, in bf16 it fits);
+past one, a ValueError names it.
 
 Data-dependent checks (slot range, block ids, block-table coverage, cu_seqlens_q/seqused_k
 consistency) need the metadata on the host, a device sync on an NPU, so they run only with
@@ -152,6 +154,7 @@ from vllm_ascend_triton.kernels.limits import (
     ATTENTION_MAX_HEAD_SIZE,
     ATTENTION_MAX_KV_SPLITS,
     ATTENTION_MAX_POSITION,
+    ATTENTION_MAX_Q_TILE_UB_FRACTION,
     ATTENTION_MIN_BLOCK_SIZE_MULTIPLE,
 )
 from vllm_ascend_triton.runtime.checks import (
@@ -230,12 +233,15 @@ def _attention_launch_config(
         "decode": decode,
     }
     cfg = lookup_config(sku, "unified_attention", key, default)
-    tile_n = int(cfg["TILE_N"])
-    if tile_n < 1 or tile_n & (tile_n - 1) or block_size % tile_n:
-        raise ValueError(
-            f"unified_attention config TILE_N={tile_n} must be a power of two dividing "
-            f"block_size={block_size}"
+    tile_n = cfg.get("TILE_N")
+    if not isinstance(tile_n, int) or tile_n < 1 or tile_n & (tile_n - 1):
+        raise ValueError(f"unified_attention config for {sku} needs a power-of-two TILE_N, got {tile_n!r}")
+    # The nearest tuned entry may come from another block size: a KV tile never straddles blocks.
+    if block_size % tile_n:
+        logger.debug(
+            "unified_attention: TILE_N %d from %s cut to divide block_size %d", tile_n, sku, block_size
         )
+        tile_n = _largest_pow2_divisor(block_size)
     # Decode tiles hold one real token; the cube still wants >= 16 rows, so the tile keeps the
     # minimum row count (its extra tokens are past the sequence's single query and masked).
     rows = _MIN_BLOCK_M if decode else max(_MIN_BLOCK_M, int(cfg["BLOCK_M"]))
@@ -351,6 +357,20 @@ def reshape_and_cache(
             constexprs=dict(HEAD_SIZE=head_size, HEAD_PAD=head_pad, BLOCK_H=block_h),
             config=cfg,
         ).launch()  # fmt: skip
+
+
+def _check_query_group_fits(qpk: int, head_size: int, dtype: torch.dtype, sku: str, ub_bytes: int) -> None:
+    """All query heads of a KV head share one tile: their Q block must fit the UB (limits.py)."""
+    rows = max(_MIN_BLOCK_M, triton.next_power_of_2(qpk))
+    q_block = rows * triton.next_power_of_2(head_size) * dtype_bytes(dtype)
+    limit = int(ub_bytes * ATTENTION_MAX_Q_TILE_UB_FRACTION)
+    if q_block > limit:
+        raise ValueError(
+            f"{qpk} query heads per KV head x head_size {head_size} in {str(dtype).removeprefix('torch.')} "
+            f"make a {q_block}-byte query tile, more than {limit} bytes "
+            f"({ATTENTION_MAX_Q_TILE_UB_FRACTION:.2f} of {sku}'s Unified Buffer); use fewer query heads "
+            "per KV head or a 16-bit dtype"
+        )
 
 
 def _check_dense_vector(name: str, t: torch.Tensor | None) -> None:
@@ -527,10 +547,11 @@ def unified_attention(
     )  # fmt: skip
     num_tokens, num_q_heads, head_size = q.shape
     _, block_size, num_kv_heads, _ = k_cache.shape
-    if num_tokens == 0 or num_seqs == 0 or max_seqlen_q == 0:
-        return out
     qpk = num_q_heads // num_kv_heads
     device = current_device()
+    _check_query_group_fits(qpk, head_size, q.dtype, device.sku.name, device.ub_bytes)
+    if num_tokens == 0 or num_seqs == 0 or max_seqlen_q == 0:
+        return out
     cfg = _attention_launch_config(
         device.sku.name, head_size, block_size, q.dtype, qpk, decode=max_seqlen_q == 1
     )
