@@ -293,14 +293,19 @@ def moe_permute(
     if permuted.numel():
         with bf16_shim() as shim:
             _launch_gather_rows(
-                shim.input(hidden_states.contiguous()), permuted_idx, shim.output(permuted), topk
-            )
+                shim.input(hidden_states.contiguous()), permuted_idx, shim.output(permuted), topk,
+                hidden_states.dtype,
+            )  # fmt: skip
     return MoePermuteResult(permuted, tokens_per_expert, offsets, inv_idx, permuted_idx)
 
 
-def _launch_gather_rows(src: torch.Tensor, permuted_idx: torch.Tensor, dst: torch.Tensor, topk: int) -> None:
+def _launch_gather_rows(
+    src: torch.Tensor, permuted_idx: torch.Tensor, dst: torch.Tensor, topk: int, dtype: torch.dtype
+) -> None:
+    """`dtype`: the caller's data dtype (configs are looked up by it, not by the interpreter's
+    fp32 stand-in for bf16, so a dry run and a real launch choose the same config)."""
     num_rows, hidden = dst.shape
-    cfg = _rows_config(hidden, src.dtype, "moe_permute_rows")
+    cfg = _rows_config(hidden, dtype, "moe_permute_rows")
     LaunchSpec(
         name="moe_permute_rows",
         kernel=_gather_rows_kernel,
@@ -359,15 +364,16 @@ def moe_unpermute(
                 shim.input(topk_weights.contiguous()),
                 inv_permuted_idx.contiguous(),
                 shim.output(out),
+                permuted_out.dtype,
             )
     return out
 
 
 def _launch_unpermute(
-    y: torch.Tensor, weights: torch.Tensor, inv_idx: torch.Tensor, out: torch.Tensor
+    y: torch.Tensor, weights: torch.Tensor, inv_idx: torch.Tensor, out: torch.Tensor, dtype: torch.dtype
 ) -> None:
     num_tokens, hidden = out.shape
-    cfg = _rows_config(hidden, y.dtype, "moe_unpermute")
+    cfg = _rows_config(hidden, dtype, "moe_unpermute")
     LaunchSpec(
         name="moe_unpermute",
         kernel=_unpermute_kernel,
@@ -417,11 +423,12 @@ def _launch_grouped_gemm(
     gated: bool,
     kernel: str,
     default: dict,
+    dtype: torch.dtype,
 ) -> None:
     num_rows, k_dim = a.shape
     n_out = c.shape[1]
     num_local = b.shape[0]
-    cfg = _gemm_config(kernel, n_out, k_dim, a.dtype, default)
+    cfg = _gemm_config(kernel, n_out, k_dim, dtype, default)
     max_row_tiles = triton.cdiv(num_rows, cfg["BLOCK_M"]) + min(num_local, num_rows)
     work = max_row_tiles * triton.cdiv(n_out, cfg["BLOCK_N"])
     logger.debug(
@@ -515,10 +522,14 @@ def fused_experts(
         weights = shim.input(topk_weights.contiguous())
         work_dtype = x.dtype
         x_perm = torch.empty(num_slots, hidden, dtype=work_dtype, device=x.device)
-        _launch_gather_rows(x, permuted_idx, x_perm, topk)
+        _launch_gather_rows(x, permuted_idx, x_perm, topk, hidden_states.dtype)
         act = torch.empty(num_slots, inter, dtype=work_dtype, device=x.device)
-        _launch_grouped_gemm(x_perm, w13_c, offsets, act, True, "moe_gemm_gate_up", DEFAULT_GEMM1_CONFIG)
+        _launch_grouped_gemm(
+            x_perm, w13_c, offsets, act, True, "moe_gemm_gate_up", DEFAULT_GEMM1_CONFIG, hidden_states.dtype
+        )
         y = torch.empty(num_slots, hidden, dtype=work_dtype, device=x.device)
-        _launch_grouped_gemm(act, w2_c, offsets, y, False, "moe_gemm_down", DEFAULT_GEMM2_CONFIG)
-        _launch_unpermute(y, weights, inv_idx, shim.output(out))
+        _launch_grouped_gemm(
+            act, w2_c, offsets, y, False, "moe_gemm_down", DEFAULT_GEMM2_CONFIG, hidden_states.dtype
+        )
+        _launch_unpermute(y, weights, inv_idx, shim.output(out), hidden_states.dtype)
     return out
