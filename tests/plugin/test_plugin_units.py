@@ -100,6 +100,23 @@ def test_attention_support_decision():
     assert "encoder" in unsupported_reason(ok._replace(attn_type="encoder"))
 
 
+def test_interpreter_platform_keeps_vllm_attention_for_unsupported_layers(caplog):
+    from vllm.v1.attention.selector import AttentionSelectorConfig
+
+    from vllm_ascend_triton.plugin.platform import InterpreterPlatform
+
+    ok = AttentionSelectorConfig(head_size=64, dtype=torch.float16, kv_cache_dtype="auto", block_size=None)
+    ours = "vllm_ascend_triton.plugin.attention_backend.VatAttentionBackend"
+    assert InterpreterPlatform.get_attn_backend_cls(None, ok) == ours
+    with caplog.at_level("WARNING", logger="vllm"):
+        for _ in range(3):  # one log line per reason, not per layer
+            path = InterpreterPlatform.get_attn_backend_cls(None, ok._replace(head_size=512))
+    assert path.endswith("CPUAttentionBackend")
+    assert caplog.text.count("keeps vLLM's CPU backend: head size 512") == 1
+    fp8 = InterpreterPlatform.get_attn_backend_cls(None, ok._replace(kv_cache_dtype="fp8"))
+    assert fp8.endswith("CPUAttentionBackend")
+
+
 def test_moe_support_decision():
     from vllm_ascend_triton.plugin.moe import config_unsupported, layer_unsupported
 

@@ -91,6 +91,7 @@ class VatAttentionMetadataBuilder(AttentionMetadataBuilder[VatAttentionMetadata]
 
     def __init__(self, kv_cache_spec: Any, layer_names: list[str], vllm_config: Any, device: torch.device):
         super().__init__(kv_cache_spec, layer_names, vllm_config, device)
+        counters.label_dp_rank_from_vllm()
 
     def build(
         self,

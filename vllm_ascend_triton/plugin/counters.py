@@ -12,16 +12,20 @@ from __future__ import annotations
 
 import atexit
 import json
+import logging
 import os
 import threading
 import time
 from collections import Counter
+
+logger = logging.getLogger(f"vllm.{__name__}")
 
 COUNTS_DIR_ENV = "VAT_PLUGIN_COUNTS_DIR"
 _WRITE_EVERY_S = 0.2
 
 _counts: Counter[str] = Counter()
 _lock = threading.Lock()
+_write_lock = threading.Lock()
 _last_write = 0.0
 _atexit_installed = False
 _timer: threading.Timer | None = None
@@ -32,6 +36,19 @@ def set_dp_rank(rank: int) -> None:
     """Label this process's counts with its data-parallel rank (engine cores)."""
     global _dp_rank
     _dp_rank = int(rank)
+
+
+def label_dp_rank_from_vllm() -> None:
+    """Label this process's counts with vLLM's data-parallel rank when data parallelism is on
+    (workers; call after vLLM set up its process groups)."""
+    try:
+        from vllm.distributed import get_dp_group
+
+        group = get_dp_group()
+    except (ImportError, AssertionError):  # no DP group in this process
+        return
+    if group.world_size > 1:
+        set_dp_rank(group.rank_in_group)
 
 
 def bump(name: str, n: int = 1) -> None:
@@ -71,17 +88,22 @@ def snapshot() -> dict[str, int]:
 
 
 def flush() -> None:
-    """Write this process's counts to ``VAT_PLUGIN_COUNTS_DIR`` (no-op when unset)."""
+    """Write this process's counts to ``VAT_PLUGIN_COUNTS_DIR`` (no-op when unset). A failed
+    write is logged, never raised: counting must not take the engine down."""
     folder = os.environ.get(COUNTS_DIR_ENV)
     if not folder:
         return
-    payload = {"pid": os.getpid(), "dp_rank": _dp_rank, "counts": snapshot()}
-    path = os.path.join(folder, f"counts-{os.getpid()}.json")
-    tmp = path + ".tmp"
-    os.makedirs(folder, exist_ok=True)
-    with open(tmp, "w") as f:
-        json.dump(payload, f)
-    os.replace(tmp, path)
+    with _write_lock:
+        payload = {"pid": os.getpid(), "dp_rank": _dp_rank, "counts": snapshot()}
+        path = os.path.join(folder, f"counts-{os.getpid()}.json")
+        tmp = f"{path}.{threading.get_ident()}.tmp"
+        try:
+            os.makedirs(folder, exist_ok=True)
+            with open(tmp, "w") as f:
+                json.dump(payload, f)
+            os.replace(tmp, path)
+        except OSError as exc:
+            logger.warning("vllm-ascend-triton: could not write call counters to %s: %s", folder, exc)
 
 
 def read_all(folder: str) -> list[dict]:

@@ -104,6 +104,7 @@ def make_method_class() -> type:
             return True if self._vat_active else super().is_monolithic
 
         def process_weights_after_loading(self, layer: Any) -> None:
+            counters.label_dp_rank_from_vllm()
             if self._vat_active:
                 self._vat_reason = layer_unsupported(layer)
                 if self._vat_reason is not None:
