@@ -53,17 +53,17 @@ the tensors, and:
 
 Ascend design
 -------------
-- Permutation: the MoE counting sort shared with `moe_align_block_size`
-  (`moe_routing/_sort.py`): `moe_sort_count` (one histogram row per program over its run of
-  route tiles: int32 `[programs <= vector cores, L]` scratch, O(cores x experts)),
-  `moe_permute_layout` (tokens_per_expert, the offsets, the -1 fill of permuted_idx), and
-  `moe_sort_scatter` (every program redoes the scan over <= 40 count rows in parallel, then each
-  slot's row = expert offset + earlier runs + earlier tiles + rank in the tile; writes
-  inv_permuted_idx contiguously and permuted_idx by the scatter, the sort's only discrete
-  access). The expert_map is applied without a gather: the program loads the map once as a
-  vector and a slot's local id is a one-hot reduction over the id lanes, so an id past the map
-  cannot be read from outside it. At 8K tokens x top-8 x 512 experts the scratch is 81,920
-  bytes on a 40-core 910B3 (the old per-chunk design needed two 16 MiB buffers).
+- Permutation: the MoE counting sort shared with `moe_align_block_size` (`moe_routing/_sort.py`):
+  `moe_sort_count` (one histogram row per program over its run of route tiles: int32 `[programs <=
+  vector cores, L]` scratch, O(cores x experts)), `moe_permute_layout` (tokens_per_expert, the
+  offsets, the -1 fill of permuted_idx), and `moe_sort_scatter` (every program redoes the scan
+  over <= 48 count rows (one per vector core) in parallel, then each slot's row = expert offset +
+  earlier runs + earlier tiles + rank in the tile; writes inv_permuted_idx contiguously and
+  permuted_idx by the scatter, the sort's only discrete access). The expert_map is applied without
+  a gather: the program loads the map once as a vector and a slot's local id is a one-hot
+  reduction over the id lanes, so an id past the map cannot be read from outside it. At 8K tokens
+  x top-8 x 512 experts the scratch is 81,920 bytes on a 40-core 910B3 (the old per-chunk design
+  needed two 16 MiB buffers).
 - Row moves (`_gather_rows_kernel`, `_unpermute_kernel`): one scalar index per row, then the row
   as contiguous BLOCK_H tiles: no discrete (scalarized) accesses.
 - Expert GEMMs (`_grouped_gemm_kernel`, cube cores, `tl.dot` with fp32 accumulation): work items

@@ -78,18 +78,18 @@ Ascend design
   (programs own contiguous runs of BLOCK_N-route tiles, at most one program per vector core, so
   the scratch is int32 `[programs, experts]`: 81,920 bytes at 512 experts on a 40-core 910B3,
   whatever the number of routes); the API's layout launch (`moe_align_layout` here) and the
-  scatter each redo the scan themselves in every program (add up <= 40 rows, one `tl.cumsum`
-  over the experts), in parallel; `moe_sort_scatter` gives every route its slot = its expert's
-  padded offset + routes of earlier runs + earlier tiles of this run + its rank in the tile
-  (exclusive `tl.cumsum` of the one-hot). The only discrete access is that final scatter store
-  (one scalar loop in the adapter IR), inherent to a permutation. `moe_align_layout` writes
-  `num_tokens_post_pad`, every block's expert (number of experts ending at or before it;
-  `expert_map` applied by a one-hot reduction, not a gather) and the sentinel fill.
-  Counts that are stored are reduced and scanned in fp32 lanes (exact below 2^24 slots, which
-  the host checks) and converted to int32: fp32 is the vector unit's native width. The scatter's
-  slots stay int32 (the adapter rejects a scatter addressed through an fp32 -> int32
-  conversion). The top-k kernel's row and output bases are scalar int64 products, so token
-  counts x strides past 2^31 elements cannot overflow; offsets inside a tile are int32.
+  scatter each redo the scan themselves in every program (add up <= 48 rows, one per vector core,
+  then one `tl.cumsum` over the experts), in parallel; `moe_sort_scatter` gives every route its
+  slot = its expert's padded offset + routes of earlier runs + earlier tiles of this run + its
+  rank in the tile (exclusive `tl.cumsum` of the one-hot). The only discrete access is that final
+  scatter store (one scalar loop in the adapter IR), inherent to a permutation. `moe_align_layout`
+  writes `num_tokens_post_pad`, every block's expert (number of experts ending at or before it;
+  `expert_map` applied by a one-hot reduction, not a gather) and the sentinel fill. Counts that
+  are stored are reduced and scanned in fp32 lanes (exact below 2^24 slots, which the host checks)
+  and converted to int32: fp32 is the vector unit's native width. The scatter's slots stay int32
+  (the adapter rejects a scatter addressed through an fp32 -> int32 conversion). The top-k
+  kernel's row and output bases are scalar int64 products, so token counts x strides past 2^31
+  elements cannot overflow; offsets inside a tile are int32.
 """
 
 from __future__ import annotations
