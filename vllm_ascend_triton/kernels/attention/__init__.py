@@ -120,7 +120,11 @@ Ascend design
   workspace, and a vector-core reduction kernel combines segments (and the sink) per
   (token, head). The host wrapper picks the split count from the cube core count.
 - Index math: int32 inside a tile; base addresses of cache blocks, tokens and workspace rows
-  are scalar int64 products so large caches cannot overflow.
+  are scalar int64 products so large caches cannot overflow (element offsets past 2^31: the
+  lowered TTIR shows i64 offsets on every cache/q/out/workspace base address, checked by
+  tests/kernels/test_attention_sizes.py).
+- Masks for hostile metadata cost one scalar compare per KV tile (block id in range, clamped)
+  and key-range bounds in the K/V load masks; the adapter IR still has no discrete accesses.
 - `reshape_and_cache` is vector-only (`persistent_grid(tokens)` on the vector cores): per token
   one scalar slot load, then `[BLOCK_H, HEAD_PAD]` contiguous tiles of K and V copied to the
   block row (no per-element gather).
