@@ -300,6 +300,23 @@ def test_fused_experts_drops_bad_routes_and_keeps_nan_in_its_token(with_map):
     run_isolated(case)
 
 
+def test_fused_experts_non_finite_weights_of_an_unused_expert_stay_out():
+    def case():
+        gen = torch.Generator().manual_seed(5)
+        ids = torch.tensor([[0, 2], [2, 1], [1, 0]], dtype=torch.int32)  # expert 3 unused
+        x = torch.randn(3, 16, generator=gen)
+        w = torch.rand(3, 2, generator=gen)
+        w13 = torch.randn(4, 32, 16, generator=gen) / 4
+        w2 = torch.randn(4, 16, 16, generator=gen) / 4
+        w13[3] = float("nan")
+        w2[3] = float("inf")
+        expected = fused_experts_ref(x, w13, w2, w, ids)
+        assert torch.isfinite(expected).all()
+        return guarded_run(lambda: fused_experts(x, w13, w2, w, ids), [x, w13, w2, w, ids], expected, 1e-5)
+
+    run_isolated(case)
+
+
 @pytest.mark.parametrize("grouped", [False, True])
 def test_routing_with_non_finite_logits_and_bias(grouped):
     def case():
