@@ -7,6 +7,13 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from vllm_ascend_triton.runtime.backend import apply_requested_backend
+
+# Before any family imports triton: an interpreter asked for in the environment (VAT_BACKEND)
+# must be on when Triton defines its own jit helpers (tl.cumsum, tl.zeros, ...) and ours.
+# With nothing asked for, this does nothing.
+apply_requested_backend()
+
 _EXPORTS = {
     "rotary_embedding": "rope",
     "mrope_rotary_embedding": "rope",
