@@ -39,3 +39,12 @@ def test_two_process_exchange_measured() -> None:
         assert math.isfinite(row[key]) and row[key] > 0
     assert row["exchange_p50_us"] <= row["exchange_p99_us"]
     assert row["share_of_decode_step_pct"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_schedule_overhead_ab_runs_the_plan() -> None:
+    res = exchange_bench.measure_schedule_overhead(num_running=32, steps=30, warmup=5)
+    assert res["measured"] is True and res["num_running"] == 32
+    assert res["vllm_schedule_mean_us"] > 0 and res["balance_schedule_mean_us"] > 0
+    assert 0.5 < res["ratio_mean"] < 2.0  # same work on the same object: close to 1

@@ -25,6 +25,7 @@ Command (JSON on stdout)::
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import random
@@ -219,6 +220,103 @@ def measure_load_vector(num_running: int = 256, calls: int = 200) -> dict[str, A
     }
 
 
+def measure_schedule_overhead(num_running: int = 256, steps: int = 400, warmup: int = 20) -> dict[str, Any]:
+    """Balance mode's ``schedule()`` against upstream's on the same scheduler object.
+
+    One ``BalanceScheduler`` holds ``num_running`` decoding requests; steps alternate between
+    upstream's ``Scheduler.schedule`` and ours (after a boundary with a DP-8 snapshot whose
+    seven other ranks carry pending prefill, so the plan gives this rank a finite allowance),
+    in ABBA order, so both schedule the same requests from the same state and contention on a shared host
+    hits both alike; cyclic GC is off while timing (as in ``timeit``).
+    Times are this thread's CPU time (``time.thread_time_ns``), which other
+    processes' load does not inflate. Ours does all upstream does plus the plan bookkeeping;
+    its per-request hook is installed only when the allowance could cut this rank's prefill,
+    which a decode-only rank never needs."""
+    from vllm_ascend_triton.scheduler.balance import BalanceScheduler, Scheduler
+    from vllm_ascend_triton.scheduler.plan import BalanceParams, LoadVector
+    from vllm_ascend_triton.scheduler.sim.vllm_setup import (
+        SchedulerShape,
+        fake_model_output,
+        make_request,
+        make_scheduler,
+    )
+
+    class _Peers:
+        rank, world_size, completes_later, supports_overlap = 0, 8, False, False
+
+        def all_gather(self, local: LoadVector) -> list[LoadVector]:
+            return [local, *[LoadVector(num_running, 0, 4096, num_running, 8, 0, 0, 0)] * 7]
+
+    shape = SchedulerShape(max_num_seqs=num_running, max_num_batched_tokens=8192, num_blocks=num_running * 40)
+    sched = make_scheduler(BalanceScheduler, shape, balance=BalanceParams(max_num_seqs=num_running))
+    for i in range(num_running):
+        sched.add_request(make_request(f"d{i}", 200 + i % 64, 2 * (steps + warmup) + 100, token_offset=i))
+    for _ in range(64):
+        so = sched.schedule()
+        sched.update_from_output(so, fake_model_output(sched, so))
+        if all(r.num_output_tokens > 0 for r in sched.running):
+            break
+    peers = _Peers()
+    t_up: list[int] = []
+    t_ours: list[int] = []
+    planned = 0
+
+    def upstream_step() -> int:
+        # The same boundary work precedes both timed calls (its plan is then discarded), so
+        # neither starts with caches the other one warmed.
+        sched.on_step_boundary(peers)
+        sched._pending_plan = False
+        t0 = time.thread_time_ns()
+        so = Scheduler.schedule(sched)
+        dt = time.thread_time_ns() - t0
+        sched.update_from_output(so, fake_model_output(sched, so))
+        return dt
+
+    def balance_step() -> int:
+        nonlocal planned
+        sched.on_step_boundary(peers)
+        t0 = time.thread_time_ns()
+        so = sched.schedule()
+        dt = time.thread_time_ns() - t0
+        sched.update_from_output(so, fake_model_output(sched, so))
+        planned += sched.last_plan is not None and sched.last_plan.prefill_allowance is not None
+        if so.total_num_scheduled_tokens != num_running:
+            raise RuntimeError("expected every request to decode in the overhead run")
+        return dt
+
+    # As timeit does: no cyclic GC inside timed calls (a collection lands on whichever call
+    # crosses the allocation threshold); reference counting still frees what they drop.
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for i in range(warmup + steps):
+            # ABBA order: whichever runs second in a pair gets the warmer caches.
+            if i % 2:
+                ours, up = balance_step(), upstream_step()
+            else:
+                up, ours = upstream_step(), balance_step()
+            if i >= warmup:
+                t_up.append(up)
+                t_ours.append(ours)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+        gc.collect()
+    if planned < warmup + steps:
+        raise RuntimeError("the plan did not give a finite allowance: the run measures nothing")
+    up, ours = np.array(t_up, dtype=np.float64), np.array(t_ours, dtype=np.float64)
+    return {
+        "measured": True,
+        "clock": "thread CPU time",
+        "num_running": num_running,
+        "steps": steps,
+        "vllm_schedule_mean_us": round(float(up.mean()) / 1e3, 1),
+        "balance_schedule_mean_us": round(float(ours.mean()) / 1e3, 1),
+        "ratio_mean": round(float(ours.mean() / up.mean()), 4),
+        "ratio_median": round(float(np.median(ours) / np.median(up)), 4),
+    }
+
+
 def measure_exchange(
     procs: tuple[int, ...] = (2, 4, 8),
     steps: int = 300,
@@ -270,12 +368,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout-s", type=float, default=120.0)
     parser.add_argument("--no-overlap", action="store_true", help="skip the overlapped timing")
     parser.add_argument(
+        "--schedule-overhead", action="store_true", help="only balance vs vLLM schedule() on one scheduler"
+    )
+    parser.add_argument(
         "--worker", nargs=7, metavar=("RANK", "WORLD", "PORT", "STEPS", "WARMUP", "FWD_MS", "OUT")
     )
     args = parser.parse_args(argv)
     if args.worker:
         rank, world, port, steps, warmup, fwd, out = args.worker
         _worker(int(rank), int(world), int(port), int(steps), int(warmup), float(fwd), out)
+        return 0
+    if args.schedule_overhead:
+        res = measure_schedule_overhead(args.num_running or 256, args.steps, args.warmup)
+        sys.stdout.write(json.dumps(res, indent=2) + "\n")
         return 0
     procs = tuple(int(p) for p in args.procs.split(",") if p.strip())
     result = measure_exchange(
