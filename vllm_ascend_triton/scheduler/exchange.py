@@ -75,11 +75,12 @@ class GlooLoadExchange(LoadExchange):
 
     def __init__(self, group: Any) -> None:
         import torch
-        import torch.distributed as dist
 
         self.group = group
-        self.rank = dist.get_rank(group=group)
-        self.world_size = dist.get_world_size(group=group)
+        # The group's own rank/size: vLLM's engine-core dp_group is a stateless gloo group and
+        # there is no default process group there, so dist.get_rank(group=...) would raise.
+        self.rank = group.rank()
+        self.world_size = group.size()
         self._local = torch.zeros(LOAD_VECTOR_LEN, dtype=torch.int64)
         self._rows = [torch.zeros(LOAD_VECTOR_LEN, dtype=torch.int64) for _ in range(self.world_size)]
         self._local_np = self._local.numpy()
@@ -88,11 +89,11 @@ class GlooLoadExchange(LoadExchange):
 
     def start(self, local: LoadVector) -> Any:
         """Post this rank's vector; gloo runs the all-gather on its own thread. At most one
-        may be in flight per exchange (the buffers are reused)."""
-        import torch.distributed as dist
-
+        may be in flight per exchange (the buffers are reused). Calls the ProcessGroup
+        directly: torch.distributed's Python wrapper adds about 16 us of checks per call on
+        the step's critical path (measured here, thread CPU time: 54 vs 38 us)."""
         self._local_np[:] = local
-        return dist.all_gather(self._rows, self._local, group=self.group, async_op=True)
+        return self.group.allgather([self._rows], [self._local])
 
     def finish(self, handle: Any) -> list[LoadVector]:
         handle.wait()
