@@ -31,7 +31,9 @@ def test_deferred_request_admitted_within_bound() -> None:
         num_blocks=4000,
         long_prefill_token_threshold=512,
     )
-    params = BalanceParams(min_chunk=128, escalate_steps=2, max_num_seqs=8)
+    params = BalanceParams(
+        min_chunk=128, escalate_steps=2, hold_steps=1, saturated_escalate_steps=2, max_num_seqs=8
+    )
     bound = starvation_bound(params, shape.max_num_batched_tokens)
     scheds, members = _ranks(4, shape, params)
     ref = make_scheduler(Scheduler, shape, make_vllm_config(shape))
@@ -74,7 +76,9 @@ def test_random_stress_no_leak(dp: int) -> None:
         num_blocks=50,
         long_prefill_token_threshold=0,
     )
-    scheds, members = _ranks(dp, shape, BalanceParams(min_chunk=32, escalate_steps=2, max_num_seqs=6))
+    scheds, members = _ranks(
+        dp, shape, BalanceParams(min_chunk=32, escalate_steps=2, hold_steps=1, max_num_seqs=6)
+    )
     rng = random.Random(dp)
     owner: dict[str, int] = {}
     finished: set[str] = set()
@@ -134,7 +138,9 @@ def test_incremental_load_vector_matches_a_scan() -> None:
     shape = SchedulerShape(
         max_num_seqs=6, max_num_batched_tokens=128, max_model_len=2048, block_size=16, num_blocks=60
     )
-    scheds, members = _ranks(2, shape, BalanceParams(min_chunk=32, escalate_steps=2, max_num_seqs=6))
+    scheds, members = _ranks(
+        2, shape, BalanceParams(min_chunk=32, escalate_steps=2, hold_steps=1, max_num_seqs=6)
+    )
     rng = random.Random(11)
     checked = prefill_seen = 0
     for i in range(400):

@@ -1,4 +1,5 @@
-"""The pure balance plan: determinism, bounds, gate semantics, starvation escalation."""
+"""The pure balance plan: determinism, bounds, deadline escalation, skew release, and the
+anchor modes (vllm-ascend's gate, SGLang's prefill delayer)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vllm_ascend_triton.scheduler.plan import (
+    HOLD,
     UNLIMITED,
     BalanceParams,
     LoadVector,
@@ -47,55 +49,93 @@ def test_plan_bounds(loads: list[LoadVector]) -> None:
     if len(loads) == 1:
         assert plan == [UNLIMITED]
         return
+    saturated = any(x.num_waiting > x.free_slots for x in loads)
+    top = escalation_levels(params, BUDGET)
     for load, p in zip(loads, plan, strict=True):
         assert p.admit_new
+        room = max(0, BUDGET - load.decode_tokens)
+        age = load.starve_steps
+        if saturated:
+            if age // params.saturated_escalate_steps > top:
+                assert p == UNLIMITED
+            forced = load.prefill_pending <= params.min_chunk or age >= params.saturated_escalate_steps
+            floor = params.min_chunk if forced else 0
+        else:
+            if age >= params.escalate_steps:
+                assert p == UNLIMITED  # deadline: exactly vLLM
+            left = params.escalate_steps - age
+            past_hold = params.hold_steps <= age < params.escalate_steps
+            floor = max(-(-load.prefill_pending // left), params.min_chunk) if past_hold else 0
         if p.prefill_allowance is None:
             continue
-        room = max(0, BUDGET - load.decode_tokens)
         assert 0 <= p.prefill_allowance <= room
-        # Small pending prefill always goes; after escalate_steps cut steps so does a chunk.
-        if load.prefill_pending <= params.min_chunk or load.starve_steps >= params.escalate_steps:
-            assert p.prefill_allowance >= min(params.min_chunk, room)
+        assert p.prefill_allowance >= min(room, floor)
 
 
-def test_equal_level_fills_light_ranks_and_chunks_heavy_ones() -> None:
-    # 8 ranks; 5 have 3000 pending prefill tokens, one 20000, one 1000, one none.
-    loads = (
-        [lv(decode=100, wait_pf=3000)] * 5
-        + [lv(decode=100, wait_pf=20000)]
-        + [lv(decode=100, wait_pf=1000), lv(decode=100)]
-    )
-    plan = compute_plan(loads, BalanceParams(quorum=0.75), BUDGET)
-    # Level = 6th largest total = 100 + 3000: the heavy rank is chunked to that level,
-    # the others may fill up to it.
-    assert [p.prefill_allowance for p in plan] == [3000] * 8
+def test_deadline_escalation_and_bound() -> None:
+    params = BalanceParams(min_chunk=512, escalate_steps=6, hold_steps=3, saturated_escalate_steps=2)
+    # max(deadline 6 + 1, saturated 2 * (4 doublings from 512 to 8192 + 1) + 1)
+    assert starvation_bound(params, BUDGET) == 11
+    assert starvation_bound(BalanceParams(), BUDGET) == 81
+    got = []
+    for age in range(8):
+        loads = [lv(decode=100, run_pf=6000, starve=age)] + [lv(decode=100)] * 7
+        got.append(compute_plan(loads, params, BUDGET)[0].prefill_allowance)
+    # Held for 3 steps, then the backlog spread over the steps left (6000/3, /2, /1), then
+    # no limit: whatever was pending at the first hold is done by the deadline.
+    assert got == [0, 0, 0, 2000, 3000, 6000, None, None]
 
 
-def test_lone_long_prefill_waits_then_escalates() -> None:
-    params = BalanceParams(min_chunk=512, escalate_steps=4, quorum=0.75)
-    lone = [lv(decode=128, run_pf=3500)] + [lv(decode=128)] * 7
-    assert compute_plan(lone, params, BUDGET)[0] == RankPlan(0, True)
-    starved = [lv(decode=128, run_pf=3500, starve=4)] + [lv(decode=128)] * 7
-    assert compute_plan(starved, params, BUDGET)[0] == RankPlan(512, True)
-    # A short prompt is never held back: its padding costs little.
-    short = [lv(decode=128, wait_pf=300)] + [lv(decode=128)] * 7
+def test_saturated_escalation_doubles_then_unlimited() -> None:
+    # A rank queueing beyond its free slots marks the cluster saturated: no hold, small
+    # prompts go at once, a long lone prefill waits for the quorum with a doubling floor.
+    params = BalanceParams(min_chunk=512, saturated_escalate_steps=8)
+    got = []
+    for age in (0, 7, 8, 16, 24, 32, 39, 40):
+        loads = [lv(decode=0, run_pf=7000, starve=age)] + [lv(waiting=5, free=0)] + [lv()] * 6
+        got.append(compute_plan(loads, params, BUDGET)[0].prefill_allowance)
+    assert got == [0, 0, 512, 1024, 2048, 4096, 4096, None]
+    short = [lv(decode=128, wait_pf=300)] + [lv(waiting=5, free=0)] + [lv(decode=128)] * 6
     assert compute_plan(short, params, BUDGET)[0] == RankPlan(512, True)
 
 
-def test_nothing_pending_means_unlimited() -> None:
+def test_held_ranks_fill_a_step_that_someone_prefills() -> None:
+    params = BalanceParams(min_chunk=512, escalate_steps=6, hold_steps=3, quorum=0.875)
+    # Rank 0 is past its hold (floor 2000); the others hold fresh prefill, but since the
+    # step is padded to rank 0's batch anyway, every rank may fill up to the same level.
+    loads = [lv(decode=100, wait_pf=6000, starve=3)] + [lv(decode=100, wait_pf=900)] * 6 + [lv(decode=300)]
+    plan = compute_plan(loads, params, BUDGET)
+    assert plan[0] == RankPlan(2000, True)
+    assert all(p == RankPlan(2000, True) for p in plan[1:7])
+    assert plan[7] == RankPlan(1800, True)  # level 2100 minus its 300 decode tokens
+
+
+def test_quorum_level_without_hold() -> None:
+    # No hold: 8 ranks, 6 with 3000 pending, one 5000, one none; quorum 3/4 -> level is the
+    # 6th largest total (100 + 3000); the 5000 rank is chunked to it (its floor, 5000/6
+    # rounded up, is lower), the empty rank may admit up to it.
+    params = BalanceParams(quorum=0.75, hold_steps=0, escalate_steps=6)
+    loads = [lv(decode=100, wait_pf=3000)] * 6 + [lv(decode=100, wait_pf=5000), lv(decode=100)]
+    assert [p.prefill_allowance for p in compute_plan(loads, params, BUDGET)] == [3000] * 8
+
+
+def test_skew_release_lets_every_rank_fill_the_step() -> None:
+    # Rank 0 has more pending than one step can run (a burst of long prompts): no quorum
+    # will ever match it, so it runs as vLLM would and the others may fill that step.
+    loads = [lv(decode=100, wait_pf=28000)] + [lv(decode=100, wait_pf=300)] * 7
+    plan = compute_plan(loads, BalanceParams(), BUDGET)
+    assert plan[0] == UNLIMITED
+    assert all(p.prefill_allowance == BUDGET - 100 for p in plan[1:])
+    # The same backlog on most ranks is saturation, not skew: the quorum level applies.
+    busy = [lv(decode=100, wait_pf=28000)] * 7 + [lv(decode=100, wait_pf=300)]
+    assert all(p.prefill_allowance is not None for p in compute_plan(busy, BalanceParams(), BUDGET))
+
+
+def test_nothing_pending_without_hold_means_unlimited() -> None:
     loads = [lv(decode=50)] * 4
-    assert compute_plan(loads, BalanceParams(), BUDGET) == [UNLIMITED] * 4
-
-
-def test_escalation_doubles_then_unlimited() -> None:
-    params = BalanceParams(min_chunk=512, escalate_steps=8)
-    assert escalation_levels(params, BUDGET) == 4
-    assert starvation_bound(params, BUDGET) == 41
-    got = []
-    for starve in (0, 7, 8, 16, 24, 32, 39, 40):
-        loads = [lv(decode=0, run_pf=50000, starve=starve)] + [lv()] * 7
-        got.append(compute_plan(loads, params, BUDGET)[0].prefill_allowance)
-    assert got == [0, 0, 512, 1024, 2048, 4096, 4096, None]
+    assert compute_plan(loads, BalanceParams(hold_steps=0), BUDGET) == [UNLIMITED] * 4
+    # With a hold, fresh arrivals (not in the snapshot yet) wait for a shared step.
+    assert compute_plan(loads, BalanceParams(hold_steps=3), BUDGET) == [RankPlan(0, True)] * 4
 
 
 def test_gate_blocks_admission_while_any_rank_is_full() -> None:
@@ -106,12 +146,35 @@ def test_gate_blocks_admission_while_any_rank_is_full() -> None:
     assert compute_plan(free, params, BUDGET) == [UNLIMITED] * 2
 
 
+def test_delay_mode_is_sglang_prefill_delayer() -> None:
+    params = BalanceParams(mode="delay", delay_passes=30)
+    # All ranks or no rank prefillable: prefill allowed.
+    assert compute_plan([lv(wait_pf=10)] * 3, params, BUDGET) == [UNLIMITED] * 3
+    assert compute_plan([lv()] * 3, params, BUDGET) == [UNLIMITED] * 3
+    # Mixed: nobody prefills, until the delayed passes reach the maximum.
+    mixed = [lv(wait_pf=10, starve=29), lv(), lv(wait_pf=5, starve=3)]
+    assert compute_plan(mixed, params, BUDGET) == [HOLD] * 3
+    timeout = [lv(wait_pf=10, starve=30), lv(), lv(wait_pf=5, starve=3)]
+    assert compute_plan(timeout, params, BUDGET) == [UNLIMITED] * 3
+    # Low token-usage watermark: a prefillable rank with little KV in use forces prefill.
+    wm = BalanceParams(mode="delay", delay_watermark=0.5, kv_capacity_tokens=1000)
+    assert compute_plan([lv(wait_pf=10, ctx=400), lv(ctx=900)], wm, BUDGET) == [UNLIMITED] * 2
+    assert compute_plan([lv(wait_pf=10, ctx=600), lv(ctx=100)], wm, BUDGET) == [HOLD] * 2
+
+
 def test_params_validation() -> None:
-    with pytest.raises(ValueError):
-        BalanceParams(mode="nope")
-    with pytest.raises(ValueError):
-        BalanceParams(min_chunk=0)
-    with pytest.raises(ValueError):
-        BalanceParams(quorum=0.0)
-    with pytest.raises(ValueError):
-        BalanceParams(escalate_steps=0)
+    for bad in (
+        {"mode": "nope"},
+        {"min_chunk": 0},
+        {"quorum": 0.0},
+        {"escalate_steps": 0},
+        {"escalate_steps": 3, "hold_steps": 3},
+        {"hold_steps": -1},
+        {"skew_ratio": 0.5},
+        {"saturated_escalate_steps": 0},
+        {"delay_passes": 0},
+        {"delay_watermark": 1.5},
+        {"kv_capacity_tokens": -1},
+    ):
+        with pytest.raises(ValueError):
+            BalanceParams(**bad)

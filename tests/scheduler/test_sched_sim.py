@@ -6,9 +6,11 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from vllm_ascend_triton.cli.sim import main
+from vllm_ascend_triton.cli.sim import main, parse_seeds
+from vllm_ascend_triton.scheduler.sim.report import aggregate, json_safe, verdicts
 from vllm_ascend_triton.scheduler.sim.runner import Policy, run_simulation
 from vllm_ascend_triton.scheduler.sim.stepmodel import StepModel
 from vllm_ascend_triton.scheduler.sim.vllm_setup import SchedulerShape
@@ -18,9 +20,23 @@ from vllm_ascend_triton.scheduler.sim.workloads import make_workload
 def test_policy_parse() -> None:
     assert Policy.parse("cadence:4") == Policy("cadence:4", "off", cadence=4)
     assert Policy.parse("balance").mode == "balance"
-    for bad in ("cadence:0", "cadence:x", "fastest"):
+    delay = Policy.parse("delay")
+    assert delay.mode == "delay" and dict(delay.balance_overrides) == {"delay_passes": 30}
+    assert dict(Policy.parse("delay:10:0.3").balance_overrides) == {
+        "delay_passes": 10,
+        "delay_watermark": 0.3,
+    }
+    for bad in ("cadence:0", "cadence:x", "fastest", "delay:0", "delay:x", "delay:5:2", "delay:1:0.5:9"):
         with pytest.raises(ValueError):
             Policy.parse(bad)
+
+
+def test_parse_seeds() -> None:
+    assert parse_seeds("0-4") == [0, 1, 2, 3, 4]
+    assert parse_seeds("3,1,3") == [3, 1]
+    for bad in ("4-0", "x", "", "-1"):
+        with pytest.raises(ValueError):
+            parse_seeds(bad)
 
 
 def test_step_model() -> None:
@@ -44,6 +60,27 @@ def test_workloads_are_seeded() -> None:
     a = make_workload("a", 2, 8, seed=0)
     start = a.pop_until(0.0)
     assert len(start) == 2 * 2 * 8 and all(3150 <= x.prompt_len <= 3850 for x in start)
+
+
+@pytest.mark.parametrize(
+    ("name", "prompt_median", "output_median", "rate_per_rank"),
+    [("code", 1500, 15, 2.5), ("conv", 1020, 150, 1.6), ("low", 1020, 150, 0.3)],
+)
+def test_trace_shaped_workloads(
+    name: str, prompt_median: int, output_median: int, rate_per_rank: float
+) -> None:
+    # The statistics the docstring cites: medians of the lengths and the mean arrival rate
+    # (Gamma inter-arrivals of shape 0.5, i.e. burstier than Poisson).
+    w = make_workload(name, 4, 128, seed=1)
+    arrivals = w.pop_until(2000.0)
+    prompts = np.array([x.prompt_len for x in arrivals])
+    outputs = np.array([x.output_len for x in arrivals])
+    gaps = np.diff([x.time for x in arrivals])
+    assert abs(np.median(prompts) / prompt_median - 1) < 0.08
+    assert abs(np.median(outputs) / output_median - 1) < 0.1
+    assert abs(len(arrivals) / 2000.0 / (4 * rate_per_rank) - 1) < 0.1
+    assert 1.2 < gaps.std() / gaps.mean() < 1.6  # CV of Gamma(0.5) is sqrt(2)
+    assert w.pop_until(2000.0) == [] and all(x.rank is None for x in arrivals)
 
 
 @pytest.mark.parametrize("policy", ["default", "cadence:2", "gate", "balance"])
@@ -73,6 +110,8 @@ def test_cli_json_and_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
             "b,c",
             "--policy",
             "default,balance",
+            "--seeds",
+            "0-1",
             "--steps",
             "60",
             "--warmup",
@@ -91,14 +130,16 @@ def test_cli_json_and_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert rc == 0
     payload = json.loads(capsys.readouterr().out)
     assert payload["simulated"] is True
-    assert {(r["workload"], r["policy"]) for r in payload["results"]} == {
-        ("b", "default"),
-        ("b", "balance"),
-        ("c", "default"),
-        ("c", "balance"),
+    assert {(r["workload"], r["policy"], r["seed"]) for r in payload["results"]} == {
+        (w, p, s) for w in "bc" for p in ("default", "balance") for s in (0, 1)
     }
-    assert set(payload["verdicts"]) == {"b", "c"}
-    assert json.loads((tmp_path / "sim.json").read_text())["results"] == payload["results"]
+    assert set(payload["verdicts"]["per_seed"]) == {"0", "1"}
+    assert set(payload["verdicts"]["summary"]) == {"b", "c"}
+    assert [a["seeds"] for a in payload["aggregate"]] == [[0, 1]] * 4
+    assert all(r["plan_us_mean"] > 0 for r in payload["results"] if r["policy"] == "balance")
+    text = (tmp_path / "sim.json").read_text()
+    assert "NaN" not in text
+    assert json.loads(text)["results"] == payload["results"]
     assert (tmp_path / "sim.png").stat().st_size > 10_000
 
 
@@ -109,6 +150,58 @@ def test_cli_errors_and_help(capsys: pytest.CaptureFixture[str]) -> None:
         main(["sim", "--help"])
     assert e.value.code == 0
     assert "SIMULATED" in capsys.readouterr().out
+
+
+def test_time_bounded_run_counts_unserved_requests() -> None:
+    # A policy cannot hide a starved request: with a time bound, TTFT covers every request
+    # that arrived in the window, the unserved ones with horizon - arrival.
+    shape = SchedulerShape(max_num_seqs=4, max_num_batched_tokens=512, num_blocks=2000)
+    res = run_simulation(
+        make_workload("code", 2, 4, seed=0),
+        Policy.parse("delay:3"),
+        2,
+        shape=shape,
+        max_steps=None,
+        horizon_s=4.0,
+        warmup_s=1.0,
+        check_invariants=True,
+    )
+    assert res.sim_seconds >= 4.0 and res.requests_measured_ttft > 0
+    assert res.plan_us_mean is None  # only balance runs time compute_plan
+    with pytest.raises(ValueError):
+        run_simulation(
+            make_workload("low", 2, 4, seed=0), Policy.parse("default"), 2, horizon_s=1.0, warmup_s=2.0
+        )
+
+
+def test_aggregate_and_verdicts_with_ties() -> None:
+    def row(pol: str, seed: int, tput: float, ttft: float | None, tpot: float) -> dict:
+        return {
+            "workload": "x",
+            "policy": pol,
+            "seed": seed,
+            "output_tok_s": tput,
+            "ttft_p50_s": ttft,
+            "ttft_p99_s": ttft,
+            "tpot_p50_ms": tpot,
+            "tpot_p99_ms": tpot,
+            "idle_share": 0.1,
+        }
+
+    rows = [
+        row("default", 0, 100.0, 2.0, 50.0),
+        row("balance", 0, 99.5, 2.01, 50.2),
+        row("default", 1, 100.0, 2.0, 50.0),
+        row("balance", 1, 98.0, None, 40.0),
+    ]
+    v0 = verdicts([r for r in rows if r["seed"] == 0])["x"]
+    assert v0["pareto"]  # within 1% on every criterion: ties
+    v1 = verdicts([r for r in rows if r["seed"] == 1])["x"]
+    assert not v1["throughput_ok"] and not v1["ttft_p99_ok"] and v1["tpot_p99_ok"]
+    agg = {a["policy"]: a for a in aggregate(rows)}
+    assert agg["balance"]["output_tok_s"] == {"mean": 98.75, "std": 0.75, "min": 98.0, "max": 99.5}
+    assert agg["balance"]["ttft_p99_s"]["min"] == agg["balance"]["ttft_p99_s"]["max"] == 2.01
+    assert json_safe({"a": [float("nan"), 1.0]}) == {"a": [None, 1.0]}
 
 
 def test_overhead_measurement_runs_the_balance_path() -> None:

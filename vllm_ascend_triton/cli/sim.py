@@ -16,13 +16,30 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_POLICIES = "default,cadence:2,cadence:4,gate,balance"
-# Lockstep steps simulated per workload, and how many of them are warm-up (not measured).
-# Sized so that `--dp 8 --workload a,b,c` with the five default policies takes a few
-# minutes on 2 cores (vLLM's schedule() + update_from_output dominate: ~2 ms per rank-step
-# at 128 running). (a) needs more than one request lifetime (~1500 steps) to desynchronise.
-DEFAULT_STEPS = {"a": 3000, "b": 2500, "c": 2500}
-DEFAULT_WARMUP = {"a": 1300, "b": 500, "c": 500}
+DEFAULT_POLICIES = "default,cadence:2,cadence:4,gate,delay,balance"
+DEFAULT_WORKLOADS = "a,b,c,code,conv,low"
+# Simulated seconds per workload: (horizon, warm-up); metrics over [warm-up, horizon), the
+# same window for every policy. vLLM's schedule() + update_from_output dominate the wall
+# time (~1.3 ms per rank-step at 128 running on this 2-core machine). (a) needs more than
+# one request lifetime (~150-200 s) to desynchronise its closed loop; (c) has a burst every
+# 20 s, so its window holds about 19 (quick: 9) bursts.
+SIM_SECONDS = {
+    "a": (700, 300),
+    "b": (300, 60),
+    "c": (400, 20),
+    "code": (300, 30),
+    "conv": (300, 30),
+    "low": (600, 30),
+}
+# --quick: shorter windows so DP 64 runs in minutes; still past (a)'s first lifetime.
+QUICK_SECONDS = {
+    "a": (400, 200),
+    "b": (150, 40),
+    "c": (200, 20),
+    "code": (120, 20),
+    "conv": (120, 20),
+    "low": (300, 30),
+}
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -39,27 +56,37 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("--dp", type=int, default=8, help="number of DP ranks (default 8)")
-    p.add_argument("--workload", default="a,b,c", help="comma list of workloads a,b,c (default all)")
+    p.add_argument(
+        "--workload",
+        default=DEFAULT_WORKLOADS,
+        help=f"comma list of workloads (default all: {DEFAULT_WORKLOADS})",
+    )
     p.add_argument(
         "--policy",
         default=DEFAULT_POLICIES,
-        help=f"comma list of policies: default, cadence:N, gate, balance (default {DEFAULT_POLICIES})",
+        help="comma list of policies: default, cadence:N, gate, delay[:PASSES[:WATERMARK]], balance "
+        f"(default {DEFAULT_POLICIES})",
     )
     p.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
     p.add_argument("--out", type=Path, default=None, help="directory for sim.json and sim.png")
-    p.add_argument("--seed", type=int, default=0, help="workload seed (default 0)")
+    p.add_argument("--seed", type=int, default=None, help="one workload seed (default 0)")
+    p.add_argument(
+        "--seeds",
+        default=None,
+        help="seeds to run, e.g. 0-4 or 0,2,5; reports mean and [min, max] per policy",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"shorter simulated windows (s, horizon/warm-up): {QUICK_SECONDS}",
+    )
     p.add_argument(
         "--steps",
         type=int,
         default=None,
-        help=f"lockstep steps per run (default per workload: {DEFAULT_STEPS})",
+        help="bound runs by lockstep steps instead of simulated time (tests, debugging)",
     )
-    p.add_argument(
-        "--warmup",
-        type=int,
-        default=None,
-        help=f"unmeasured warm-up steps (default per workload: {DEFAULT_WARMUP})",
-    )
+    p.add_argument("--warmup", type=int, default=None, help="unmeasured warm-up steps (with --steps)")
     p.add_argument(
         "--jobs",
         type=int,
@@ -94,7 +121,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _run_one(job: dict[str, Any]) -> dict[str, Any]:
-    """One (workload, policy) run; top-level so a worker process can import it."""
+    """One (workload, policy, seed) run; top-level so a worker process can import it."""
     logging.basicConfig(level=logging.WARNING)
     from vllm_ascend_triton.scheduler.sim.runner import Policy, run_simulation
     from vllm_ascend_triton.scheduler.sim.stepmodel import StepModel
@@ -110,9 +137,33 @@ def _run_one(job: dict[str, Any]) -> dict[str, Any]:
         step_model=StepModel(**job["step_model"]),
         max_steps=job["steps"],
         warmup_steps=job["warmup"],
+        horizon_s=job["horizon_s"],
+        warmup_s=job["warmup_s"],
         balance_overrides=job["balance"],
     )
     return {"summary": res.summary(), "series": {"step_ms": res.series["step_ms"]}}
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0-4"`` -> [0, 1, 2, 3, 4]; ``"0,2,5"`` -> [0, 2, 5]."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            if "-" in part:
+                lo, hi = (int(x) for x in part.split("-", 1))
+                if lo > hi:
+                    raise ValueError
+                seeds.extend(range(lo, hi + 1))
+            else:
+                seeds.append(int(part))
+        except ValueError:
+            raise ValueError(f"--seeds expects e.g. 0-4 or 0,2,5, got {text!r}") from None
+    if not seeds or min(seeds) < 0:
+        raise ValueError(f"--seeds expects non-negative seeds, got {text!r}")
+    return list(dict.fromkeys(seeds))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -147,10 +198,13 @@ def _run_sim(args: argparse.Namespace) -> int:
     from vllm_ascend_triton.scheduler.sim import report
     from vllm_ascend_triton.scheduler.sim.runner import Policy
     from vllm_ascend_triton.scheduler.sim.stepmodel import StepModel
-    from vllm_ascend_triton.scheduler.sim.workloads import WORKLOADS
+    from vllm_ascend_triton.scheduler.sim.workloads import DESCRIPTIONS, WORKLOADS
 
     if args.dp < 1:
         raise ValueError(f"--dp must be >= 1, got {args.dp}")
+    if args.seed is not None and args.seeds is not None:
+        raise ValueError("give --seed or --seeds, not both")
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else [args.seed or 0]
     workloads = [w.strip() for w in args.workload.split(",") if w.strip()]
     for w in workloads:
         if w not in WORKLOADS:
@@ -183,32 +237,41 @@ def _run_sim(args: argparse.Namespace) -> int:
         "max_num_batched_tokens": args.max_num_batched_tokens,
         "num_blocks": args.num_blocks,
     }
+    sizes = QUICK_SECONDS if args.quick else SIM_SECONDS
     jobs = []
+    windows: dict[str, Any] = {}
     for w in workloads:
-        steps = args.steps if args.steps is not None else DEFAULT_STEPS[w]
-        warmup = args.warmup if args.warmup is not None else min(DEFAULT_WARMUP[w], steps // 2)
-        if warmup >= steps:
-            raise ValueError(f"--warmup ({warmup}) must be smaller than --steps ({steps})")
-        for p in policies:
-            jobs.append(
-                {
-                    "workload": w,
-                    "policy": p,
-                    "dp": args.dp,
-                    "seed": args.seed,
-                    "steps": steps,
-                    "warmup": warmup,
-                    "shape": shape,
-                    "step_model": model.__dict__.copy(),
-                    "balance": bal_kw,
-                }
-            )
+        if args.steps is not None:
+            warmup = args.warmup if args.warmup is not None else args.steps // 5
+            if not 0 <= warmup < args.steps:
+                raise ValueError(f"--warmup ({warmup}) must be in [0, --steps ({args.steps}))")
+            bound = {"steps": args.steps, "warmup": warmup, "horizon_s": None, "warmup_s": 0.0}
+            windows[w] = {"steps": args.steps, "warmup_steps": warmup}
+        else:
+            horizon, warm = sizes[w]
+            bound = {"steps": None, "warmup": 0, "horizon_s": float(horizon), "warmup_s": float(warm)}
+            windows[w] = {"horizon_s": horizon, "warmup_s": warm}
+        for seed in seeds:
+            for p in policies:
+                jobs.append(
+                    {
+                        "workload": w,
+                        "policy": p,
+                        "dp": args.dp,
+                        "seed": seed,
+                        **bound,
+                        "shape": shape,
+                        "step_model": model.__dict__.copy(),
+                        "balance": bal_kw,
+                    }
+                )
     t0 = time.perf_counter()
 
     def progress(res: dict[str, Any]) -> None:
         s = res["summary"]
         print(
-            f"[vat sim] {s['workload']}/{s['policy']}: {s['steps']} steps, {s['wall_seconds']:.0f}s wall",
+            f"[vat sim] {s['workload']}/{s['policy']}/seed {s['seed']}: {s['steps']} steps, "
+            f"{s['wall_seconds']:.0f}s wall",
             file=sys.stderr,
             flush=True,
         )
@@ -225,37 +288,58 @@ def _run_sim(args: argparse.Namespace) -> int:
             results.append(_run_one(j))
             progress(results[-1])
     rows = [r["summary"] for r in results]
-    series = {(r["summary"]["workload"], r["summary"]["policy"]): r["series"] for r in results}
+    first_seed = [r for r in results if r["summary"]["seed"] == seeds[0]]
+    series = {(r["summary"]["workload"], r["summary"]["policy"]): r["series"] for r in first_seed}
+    balance_rows = [r for r in rows if r["policy"] == "balance" and r["plan_us_mean"] is not None]
+    plan_cost = None
+    if balance_rows:
+        plan_cost = {
+            "measured_on": "this host (compute_plan once per simulated step, perf_counter_ns)",
+            "mean_us": sum(r["plan_us_mean"] for r in balance_rows) / len(balance_rows),
+            "max_p99_us": max(r["plan_us_p99"] for r in balance_rows),
+        }
+    wall = time.perf_counter() - t0
     payload = {
         "simulated": True,
-        "note": "Timings come from the step-time model (not measured); "
-        "schedulers are real vLLM 0.32 objects.",
+        "note": "Timings come from the step-time model (not measured); schedulers are real vLLM "
+        "0.32 objects. plan_us_* and wall_seconds are measured on the host that ran it.",
         "dp": args.dp,
+        "quick": bool(args.quick),
+        "seeds": seeds,
+        "windows": windows,
+        "workloads": {w: DESCRIPTIONS[w] for w in workloads},
         "step_model": model.__dict__,
         "balance_params": {k: v for k, v in params.__dict__.items() if k != "mode"},
         "scheduler": shape,
-        "seed": args.seed,
-        "wall_seconds": time.perf_counter() - t0,
+        "wall_seconds": wall,
+        "plan_cost": plan_cost,
         "results": rows,
-        "verdicts": report.verdicts(rows),
+        "aggregate": report.aggregate(rows),
+        "verdicts": report.verdicts_by_seed(rows),
     }
+    payload = report.json_safe(payload)
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         report.write_json(args.out / "sim.json", payload)
-        report.plot(rows, series, args.out / "sim.png", f"vat sim, DP={args.dp}")
+        first_rows = [r for r in rows if r["seed"] == seeds[0]]
+        report.plot(first_rows, series, args.out / "sim.png", f"vat sim, DP={args.dp}, seed {seeds[0]}")
     if args.json:
-        print(json.dumps(payload, indent=2, default=lambda o: None))
+        print(json.dumps(payload, indent=2, allow_nan=False))
     else:
-        print(f"SIMULATED lockstep DP={args.dp} (step-time model: {model})")
-        print(report.format_table(rows))
-        for wl, v in payload["verdicts"].items():
-            f = report._fmt
+        label = " (--quick sizes)" if args.quick else ""
+        print(f"SIMULATED lockstep DP={args.dp}{label}, seeds {seeds} (step-time model: {model})")
+        print(report.format_spread_table(payload["aggregate"]))
+        for wl, v in payload["verdicts"]["summary"].items():
+            fails = ", ".join(f"seed {f['seed']}: {f['criterion']}" for f in v["failures"]) or "none"
             print(
-                f"({wl}) balance {f('{:.0f}', v['balance_output_tok_s'])} tok/s vs best other "
-                f"{f('{:.0f}', v['best_other_output_tok_s'])} ({v['best_other_by_throughput']}), "
-                f"TTFT p99 {f('{:.2f}', v['balance_ttft_p99_s'])} s vs best "
-                f"{f('{:.2f}', v['best_other_ttft_p99_s'])} s ({v['best_other_by_ttft_p99']})"
+                f"({wl}) balance Pareto-best or tied on {v['pareto']}/{v['seeds']} seeds; failures: {fails}"
             )
+        if plan_cost:
+            print(
+                f"compute_plan per step (measured here): mean {plan_cost['mean_us']:.1f} us, "
+                f"worst p99 {plan_cost['max_p99_us']:.1f} us"
+            )
+        print(f"wall time {wall:.0f} s")
         if args.out is not None:
             print(f"wrote {args.out / 'sim.json'} and {args.out / 'sim.png'}")
     return 0

@@ -7,6 +7,12 @@ and stable sorts are used, so the result does not depend on the rank that comput
 
 This module does not import vLLM: the simulator, the tests and the scheduler share it.
 See :mod:`vllm_ascend_triton.scheduler.balance` for the algorithm in prose.
+
+Modes: ``off`` (exactly vLLM), ``balance`` (ours), and two anchors the simulator compares
+against: ``gate`` (vllm-ascend's balance scheduling: nobody admits while any rank is
+full) and ``delay`` (SGLang's ``PrefillDelayer`` for DP attention: when some but not all
+ranks have prefill to run, nobody prefills, for at most ``delay_passes`` passes; a rank
+below the KV token-usage low watermark forces prefill).
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-MODES = ("off", "balance", "gate")
+MODES = ("off", "balance", "gate", "delay")
 
 
 class LoadVector(NamedTuple):
@@ -28,8 +34,11 @@ class LoadVector(NamedTuple):
     num_running: int
     num_waiting: int
     free_slots: int  # max_num_seqs - running
-    starve_steps: int  # consecutive steps in which the plan cut this rank's prefill
-    context_tokens: int  # tokens the running requests attend to (KV in use)
+    # Deferral age: consecutive steps in which the plan has held back prefill that vLLM
+    # would have run on this rank (a step that runs all of it resets it), i.e. how long
+    # the oldest request the plan deferred there has waited because of the plan.
+    starve_steps: int
+    context_tokens: int  # KV tokens in use (what the running requests attend to)
 
     @property
     def prefill_pending(self) -> int:
@@ -41,7 +50,8 @@ LOAD_VECTOR_LEN = len(LoadVector._fields)
 
 @dataclass(frozen=True)
 class BalanceParams:
-    """Knobs of the plan. Defaults are the ones the simulator's table was produced with."""
+    """Knobs of the plan. Defaults are the ones the simulator's tables were produced with
+    (fixed on seed 0 of ``vat sim`` at DP=8 before seeds 1-4 were run)."""
 
     mode: str = "balance"
     # Prefill chunk unit: a rank whose pending prefill is at most this much may always
@@ -49,11 +59,45 @@ class BalanceParams:
     min_chunk: int = 512
     # The common token level is the one that at least this share of ranks can fill.
     quorum: float = 0.875
-    # A rank whose prefill the plan has cut for this many consecutive steps gets a floor
-    # of min_chunk, doubled every as many steps again, up to no limit at all: this bounds
-    # how long any request can be deferred (see starvation_bound()).
-    escalate_steps: int = 16
+    # Deadline escalation on deferral age: a rank whose prefill the plan holds may always
+    # run at least 1/(escalate_steps - age) of its pending prefill (and at least min_chunk),
+    # so whatever is pending when the plan first holds it is done within escalate_steps
+    # steps, and a rank held for escalate_steps steps runs exactly as vLLM would (see
+    # starvation_bound()). The floor grows with the backlog *and* with its age, which are
+    # what starves, not with how often one rank happened to be cut.
+    escalate_steps: int = 6
+    # Under pressure, pending prefill first waits up to this many steps (its deferral age)
+    # for a step in which other ranks prefill too, so prefill steps are shared instead of
+    # each rank padding a different step (what vLLM's prefill cadence does every N steps,
+    # but only while there is something to gain and never past the deadline above).
+    hold_steps: int = 3
+    # Saturated cluster (some rank queues more requests than it has free slots): queueing,
+    # not placement, sets TTFT there, and floors that grow with the backlog would turn the
+    # plan back into vLLM's padded steps. Then small prompts (up to min_chunk) go at once,
+    # longer prefill fills the quorum level, and a rank held for this many steps gets a
+    # floor of min_chunk, doubled every as many steps, then no limit.
+    saturated_escalate_steps: int = 16
     max_num_seqs: int = 128
+    # Skew release: a rank whose pending prefill fills whole steps on its own (at least its
+    # free token room) while the quorum's pending prefill is under 1/skew_ratio of it: no
+    # quorum will match it soon, so waiting only starves it. It runs at once and the level
+    # rises so every other rank fills that step. (When most ranks have such a backlog the
+    # cluster is saturated and the quorum level already runs big, shared steps.)
+    skew_ratio: float = 4.0
+    # Pressure gate: the plan only holds prefill back while the cluster is loaded (see
+    # under_pressure()). Below that, holding prefill cannot raise throughput (the offered
+    # load is served either way) and only adds latency, so every rank schedules exactly
+    # as vLLM would. False: always plan.
+    pressure_gate: bool = False
+    # Loaded: the ranks run at least this share of max_num_seqs on average (every token
+    # that pads a step then stalls that many decodes) ...
+    pressure_running_share: float = 0.25
+    # ``delay`` mode (SGLang's PrefillDelayer): maximum delayed passes, and the KV
+    # token-usage low watermark (share of kv_capacity_tokens; None = off) below which a
+    # rank with prefill forces it for everyone.
+    delay_passes: int = 30
+    delay_watermark: float | None = None
+    kv_capacity_tokens: int = 0
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -64,6 +108,22 @@ class BalanceParams:
             raise ValueError(f"quorum must be in (0, 1], got {self.quorum}")
         if self.escalate_steps < 1:
             raise ValueError(f"escalate_steps must be >= 1, got {self.escalate_steps}")
+        if self.saturated_escalate_steps < 1:
+            raise ValueError(f"saturated_escalate_steps must be >= 1, got {self.saturated_escalate_steps}")
+        if not 0 <= self.hold_steps < self.escalate_steps:
+            raise ValueError(
+                f"hold_steps must be in [0, escalate_steps={self.escalate_steps}), got {self.hold_steps}"
+            )
+        if self.skew_ratio < 1.0:
+            raise ValueError(f"skew_ratio must be >= 1, got {self.skew_ratio}")
+        if not 0.0 < self.pressure_running_share <= 1.0:
+            raise ValueError(f"pressure_running_share must be in (0, 1], got {self.pressure_running_share}")
+        if self.delay_passes < 1:
+            raise ValueError(f"delay_passes must be >= 1, got {self.delay_passes}")
+        if self.delay_watermark is not None and not 0.0 < self.delay_watermark <= 1.0:
+            raise ValueError(f"delay_watermark must be in (0, 1] or None, got {self.delay_watermark}")
+        if self.kv_capacity_tokens < 0:
+            raise ValueError(f"kv_capacity_tokens must be >= 0, got {self.kv_capacity_tokens}")
 
 
 class RankPlan(NamedTuple):
@@ -74,10 +134,11 @@ class RankPlan(NamedTuple):
 
 
 UNLIMITED = RankPlan(None, True)
+HOLD = RankPlan(0, False)
 
 
 def escalation_levels(params: BalanceParams, token_budget: int) -> int:
-    """How many doublings of ``min_chunk`` reach the token budget."""
+    """How many doublings of ``min_chunk`` reach the token budget (saturated escalation)."""
     levels = 0
     while params.min_chunk << levels < token_budget:
         levels += 1
@@ -85,10 +146,43 @@ def escalation_levels(params: BalanceParams, token_budget: int) -> int:
 
 
 def starvation_bound(params: BalanceParams, token_budget: int) -> int:
-    """Steps after which a rank whose prefill the plan keeps cutting is scheduled without
+    """Steps after which a rank whose prefill the plan keeps holding is scheduled without
     any limit, i.e. exactly as vLLM would: a waiting request that vLLM would admit is
-    admitted at most this many steps after the plan first deferred it."""
-    return params.escalate_steps * (escalation_levels(params, token_budget) + 1) + 1
+    admitted at most this many steps after the plan first deferred it.
+
+    The floor depends on the rank's deferral age ``a`` (``LoadVector.starve_steps``: the
+    consecutive steps the plan has held prefill that vLLM would have run there, i.e. the
+    age of the oldest request it deferred) and on its pending prefill ``P``:
+
+    * not saturated: 0 while ``a < hold_steps``, then ``max(ceil(P / (E - a)), min_chunk)``
+      with ``E = escalate_steps``, and no limit once ``a >= E``: whatever was pending at
+      the first hold is done by then. Bound ``E + 1`` (the extra step covers a request that
+      arrived after the snapshot the plan was computed from);
+    * saturated: ``min_chunk << (a // S - 1)`` once ``a >= S = saturated_escalate_steps``,
+      no limit once ``a // S`` exceeds :func:`escalation_levels`. Bound
+      ``S * (levels + 1) + 1``.
+
+    The bound is the larger of the two (7 and 81 steps with the defaults and an
+    8192-token budget). The skew release only ever raises a floor."""
+    saturated = params.saturated_escalate_steps * (escalation_levels(params, token_budget) + 1) + 1
+    return max(params.escalate_steps + 1, saturated)
+
+
+def under_pressure(loads: Sequence[LoadVector], params: BalanceParams, token_budget: int) -> bool:
+    """Whether the cluster is loaded enough for prefill placement to matter: some rank
+    queues requests beyond its free slots or has more pending prefill than one step can
+    run; or the ranks run ``pressure_running_share * max_num_seqs`` requests on average;
+    or they have ``min_chunk`` tokens of prefill pending on average (prefill-heavy)."""
+    running = pending = 0
+    for lv in loads:
+        if lv.num_waiting > lv.free_slots or lv.prefill_pending > token_budget - lv.decode_tokens:
+            return True
+        running += lv.num_running
+        pending += lv.prefill_pending
+    n = len(loads)
+    return (
+        running >= params.pressure_running_share * params.max_num_seqs * n or pending >= params.min_chunk * n
+    )
 
 
 def compute_plan(loads: Sequence[LoadVector], params: BalanceParams, token_budget: int) -> list[RankPlan]:
@@ -101,28 +195,71 @@ def compute_plan(loads: Sequence[LoadVector], params: BalanceParams, token_budge
         # vllm-ascend's balance scheduling: nobody admits while any rank is full.
         admit = all(lv.num_running < params.max_num_seqs for lv in loads)
         return [RankPlan(None, admit)] * n
+    if params.mode == "delay":
+        return _delay_plan(loads, params)
+    return _balance_plan(loads, params, token_budget)
 
-    demand = [max(0, min(token_budget - lv.decode_tokens, lv.prefill_pending)) for lv in loads]
-    if not any(demand):
-        # Nothing to balance: new arrivals may be admitted as vLLM would.
+
+def _delay_plan(loads: Sequence[LoadVector], params: BalanceParams) -> list[RankPlan]:
+    """SGLang's PrefillDelayer on our load vectors. Its delayed-pass counter is the
+    largest deferral age in the snapshot: every rank with prefill is held while the
+    cluster is delayed, and a pass that lets them prefill resets their ages."""
+    n = len(loads)
+    prefillable = [lv.prefill_pending > 0 for lv in loads]
+    if all(prefillable) or not any(prefillable):
+        return [UNLIMITED] * n
+    if params.delay_watermark is not None and params.kv_capacity_tokens > 0:
+        low = params.delay_watermark * params.kv_capacity_tokens
+        if any(p and lv.context_tokens < low for p, lv in zip(prefillable, loads, strict=True)):
+            return [UNLIMITED] * n
+    delayed = max(lv.starve_steps for lv in loads)
+    if delayed >= params.delay_passes:
+        return [UNLIMITED] * n
+    return [HOLD] * n
+
+
+def _balance_plan(loads: Sequence[LoadVector], params: BalanceParams, token_budget: int) -> list[RankPlan]:
+    n = len(loads)
+    room = [max(0, token_budget - lv.decode_tokens) for lv in loads]
+    demand = [min(r, lv.prefill_pending) for lv, r in zip(loads, room, strict=True)]
+    if params.pressure_gate and not under_pressure(loads, params, token_budget):
+        # Below that load every prefill is served either way; holding one back only
+        # delays it. Exactly vLLM (its own chunked prefill already shares the budget).
+        return [UNLIMITED] * n
+    if not any(demand) and (params.hold_steps == 0 or any(lv.num_waiting > lv.free_slots for lv in loads)):
+        # Nothing pending and no holding: new arrivals may be admitted as vLLM would.
         return [UNLIMITED] * n
     totals = sorted((lv.decode_tokens + d for lv, d in zip(loads, demand, strict=True)), reverse=True)
     k = max(1, math.ceil(n * params.quorum))
     # The step costs what the largest rank batch costs (DP ranks are padded to it): fill
     # every rank up to the level that a quorum of ranks reaches, and no rank above it.
     level = min(token_budget, totals[k - 1])
+    quorum_pending = sorted((lv.prefill_pending for lv in loads), reverse=True)[k - 1]
+    saturated = any(lv.num_waiting > lv.free_slots for lv in loads)
     top = escalation_levels(params, token_budget)
     floors = []
-    for lv in loads:
-        doublings = lv.starve_steps // params.escalate_steps
-        if doublings > top:
-            floor = token_budget  # starvation bound reached: exactly vLLM for this rank
-        elif doublings > 0:
-            floor = params.min_chunk << (doublings - 1)
-        elif lv.prefill_pending <= params.min_chunk:
-            floor = params.min_chunk  # small prompts go now (and new arrivals up to a chunk)
+    for lv, r in zip(loads, room, strict=True):
+        pending = lv.prefill_pending
+        age = lv.starve_steps
+        if saturated:
+            doublings = age // params.saturated_escalate_steps
+            if doublings > top:
+                floor = token_budget  # starvation bound reached: exactly vLLM here
+            elif doublings > 0:
+                floor = params.min_chunk << (doublings - 1)
+            elif pending <= params.min_chunk:
+                floor = params.min_chunk  # small prompts go now (their padding is cheap)
+            else:
+                floor = 0  # a large prefill few ranks share waits for the quorum
+        elif age >= params.escalate_steps or (
+            r and pending >= r and pending >= params.skew_ratio * quorum_pending
+        ):
+            floor = token_budget  # deadline reached, or skew: exactly vLLM on this rank
+        elif age < params.hold_steps:
+            floor = 0  # wait a little for a step that other ranks prefill in too
         else:
-            floor = 0  # a large lone prefill waits for the quorum (bounded by escalation)
+            # Spread the backlog over the steps left before its deadline, at least a chunk.
+            floor = max(-(-pending // (params.escalate_steps - age)), params.min_chunk)
         floors.append(floor)
     # Whatever a floor forces one rank to run, every rank pays through padding: raise the
     # common level to it so that every rank with pending prefill fills the same step.
@@ -130,11 +267,10 @@ def compute_plan(loads: Sequence[LoadVector], params: BalanceParams, token_budge
         if floor and d:
             level = max(level, min(token_budget, lv.decode_tokens + min(floor, d)))
     plan = []
-    for lv, floor in zip(loads, floors, strict=True):
+    for lv, floor, r in zip(loads, floors, room, strict=True):
         if floor >= token_budget:
             plan.append(UNLIMITED)
             continue
-        allowance = max(level - lv.decode_tokens, floor)
-        allowance = min(allowance, max(0, token_budget - lv.decode_tokens))
+        allowance = min(max(level - lv.decode_tokens, floor), r)
         plan.append(RankPlan(allowance, True))
     return plan

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 logger = logging.getLogger(__name__)
 
 COLUMNS = [
@@ -25,8 +27,11 @@ COLUMNS = [
 ]
 
 
+TIE = 0.01  # relative difference that counts as a tie
+
+
 def _fmt(fmt: str, v: Any) -> str:
-    if isinstance(v, float) and math.isnan(v):
+    if v is None or (isinstance(v, float) and math.isnan(v)):
         return "n/a"
     return fmt.format(v)
 
@@ -44,9 +49,10 @@ def format_table(rows: Sequence[dict[str, Any]], markdown: bool = False) -> str:
     return "\n".join(lines)
 
 
-def verdicts(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per workload: does ``balance`` have the highest throughput of all policies, and a
-    TTFT p99 no worse than the best other policy's? With the figures behind the answer."""
+def verdicts(rows: Sequence[dict[str, Any]], tie: float = TIE) -> dict[str, dict[str, Any]]:
+    """Per workload (one seed's rows): is ``balance`` Pareto-best? Throughput >= every other
+    policy's, TTFT p99 <= every other policy's, TPOT p99 <= default's, each with a relative
+    tolerance ``tie`` (differences within it count as ties). With the figures behind it."""
     out: dict[str, dict[str, Any]] = {}
     for wl in sorted({r["workload"] for r in rows}):
         wl_rows = [r for r in rows if r["workload"] == wl]
@@ -54,32 +60,128 @@ def verdicts(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         others = [r for r in wl_rows if r["policy"] != "balance"]
         if bal is None or not others:
             continue
+        default = next((r for r in others if r["policy"] == "default"), None)
         best_tput = max(others, key=lambda r: r["output_tok_s"])
-        best_ttft = min(others, key=lambda r: r["ttft_p99_s"])
+        ttfts = [r for r in others if r["ttft_p99_s"] is not None]
+        best_ttft = min(ttfts, key=lambda r: r["ttft_p99_s"]) if ttfts else None
+        tput_ok = bal["output_tok_s"] >= best_tput["output_tok_s"] * (1 - tie)
+        ttft_ok = best_ttft is None or (
+            bal["ttft_p99_s"] is not None and bal["ttft_p99_s"] <= best_ttft["ttft_p99_s"] * (1 + tie)
+        )
+        tpot_ok = (
+            default is None
+            or default["tpot_p99_ms"] is None
+            or (bal["tpot_p99_ms"] is not None and bal["tpot_p99_ms"] <= default["tpot_p99_ms"] * (1 + tie))
+        )
         out[wl] = {
             "balance_output_tok_s": bal["output_tok_s"],
             "best_other_output_tok_s": best_tput["output_tok_s"],
             "best_other_by_throughput": best_tput["policy"],
             "throughput_gain": bal["output_tok_s"] / best_tput["output_tok_s"] - 1.0
             if best_tput["output_tok_s"]
-            else float("nan"),
+            else None,
             "balance_ttft_p99_s": bal["ttft_p99_s"],
-            "best_other_ttft_p99_s": best_ttft["ttft_p99_s"],
-            "best_other_by_ttft_p99": best_ttft["policy"],
-            "highest_throughput": bal["output_tok_s"] > best_tput["output_tok_s"],
-            "ttft_p99_no_worse": bal["ttft_p99_s"] <= best_ttft["ttft_p99_s"],
+            "best_other_ttft_p99_s": None if best_ttft is None else best_ttft["ttft_p99_s"],
+            "best_other_by_ttft_p99": None if best_ttft is None else best_ttft["policy"],
+            "balance_tpot_p99_ms": bal["tpot_p99_ms"],
+            "default_tpot_p99_ms": None if default is None else default["tpot_p99_ms"],
+            "throughput_ok": tput_ok,
+            "ttft_p99_ok": ttft_ok,
+            "tpot_p99_ok": tpot_ok,
+            "pareto": tput_ok and ttft_ok and tpot_ok,
         }
     return out
 
 
+SPREAD_METRICS = ("output_tok_s", "ttft_p50_s", "ttft_p99_s", "tpot_p50_ms", "tpot_p99_ms", "idle_share")
+
+
+def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean, standard deviation, min and max over seeds of each metric, per (workload,
+    policy), in first-seen order. Missing values (None) are left out; all None gives None."""
+    keys = list(dict.fromkeys((r["workload"], r["policy"]) for r in rows))
+    out = []
+    for wl, pol in keys:
+        group = [r for r in rows if r["workload"] == wl and r["policy"] == pol]
+        agg: dict[str, Any] = {"workload": wl, "policy": pol, "seeds": [r.get("seed") for r in group]}
+        for m in SPREAD_METRICS:
+            vals = [r[m] for r in group if r.get(m) is not None]
+            if vals:
+                arr = np.asarray(vals, dtype=float)
+                agg[m] = {
+                    "mean": float(arr.mean()),
+                    "std": float(arr.std()),
+                    "min": float(arr.min()),
+                    "max": float(arr.max()),
+                }
+            else:
+                agg[m] = None
+        out.append(agg)
+    return out
+
+
+def verdicts_by_seed(rows: Sequence[dict[str, Any]], tie: float = TIE) -> dict[str, Any]:
+    """:func:`verdicts` for every seed, and per workload the seeds where balance is not
+    Pareto-best (with which criterion failed)."""
+    seeds = sorted({r.get("seed") for r in rows}, key=lambda x: (x is None, x))
+    per_seed = {str(sd): verdicts([r for r in rows if r.get("seed") == sd], tie) for sd in seeds}
+    summary: dict[str, Any] = {}
+    for sd, by_wl in per_seed.items():
+        for wl, v in by_wl.items():
+            s = summary.setdefault(wl, {"seeds": 0, "pareto": 0, "failures": []})
+            s["seeds"] += 1
+            s["pareto"] += bool(v["pareto"])
+            for crit in ("throughput_ok", "ttft_p99_ok", "tpot_p99_ok"):
+                if not v[crit]:
+                    s["failures"].append({"seed": int(sd) if sd.isdigit() else sd, "criterion": crit})
+    return {"tie": tie, "per_seed": per_seed, "summary": summary}
+
+
+def format_spread_table(agg: Sequence[dict[str, Any]], markdown: bool = False) -> str:
+    """One row per (workload, policy): mean and [min, max] over seeds."""
+    cols = [
+        ("output_tok_s", "out tok/s", "{:.0f}"),
+        ("ttft_p50_s", "TTFT p50 s", "{:.2f}"),
+        ("ttft_p99_s", "TTFT p99 s", "{:.2f}"),
+        ("tpot_p99_ms", "TPOT p99 ms", "{:.1f}"),
+        ("idle_share", "lockstep idle", "{:.1%}"),
+    ]
+    header = ["wl", "policy"] + [c[1] for c in cols]
+    body = []
+    for a in agg:
+        cells = [a["workload"], a["policy"]]
+        for key, _, fmt in cols:
+            v = a[key]
+            if v is None:
+                cells.append("n/a")
+            elif v["min"] == v["max"]:
+                cells.append(fmt.format(v["mean"]))
+            else:
+                cells.append(f"{fmt.format(v['mean'])} [{fmt.format(v['min'])}, {fmt.format(v['max'])}]")
+        body.append(cells)
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(b) + " |" for b in body]
+        return "\n".join(lines)
+    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(header)]
+    lines = ["  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True))]
+    lines += ["  ".join(x.rjust(w) for x, w in zip(b, widths, strict=True)) for b in body]
+    return "\n".join(lines)
+
+
+def json_safe(o: Any) -> Any:
+    """``o`` with every NaN/inf float replaced by None (JSON has no NaN)."""
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {k: json_safe(v) for k, v in o.items()}
+    if isinstance(o, list | tuple):
+        return [json_safe(v) for v in o]
+    return o
+
+
 def write_json(path: Path, payload: dict[str, Any]) -> None:
-    path.write_text(json.dumps(payload, indent=2, sort_keys=False, default=_json_default))
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, float) and math.isnan(o):
-        return None
-    raise TypeError(f"not JSON serialisable: {type(o)}")
+    path.write_text(json.dumps(json_safe(payload), indent=2, sort_keys=False, allow_nan=False))
 
 
 def plot(
@@ -120,10 +222,10 @@ def plot(
                     ax.legend(fontsize=7)
             else:
                 vals = [
-                    next((r[key] for r in rows if r["workload"] == wl and r["policy"] == p), 0.0)
+                    next((r[key] for r in rows if r["workload"] == wl and r["policy"] == p), None)
                     for p in policies
                 ]
-                vals = [0.0 if (isinstance(v, float) and math.isnan(v)) else v for v in vals]
+                vals = [0.0 if v is None or (isinstance(v, float) and math.isnan(v)) else v for v in vals]
                 colors = ["tab:green" if p == "balance" else "tab:gray" for p in policies]
                 ax.bar(range(len(policies)), vals, color=colors)
                 ax.set_xticks(range(len(policies)))

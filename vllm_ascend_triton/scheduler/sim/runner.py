@@ -14,13 +14,19 @@ One iteration mirrors one iteration of vLLM's ``DPEngineCoreProc.run_busy_loop``
 4. ``balance`` and ``gate`` ranks call ``on_step_boundary`` with an in-process
    implementation of the load exchange (the same call the engine hook makes).
 
-The run is bounded by ``max_steps`` lockstep steps (or when no work is left). Metrics are
-taken over the steps after ``warmup_steps``; all times are simulated seconds.
+The run is bounded either by simulated time (``horizon_s``, metrics over
+``[warmup_s, horizon_s)``: every policy sees the same arrivals in the same window, so
+throughput below capacity is the offered load for all of them) or, for small tests, by
+``max_steps`` lockstep steps (metrics after ``warmup_steps``). It also ends when no work
+is left. With a time bound, TTFT is taken over the requests that *arrive* in the window;
+one still without a first token at the end counts with ``horizon_s - arrival`` (a lower
+bound), so a policy cannot hide starved requests. All times are simulated seconds.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,13 +45,13 @@ from vllm_ascend_triton.scheduler.sim.workloads import Workload
 
 logger = logging.getLogger(__name__)
 
-POLICY_HELP = "default | cadence:N | gate | balance"
+POLICY_HELP = "default | cadence:N | gate | delay[:PASSES[:WATERMARK]] | balance"
 
 
 @dataclass(frozen=True)
 class Policy:
     name: str
-    mode: str  # "off" | "balance" | "gate"
+    mode: str  # "off" | "balance" | "gate" | "delay"
     cadence: int = 1
     balance_overrides: tuple[tuple[str, Any], ...] = ()
 
@@ -58,6 +64,21 @@ class Policy:
             return Policy("gate", "gate")
         if text == "balance":
             return Policy("balance", "balance")
+        if text == "delay" or text.startswith("delay:"):
+            # SGLang's PrefillDelayer: default 30 passes, no low watermark.
+            parts = text.split(":")
+            try:
+                passes = int(parts[1]) if len(parts) > 1 else 30
+                watermark = float(parts[2]) if len(parts) > 2 else None
+            except ValueError:
+                passes = 0
+                watermark = None
+            if len(parts) > 3 or passes < 1 or (watermark is not None and not 0 < watermark <= 1):
+                raise ValueError(f"delay needs delay[:PASSES>=1[:WATERMARK in (0,1]]], got {text!r}")
+            overrides: tuple[tuple[str, Any], ...] = (("delay_passes", passes),)
+            if watermark is not None:
+                overrides += (("delay_watermark", watermark),)
+            return Policy(text, "delay", balance_overrides=overrides)
         if text.startswith("cadence:"):
             try:
                 n = int(text.split(":", 1)[1])
@@ -97,11 +118,30 @@ class RunResult:
     requests_finished: int
     requests_measured_ttft: int
     preemptions: int
+    seed: int | None = None
+    plan_us_mean: float | None = None  # compute_plan per step, MEASURED on this host
+    plan_us_p99: float | None = None
     series: dict[str, list[float]] = field(default_factory=dict, repr=False)
 
     def summary(self) -> dict[str, Any]:
+        """Plain data; NaN (no sample, e.g. no request finished) becomes None for JSON."""
         d = {k: v for k, v in self.__dict__.items() if k != "series" and not k.startswith("_")}
-        return d
+        return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in d.items()}
+
+
+class _SnapshotRecorder:
+    """Wraps one rank's exchange member and keeps the last snapshot it returned."""
+
+    def __init__(self, member: Any) -> None:
+        self._member = member
+        self.last: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._member, name)
+
+    def all_gather(self, local: Any) -> Any:
+        self.last = self._member.all_gather(local)
+        return self.last
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -114,28 +154,48 @@ def run_simulation(
     dp: int,
     shape: SchedulerShape | None = None,
     step_model: StepModel | None = None,
-    max_steps: int = 2000,
+    max_steps: int | None = 2000,
     warmup_steps: int = 0,
+    horizon_s: float | None = None,
+    warmup_s: float = 0.0,
     balance_overrides: dict[str, Any] | None = None,
     check_invariants: bool = False,
 ) -> RunResult:
     """Run one (workload, policy) pair; see the module docstring."""
     from vllm_ascend_triton.scheduler.balance import BalanceScheduler
     from vllm_ascend_triton.scheduler.exchange import InProcessExchangeGroup
-    from vllm_ascend_triton.scheduler.plan import BalanceParams
+    from vllm_ascend_triton.scheduler.plan import BalanceParams, compute_plan
 
     shape = shape or SchedulerShape()
     model = step_model or StepModel()
     if dp < 1:
         raise ValueError(f"dp must be >= 1, got {dp}")
-    if warmup_steps >= max_steps:
+    timed = horizon_s is not None
+    if timed:
+        if not 0.0 <= warmup_s < horizon_s:  # type: ignore[operator]
+            raise ValueError(f"need 0 <= warmup_s < horizon_s, got {warmup_s}, {horizon_s}")
+        warmup_steps = 0
+    elif max_steps is None or warmup_steps >= max_steps:
         raise ValueError("warmup_steps must be smaller than max_steps")
     cfg = make_vllm_config(shape)
-    params = BalanceParams(mode=policy.mode, max_num_seqs=shape.max_num_seqs, **dict(balance_overrides or {}))
+    overrides = dict(balance_overrides or {}) if policy.mode == "balance" else {}
+    overrides.update(policy.balance_overrides)
+    params = BalanceParams(
+        mode=policy.mode,
+        max_num_seqs=shape.max_num_seqs,
+        kv_capacity_tokens=shape.num_blocks * shape.block_size,
+        **overrides,
+    )
     scheds = [make_scheduler(BalanceScheduler, shape, cfg, balance=params) for _ in range(dp)]
     exchange = InProcessExchangeGroup(dp)
-    members = [exchange.member(r) for r in range(dp)]
+    members: list[Any] = [exchange.member(r) for r in range(dp)]
     exchanging = policy.mode != "off"
+    # compute_plan cost, measured on this host: one extra call per step on the snapshot
+    # rank 0 received (every rank computes the same plan from the same snapshot).
+    recorder = _SnapshotRecorder(members[0])
+    members[0] = recorder
+    budget = shape.max_num_batched_tokens
+    plan_ns: list[int] = []
 
     reqs: dict[str, _Req] = {}
     t = 0.0
@@ -150,7 +210,7 @@ def run_simulation(
     series: dict[str, list[float]] = {"t": [], "step_ms": [], "max_tokens": [], "mean_tokens": []}
     next_id = 0
 
-    while step < max_steps:
+    while (max_steps is None or step < max_steps) and (not timed or t < horizon_s):  # type: ignore[operator]
         for arr in workload.pop_until(t):
             if arr.rank is not None:
                 rank = arr.rank % dp
@@ -169,7 +229,9 @@ def run_simulation(
 
         if not any(s.has_requests() for s in scheds):
             nxt = workload.next_time()
-            if nxt is None:
+            if nxt is None or (timed and nxt >= horizon_s):  # type: ignore[operator]
+                if timed:
+                    t = max(t, horizon_s)  # type: ignore[type-var]
                 break
             # The cluster is idle until the next arrival: a new wave starts then.
             t = max(t, nxt)
@@ -196,9 +258,13 @@ def run_simulation(
         t += dt
         step += 1
         wave_step += 1
-        if step == warmup_steps:
-            t_warm = t
-        in_window = step > warmup_steps
+        if timed:
+            t_warm = warmup_s
+            in_window = t > warmup_s
+        else:
+            if step == warmup_steps:
+                t_warm = t
+            in_window = step > warmup_steps
         if in_window:
             total_rank_time += dt * dp
             idle_rank_time += sum(
@@ -231,13 +297,25 @@ def run_simulation(
         if exchanging:
             for s, m in zip(scheds, members, strict=True):
                 s.on_step_boundary(m)
+            snap = recorder.last
+            if snap is not None and policy.mode == "balance":
+                t0 = time.perf_counter_ns()
+                compute_plan(snap, params, budget)
+                plan_ns.append(time.perf_counter_ns() - t0)
 
     window = t - t_warm
-    ttft = [
-        r.first_token - r.arrival
-        for r in reqs.values()
-        if r.first_token is not None and r.first_token > t_warm
-    ]
+    if timed:
+        ttft = [
+            (r.first_token if r.first_token is not None else t) - r.arrival
+            for r in reqs.values()
+            if r.arrival >= warmup_s
+        ]
+    else:
+        ttft = [
+            r.first_token - r.arrival
+            for r in reqs.values()
+            if r.first_token is not None and r.first_token > t_warm
+        ]
     tpot = [
         (r.finish - r.first_token) / (r.n_out - 1)
         for r in reqs.values()
@@ -259,6 +337,9 @@ def run_simulation(
         requests_finished=sum(1 for r in reqs.values() if r.finish is not None),
         requests_measured_ttft=len(ttft),
         preemptions=preemptions,
+        seed=getattr(workload, "seed", None),
+        plan_us_mean=float(np.mean(plan_ns)) / 1e3 if plan_ns else None,
+        plan_us_p99=float(np.percentile(plan_ns, 99)) / 1e3 if plan_ns else None,
         series=series,
     )
     result._schedulers = scheds  # type: ignore[attr-defined]  # for tests' leak checks
