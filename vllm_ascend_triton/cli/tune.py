@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -67,18 +68,26 @@ def run(args: argparse.Namespace) -> int:
                 tasks[p.sku] = progress.add_task(p.sku, total=p.total)
             progress.update(tasks[p.sku], completed=p.done, total=p.total, description=f"{p.sku} ({p.phase})")
 
-        summaries = tune(
-            skus,
-            out_dir,
-            kernels=args.kernel,
-            families=families,
-            shapes=shapes,
-            method=args.method,
-            resume=args.resume,
-            jobs=args.jobs,
-            cache=ArtifactCache(args.cache_dir),
-            on_progress=on_progress,
-        )
+        try:
+            summaries = tune(
+                skus,
+                out_dir,
+                kernels=args.kernel,
+                families=families,
+                shapes=shapes,
+                method=args.method,
+                resume=args.resume,
+                jobs=args.jobs,
+                cache=ArtifactCache(args.cache_dir),
+                on_progress=on_progress,
+            )
+        except KeyboardInterrupt:
+            progress.stop()
+            print(
+                "vat tune: interrupted; finished items are in the journal: rerun with --resume",
+                file=sys.stderr,
+            )
+            return 130
     elapsed = time.perf_counter() - started
     results = [r for s in summaries for r in s["results"]]
     missing = [r for r in results if r["config"] is None]
