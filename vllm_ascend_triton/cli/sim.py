@@ -22,7 +22,7 @@ DEFAULT_WORKLOADS = "a,b,c,code,conv,low"
 # same window for every policy. vLLM's schedule() + update_from_output dominate the wall
 # time (~1.3 ms per rank-step at 128 running on this 2-core machine). (a) needs more than
 # one request lifetime (~150-200 s) to desynchronise its closed loop; (c) has a burst every
-# 20 s, so its window holds about 19 (quick: 9) bursts.
+# 20 s, so its window holds about 19 (quick: 7) bursts.
 SIM_SECONDS = {
     "a": (700, 300),
     "b": (300, 60),
@@ -34,11 +34,11 @@ SIM_SECONDS = {
 # --quick: shorter windows so DP 64 runs in minutes; still past (a)'s first lifetime.
 QUICK_SECONDS = {
     "a": (400, 200),
-    "b": (150, 40),
-    "c": (200, 20),
+    "b": (100, 30),
+    "c": (160, 20),
     "code": (120, 20),
     "conv": (120, 20),
-    "low": (300, 30),
+    "low": (200, 20),
 }
 
 
@@ -114,6 +114,11 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="instead: measure mean schedule() time, balance vs vLLM, with --overhead-running requests",
     )
+    p.add_argument(
+        "--plan-cost",
+        action="store_true",
+        help="instead: measure compute_plan per step at DP 8/16/32/64 on random snapshots (measured)",
+    )
     p.add_argument("--overhead-running", type=int, default=256)
     p.add_argument("--overhead-steps", type=int, default=200)
     p.set_defaults(func=run)
@@ -170,10 +175,27 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.overhead:
             return _run_overhead(args)
+        if args.plan_cost:
+            return _run_plan_cost(args)
         return _run_sim(args)
     except ValueError as e:
         print(f"vat sim: error: {e}", file=sys.stderr)
         return 2
+
+
+def _run_plan_cost(args: argparse.Namespace) -> int:
+    from vllm_ascend_triton.scheduler.sim.plancost import measure_plan_cost
+
+    res = measure_plan_cost()
+    if args.json:
+        print(json.dumps(res, indent=2))
+    else:
+        print(f"compute_plan per call, {res['steps']} random snapshots per DP size (measured here):")
+        for dp, r in res["per_dp"].items():
+            print(
+                f"  DP {dp:>3}: mean {r['mean_us']:7.1f} us, p50 {r['p50_us']:7.1f}, p99 {r['p99_us']:7.1f}"
+            )
+    return 0
 
 
 def _run_overhead(args: argparse.Namespace) -> int:
@@ -267,8 +289,18 @@ def _run_sim(args: argparse.Namespace) -> int:
                 )
     t0 = time.perf_counter()
 
+    partial = None
+    if args.out is not None:
+        # One line per finished run, so a run cut short (timeout) still leaves its results.
+        args.out.mkdir(parents=True, exist_ok=True)
+        partial = args.out / "sim.partial.jsonl"
+        partial.write_text("")
+
     def progress(res: dict[str, Any]) -> None:
         s = res["summary"]
+        if partial is not None:
+            with partial.open("a") as fh:
+                fh.write(json.dumps(report.json_safe(s), allow_nan=False) + "\n")
         print(
             f"[vat sim] {s['workload']}/{s['policy']}/seed {s['seed']}: {s['steps']} steps, "
             f"{s['wall_seconds']:.0f}s wall",

@@ -14,29 +14,32 @@ why there and not inside ``schedule()``), and every rank computes the same plan 
 same snapshot (:func:`~vllm_ascend_triton.scheduler.plan.compute_plan`):
 
 1. each rank's *demand* is the prefill it would schedule unconstrained,
-   ``min(budget - decode, pending prefill)``; if nobody has demand, nothing is limited;
+   ``min(budget - decode, pending prefill)``;
 2. the step's *token level* is the rank total (decode + demand) that a quorum of ranks
    (7/8 by default) reaches, capped by the token budget. The step costs what the
    largest rank batch costs, so filling every rank up to that level is nearly free,
    while going above it for a minority of ranks makes the whole cluster wait;
-3. each rank has a *floor*: ``min_chunk`` if its pending prefill is that small (short
-   prompts go at once; their padding is cheap), else 0 (a long prefill that only a few
-   ranks have waits for the quorum), raised by step 4. Whatever a floor forces one rank
-   to run, every rank pays through padding, so the level is raised to the largest
+3. each rank has a *floor*, a function of what actually starves: its deferral age (the
+   consecutive steps the plan has held prefill that vLLM would have run there, i.e. the
+   age of the oldest request it deferred) and its pending prefill. Not saturated (no
+   rank queues beyond its free slots): prefill first waits ``hold_steps`` (3) steps for a
+   step that other ranks prefill in too, then the backlog is spread over the steps left
+   to a deadline of ``escalate_steps`` (6), at least ``min_chunk`` per step; a rank whose
+   backlog fills whole steps while the quorum's is 4x smaller (skew: no quorum will match
+   it) runs at once. Saturated: small prompts (up to ``min_chunk``) go at once, longer
+   prefill fills the quorum level, and the floor doubles from ``min_chunk`` every
+   ``saturated_escalate_steps`` (16) held steps. Whatever a floor forces one rank to run,
+   every rank pays through padding, so the level is raised to the largest
    ``decode + min(floor, demand)`` and every rank with pending prefill fills that step;
    each rank's *prefill allowance* is ``max(level - its decode tokens, its floor)``.
    Prefill work is *chunked* to the allowance (running chunks first, then admissions,
    in vLLM's order), never deferred all-or-nothing;
-4. no starvation: a rank whose prefill the plan has cut (a chunk shortened or an
-   admission refused) for ``escalate_steps`` consecutive steps gets a floor of
-   ``min_chunk``, doubled every ``escalate_steps`` steps; once it would exceed the token
-   budget the rank is not limited at all for that step. Hence a waiting request that
+4. no starvation: past its deadline a rank is not limited at all. A waiting request that
    vLLM would admit is admitted at most
-   :func:`~vllm_ascend_triton.scheduler.plan.starvation_bound` steps
-   (``escalate_steps * (ceil(log2(budget / min_chunk)) + 1) + 1``; 81 with the defaults
-   -- 16 steps, 512 tokens -- and an 8192-token budget) after the plan first deferred it.
-   Slow escalation lets more ranks join a prefill step (throughput); fast escalation
-   caps the TTFT of prefills that only a few ranks have (see docs/scheduler.md).
+   :func:`~vllm_ascend_triton.scheduler.plan.starvation_bound` steps after the plan first
+   deferred it: ``escalate_steps + 1`` (7) when not saturated,
+   ``saturated_escalate_steps * (ceil(log2(budget / min_chunk)) + 1) + 1`` (81 with an
+   8192-token budget) when saturated (see docs/scheduler.md).
 
 The allowance is enforced from inside vLLM's own ``schedule()`` through the
 ``_reserve_prefill_lookahead`` hook, which upstream calls on every running and waiting
@@ -62,7 +65,7 @@ requests while any rank runs ``max_num_seqs`` requests) for comparisons.
 
 Switches: ``VLLM_ASCEND_BALANCE_SCHEDULING=1`` (mode ``balance``), or
 ``additional_config={"balance_scheduling": true | "balance" | "gate" | {"mode": ...,
-"min_chunk": ..., "quorum": ..., "escalate_steps": ...}}``, or vllm-ascend's keys
+"min_chunk": ..., "quorum": ..., "escalate_steps": ..., "hold_steps": ...}}``, or vllm-ascend's keys
 ``additional_config.scheduler_config.enable_balance_scheduling`` /
 ``additional_config.enable_balance_scheduling``, or the constructor keyword ``balance``
 (same forms; it wins over the config, which wins over the env); see
