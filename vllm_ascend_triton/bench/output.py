@@ -25,7 +25,10 @@ TABLE_COLUMNS = (
     ("host_us", "host us/call (measured)"),
     ("measured_us", "time us (measured)"),
     ("measured_gbps", "GB/s (measured)"),
+    ("measured_tflops", "TFLOP/s (measured)"),
     ("measured_hbm_share", "HBM share (measured)"),
+    ("launch_us", "launch us (measured)"),
+    ("torch_us", "torch us (measured)"),
     ("speedup_vs_torch", "vs torch (measured)"),
 )
 

@@ -12,8 +12,8 @@ Every figure says what it is (the `LABELS` of each column, written into the JSON
   lookup, launch specs: a dry run), measured on this machine;
 - on a compiled backend only (`npu`, `cuda`): `measured_us` (`triton.testing.do_bench`, median),
   `measured_gbps` / `measured_tflops` (the op's minimum HBM bytes and useful FLOPs over that time),
-  `measured_hbm_share` (of the device's HBM bandwidth), `launch_us` (wall time per call of
-  back-to-back calls, i.e. host launch overhead when kernels are short), and on cuda `torch_us`
+  `measured_hbm_share` (of the device's HBM bandwidth), `launch_us` (host time to issue one call
+  on an idle device: the launch overhead through the runtime), and on cuda `torch_us`
   and `speedup_vs_torch` (torch's time / ours) against the workload's torch implementation.
 """
 
@@ -64,7 +64,7 @@ def labels(sku: str, where: str, compiled: bool) -> dict[str, str]:
             measured_gbps=f"measured on {where}: the op's minimum HBM bytes / measured time",
             measured_tflops=f"measured on {where}: the op's useful FLOPs / measured time",
             measured_hbm_share=f"measured on {where}: measured GB/s / the device's HBM bandwidth",
-            launch_us=f"measured on {where}: wall time per call of back-to-back calls (launch overhead)",
+            launch_us=f"measured on {where}: host time to issue one call on an idle device (median)",
             torch_us=f"measured on {where}: the torch implementation, do_bench median",
             speedup_vs_torch=f"measured on {where}: torch time / our time (>1: ours faster)",
         )
@@ -131,18 +131,24 @@ def _host_us(run: Callable[[], Any], repeat: int = 20) -> float:
         return (time.perf_counter() - start) / repeat * 1e6
 
 
-def _launch_us(run: Callable[[], Any], calls: int = 50) -> float:
+def _launch_us(run: Callable[[], Any], calls: int = 30) -> float:
+    """Host time to issue one call with the device idle (synchronised before each call, not after):
+    validation, config lookup, launch specs and Triton's launcher; the median of `calls`. A host
+    API that waits for the device inside (a `.item()`) shows that wait here too."""
+    import statistics
+
     import torch
 
     sync = torch.cuda.synchronize if current_backend() is Backend.CUDA else torch.npu.synchronize  # type: ignore[attr-defined]
     run()
-    sync()
-    start = time.perf_counter()
+    times = []
     for _ in range(calls):
+        sync()
+        start = time.perf_counter()
         run()
-    elapsed = time.perf_counter() - start
+        times.append(time.perf_counter() - start)
     sync()
-    return elapsed / calls * 1e6
+    return statistics.median(times) * 1e6
 
 
 def _do_bench_us(fn: Callable[[], Any]) -> float:
