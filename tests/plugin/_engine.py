@@ -46,7 +46,7 @@ def run_offline(model: Path, env: dict[str, str], *args: str, timeout: int = 600
     assert proc.returncode == 0 and lines, f"engine run failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-8000:]}"
     result = json.loads(lines[-1].removeprefix("RESULT "))
     result["wall_s"] = round(time.monotonic() - start, 1)
-    result["log"] = proc.stderr
+    result["log"] = proc.stdout + proc.stderr
     return result
 
 

@@ -63,7 +63,10 @@ def test_llama_gqa_matches_stock_vllm_cpu(llama):
     # Our kernels ran in the engine (2 layers: one rope, one cache write, one attention each per step).
     for op in ("rotary_embedding", "reshape_and_cache", "unified_attention"):
         assert llama.counts.get(op, 0) >= 2 * MAX_TOKENS, llama.counts
-    assert "VAT_TRITON_ATTN" in llama.ours["log"]
+    assert "vllm-ascend-triton registered on the interpreter platform" in llama.ours["log"]
+    # The reference really is stock vLLM: on its CPU platform the plugin registers no kernel.
+    assert "no kernels registered" in llama.stock["log"]
+    assert "vllm-ascend-triton registered on" not in llama.stock["log"]
 
 
 def test_llama_perturbed_attention_fails_the_comparison(llama, tmp_path):
