@@ -324,3 +324,11 @@ def test_make_stats_carries_balance_counters() -> None:
     assert stats is not None and stats.num_running_reqs == 1
     assert stats.balance == scheds[0].balance_stats()
     assert set(stats.balance) >= {"steps_cut", "prefill_tokens_deferred", "longest_deferral_steps"}
+    # vLLM's engine-core -> front-end transport still works with our subclass (it keeps
+    # vLLM's fields; the extra one is dropped there).
+    from vllm.v1.engine import EngineCoreOutputs
+    from vllm.v1.serial_utils import MsgpackDecoder, MsgpackEncoder
+
+    wire = MsgpackEncoder().encode(EngineCoreOutputs(outputs=[], scheduler_stats=stats))
+    back = MsgpackDecoder(EngineCoreOutputs).decode(wire)
+    assert back.scheduler_stats.num_running_reqs == 1
