@@ -131,3 +131,29 @@ def test_gpu_script_needs_only_torch_triton_numpy(tmp_path):
     forbidden = ("vllm_ascend_triton.cli", "vllm_ascend_triton.plugin", "vllm_ascend_triton.scheduler",
                  "vllm_ascend_triton.codegen")  # fmt: skip
     assert not [m for m in modules if m.startswith(forbidden)]
+
+
+# The torch baseline of rope is vLLM's forward_static here; importing vLLM warns about its own
+# dependencies (a CPU host without the NPU compiler, torch.jit deprecations).
+@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
+def test_compiled_backend_columns_plumbing(monkeypatch):
+    """The measured columns' arithmetic and labels, with the timer faked (no GPU or NPU here): on a
+    compiled backend every timed figure is derived from do_bench and labelled with the device."""
+    from vllm_ascend_triton.runtime.backend import Backend
+
+    monkeypatch.setattr(runner, "current_backend", lambda: Backend.CUDA)
+    monkeypatch.setattr(runner, "where_measured", lambda: "a fake GPU")
+    monkeypatch.setattr(runner, "device_hbm_gbps", lambda: 1000.0)
+    timed = []
+    monkeypatch.setattr(runner, "_do_bench_us", lambda fn: (fn(), timed.append(fn), 10.0)[-1])
+    monkeypatch.setattr(runner, "_launch_us", lambda run: 3.0)
+    result = runner.run_bench("Ascend910B3", kernels=["rope"], quick=True, lower=False)
+    (row,) = result["rows"]
+    assert len(timed) == 2  # ours and the torch implementation
+    assert row["measured_us"] == 10.0 and row["launch_us"] == 3.0 and row["torch_us"] == 10.0
+    hbm = 4 * ((32 + 8) * 128 * 2 * 2 + 128 * 2 + 8)  # Llama-3-8B rope, 4 tokens, fp16
+    assert row["measured_gbps"] == pytest.approx(hbm / 10e-6 / 1e9)
+    assert row["measured_hbm_share"] == pytest.approx(row["measured_gbps"] / 1000.0)
+    assert row["speedup_vs_torch"] == 1.0
+    labels = result["meta"]["labels"]
+    assert all("a fake GPU" in labels[c] for c in ("measured_us", "measured_gbps", "launch_us", "torch_us"))
