@@ -155,7 +155,27 @@ def _rope_traffic(spec: Any) -> Traffic:
     return Traffic(float(hbm), flops, max(flops, padded), float(tiles), elem)
 
 
-TRAFFIC_MODELS: dict[str, Callable[[Any], Traffic]] = {"rope": _rope_traffic, "mrope": _rope_traffic}
+def _cache_write_traffic(spec: Any) -> Traffic:
+    """reshape_and_cache: per token, its key and value heads read once and written into their cache
+    slot (a copy: one op per element), in tiles of BLOCK_H heads x HEAD_PAD dims; one slot id read."""
+    a, c = spec.args, spec.constexprs
+    tokens, heads = int(a["num_tokens"]), int(a["num_heads"])
+    elem = a["key_ptr"].element_size()
+    cache_elem = a["kc_ptr"].element_size()
+    dims = int(c["HEAD_SIZE"])
+    block_h, head_pad = int(c["BLOCK_H"]), int(c["HEAD_PAD"])
+    hbm = tokens * (2 * heads * dims * (elem + cache_elem) + 8)
+    tiles = tokens * math.ceil(heads / block_h)
+    flops = 2.0 * tokens * heads * dims
+    padded = 2.0 * tiles * block_h * head_pad
+    return Traffic(float(hbm), flops, max(flops, padded), float(tiles), max(elem, cache_elem))
+
+
+TRAFFIC_MODELS: dict[str, Callable[[Any], Traffic]] = {
+    "rope": _rope_traffic,
+    "mrope": _rope_traffic,
+    "reshape_and_cache": _cache_write_traffic,
+}
 
 
 def traffic(spec: Any) -> Traffic:

@@ -55,6 +55,7 @@ logger = logging.getLogger(__name__)
 METHODS = ("auto", "model", "measured")
 JOURNAL_NAME = ".vat-tune-journal.jsonl"
 MEASURE_TOP = 4  # candidates timed per item on a device (after pruning)
+MODEL_TIE = 0.02  # modelled gains under 2% of the default's time are not trusted (the model is coarse)
 # Attention inputs grow with the batch (a paged cache per sequence) but its key does not: tune it
 # at small batches only.
 _SMALL_BATCH_OPS = {"unified_attention": 64, "reshape_and_cache": 64}
@@ -240,9 +241,16 @@ def rank_candidates(sku: str, item: _Item) -> tuple[list[_Candidate], dict[str, 
         if i == 0:
             default_s = modelled
         out.append(_Candidate(dict(candidate), [[_strip(s) for s in specs] for specs in per_case], modelled))
-    # Ties (within 0.1 ns) go to the default, then to the smaller tiles (less UB, fewer pads).
+    # Within MODEL_TIE of the default's modelled time the model cannot tell: the default (the host
+    # API's own UB-sized choice) stays first; other ties go to the smaller tiles (less UB, fewer pads).
     base = spaces.candidates(item.kernel, item.defaults[0])[0]
-    out.sort(key=lambda c: (round(c.modelled_s, 10), c.config != base, _tile_size(c.config)))
+    band = default_s * MODEL_TIE if default_s is not None else 0.0
+
+    def rank(c: _Candidate) -> tuple:
+        tie = default_s is not None and c.modelled_s >= default_s - band
+        return (default_s if tie else c.modelled_s, c.config != base, _tile_size(c.config))
+
+    out.sort(key=rank)
     return out, counts, default_s
 
 
@@ -520,7 +528,7 @@ def tune_sku(
                     c.measured_s = _measure(item, c, sku)
                 winner, item_method = min(fitting, key=lambda c: c.measured_s or 0.0), "measured"
             elif fitting:
-                winner = min(fitting, key=lambda c: c.modelled_s)
+                winner = fitting[0]  # the best-ranked that lowers and fits
             else:
                 pruned = [c.verdict for c in cands if c.verdict and c.verdict != "ok"]
                 reason = "no candidate lowers and fits the UB" + (f" ({pruned[0]})" if pruned else "")
