@@ -91,16 +91,24 @@ def _server_tokens(server: ApiServer, prompts: list[list[int]]) -> list[list[int
 
 
 def test_api_server_answers_with_offline_tokens(llama, tmp_path):
-    server = ApiServer(llama.model, _ours_env(tmp_path / "counts"), tmp_path / "server.log")
+    # Balance switch on and no --scheduler-cls: the plugin makes vLLM run BalanceScheduler (with
+    # DP=1 it makes vLLM's decisions, so the tokens must not change), and vLLM knows the variable.
+    env = _ours_env(tmp_path / "counts", VLLM_ASCEND_BALANCE_SCHEDULING="1")
+    server = ApiServer(llama.model, env, tmp_path / "server.log")
     try:
         ready_s = server.wait_ready()
         start = time.monotonic()
         tokens = _server_tokens(server, PROMPTS)
         print(f"\napi server ready in {ready_s:.0f} s, 4 completions in {time.monotonic() - start:.0f} s")
+        log = server.log()
     finally:
         server.stop()
     assert tokens == llama.ours["tokens"]
     assert counters.totals(str(tmp_path / "counts")).get("unified_attention", 0) > 0
+    assert "scheduler class vllm_ascend_triton.scheduler.BalanceScheduler" in log
+    assert "DP balance scheduling on" in log  # logged by BalanceScheduler in the engine core
+    assert "keeping the user's scheduler class" not in log
+    assert "Unknown vLLM environment variable" not in log
 
 
 def test_dp2_moe_balance_scheduling(glm, tmp_path):

@@ -75,6 +75,12 @@ def test_balance_scheduler_chosen_only_when_switched_on_and_unset(monkeypatch, c
     assert user.scheduler_config.scheduler_cls == "my.pkg.MyScheduler"
     assert "keeping the user's scheduler class my.pkg.MyScheduler" in caplog.text
 
+    caplog.clear()
+    ours = _sched_config(register.BALANCE_SCHEDULER_CLS)  # a re-check of a config we set
+    with caplog.at_level("INFO", logger="vllm"):
+        assert register.choose_scheduler(ours) == register.BALANCE_SCHEDULER_CLS
+    assert "keeping" not in caplog.text
+
     monkeypatch.setenv("VAT_PLUGIN_SCHEDULER", "0")
     cfg = _sched_config()
     assert register.choose_scheduler(cfg) is None and cfg.scheduler_config.scheduler_cls is None

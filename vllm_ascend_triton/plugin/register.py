@@ -193,8 +193,10 @@ def choose_scheduler(vllm_config: Any) -> str | None:
         logger.info("vllm-ascend-triton: balance scheduling on: scheduler class %s", BALANCE_SCHEDULER_CLS)
         return BALANCE_SCHEDULER_CLS
     name = current if isinstance(current, str) else f"{current.__module__}.{current.__qualname__}"
+    if name in (BALANCE_SCHEDULER_CLS, "vllm_ascend_triton.scheduler.balance.BalanceScheduler"):
+        return BALANCE_SCHEDULER_CLS  # ours already (chosen here, or the config was re-checked)
     logger.info("vllm-ascend-triton: balance scheduling on; keeping the user's scheduler class %s", name)
-    return name if name == BALANCE_SCHEDULER_CLS else None
+    return None
 
 
 def _install_scheduler_default() -> None:
