@@ -140,6 +140,12 @@ def test_cli_json_and_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     text = (tmp_path / "sim.json").read_text()
     assert "NaN" not in text
     assert json.loads(text)["results"] == payload["results"]
+    assert len((tmp_path / "sim.partial.jsonl").read_text().splitlines()) == 8
+    # Tables can be rebuilt from the saved JSON without rerunning.
+    assert main(["sim", "--render", str(tmp_path / "sim.json"), "--markdown"]) == 0
+    rendered = capsys.readouterr().out
+    assert "| wl | policy |" in rendered and "SIMULATED lockstep DP=2, seeds [0, 1]" in rendered
+    assert main(["sim", "--render", str(tmp_path / "missing.json")]) == 2
     assert (tmp_path / "sim.png").stat().st_size > 10_000
 
 

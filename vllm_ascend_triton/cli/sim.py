@@ -119,6 +119,16 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="instead: measure compute_plan per step at DP 8/16/32/64 on random snapshots (measured)",
     )
+    p.add_argument(
+        "--render",
+        type=Path,
+        nargs="+",
+        default=None,
+        metavar="JSON",
+        help="instead: merge saved sim.json / sim.partial.jsonl files and print their tables "
+        "(markdown with --markdown; merged payload with --json; --out writes sim.json/sim.png)",
+    )
+    p.add_argument("--markdown", action="store_true", help="with --render: markdown tables")
     p.add_argument("--overhead-running", type=int, default=256)
     p.add_argument("--overhead-steps", type=int, default=200)
     p.set_defaults(func=run)
@@ -177,10 +187,92 @@ def run(args: argparse.Namespace) -> int:
             return _run_overhead(args)
         if args.plan_cost:
             return _run_plan_cost(args)
+        if args.render:
+            return _run_render(args)
         return _run_sim(args)
     except ValueError as e:
         print(f"vat sim: error: {e}", file=sys.stderr)
         return 2
+
+
+def _load_rows(paths: list[Path]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Result rows and run headers from sim.json payloads or sim.partial.jsonl files."""
+    rows: list[dict[str, Any]] = []
+    headers: list[dict[str, Any]] = []
+    for path in paths:
+        text = path.read_text()
+        if path.suffix == ".jsonl":
+            rows += [json.loads(line) for line in text.splitlines() if line.strip()]
+            headers.append({"file": str(path), "partial": True})
+        else:
+            payload = json.loads(text)
+            if "results" not in payload:
+                raise ValueError(f"{path}: not a vat sim JSON payload (no 'results')")
+            rows += payload["results"]
+            headers.append(
+                {
+                    "file": str(path),
+                    "dp": payload.get("dp"),
+                    "quick": payload.get("quick"),
+                    "seeds": payload.get("seeds"),
+                    "wall_seconds": payload.get("wall_seconds"),
+                    "plan_cost": payload.get("plan_cost"),
+                }
+            )
+    # A later file wins for the same (dp, workload, policy, seed).
+    keyed = {(r["dp"], r["workload"], r["policy"], r.get("seed")): r for r in rows}
+    return list(keyed.values()), headers
+
+
+def _run_render(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from vllm_ascend_triton.scheduler.sim import report
+
+    for path in args.render:
+        if not path.is_file():
+            raise ValueError(f"--render: no such file {path}")
+    rows, headers = _load_rows(args.render)
+    out: dict[str, Any] = {"simulated": True, "sources": headers, "by_dp": {}}
+    for dp in sorted({r["dp"] for r in rows}):
+        dp_rows = [r for r in rows if r["dp"] == dp]
+        bal = [r for r in dp_rows if r["policy"] == "balance" and r.get("plan_us_mean") is not None]
+        out["by_dp"][str(dp)] = {
+            "aggregate": report.aggregate(dp_rows),
+            "verdicts": report.verdicts_by_seed(dp_rows),
+            "sim_wall_seconds": sum(r["wall_seconds"] for r in dp_rows),
+            "plan_us_mean": sum(r["plan_us_mean"] for r in bal) / len(bal) if bal else None,
+            "plan_us_p50_median": float(np.median([r["plan_us_p50"] for r in bal if r.get("plan_us_p50")]))
+            if any(r.get("plan_us_p50") for r in bal)
+            else None,
+        }
+    out["results"] = rows
+    out = report.json_safe(out)
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        report.write_json(args.out / "sim.json", out)
+        first = min(r.get("seed") or 0 for r in rows)
+        dp0 = min(r["dp"] for r in rows)
+        plot_rows = [r for r in rows if r["dp"] == dp0 and (r.get("seed") or 0) == first]
+        report.plot(plot_rows, {}, args.out / "sim.png", f"vat sim, DP={dp0}, seed {first}")
+    if args.json:
+        print(json.dumps(out, indent=2, allow_nan=False))
+        return 0
+    for dp, d in out["by_dp"].items():
+        seeds = sorted({r.get("seed") for r in rows if r["dp"] == int(dp)})
+        print(f"SIMULATED lockstep DP={dp}, seeds {seeds}")
+        print(report.format_spread_table(d["aggregate"], markdown=args.markdown))
+        for wl, v in d["verdicts"]["summary"].items():
+            fails = ", ".join(f"seed {f['seed']}: {f['criterion']}" for f in v["failures"]) or "none"
+            print(f"({wl}) balance Pareto-best or tied on {v['pareto']}/{v['seeds']} seeds; failed: {fails}")
+        plan, p50 = d["plan_us_mean"], d["plan_us_p50_median"]
+        plan_text = "n/a" if plan is None else f"mean {plan:.1f} us"
+        if p50 is not None:
+            plan_text += f", p50 {p50:.1f} us"
+        print(f"compute_plan per step in the balance runs (measured here): {plan_text}")
+        print(f"simulator wall time, all runs summed: {d['sim_wall_seconds']:.0f} s")
+        print()
+    return 0
 
 
 def _run_plan_cost(args: argparse.Namespace) -> int:

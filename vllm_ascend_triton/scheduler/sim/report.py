@@ -203,8 +203,10 @@ def plot(
         ("output_tok_s", "output tok/s"),
         ("ttft_p99_s", "TTFT p99 (s)"),
         ("tpot_p99_ms", "TPOT p99 (ms)"),
-        ("series", "step time (ms), last 400 steps"),
+        ("idle_share", "lockstep idle share"),
     ]
+    if series:
+        metrics.append(("series", "step time (ms), last 400 steps"))
     fig, axes = plt.subplots(
         len(workloads), len(metrics), figsize=(5 * len(metrics), 3.2 * len(workloads)), squeeze=False
     )

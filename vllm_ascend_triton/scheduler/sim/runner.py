@@ -120,6 +120,7 @@ class RunResult:
     preemptions: int
     seed: int | None = None
     plan_us_mean: float | None = None  # compute_plan per step, MEASURED on this host
+    plan_us_p50: float | None = None
     plan_us_p99: float | None = None
     series: dict[str, list[float]] = field(default_factory=dict, repr=False)
 
@@ -339,6 +340,7 @@ def run_simulation(
         preemptions=preemptions,
         seed=getattr(workload, "seed", None),
         plan_us_mean=float(np.mean(plan_ns)) / 1e3 if plan_ns else None,
+        plan_us_p50=float(np.percentile(plan_ns, 50)) / 1e3 if plan_ns else None,
         plan_us_p99=float(np.percentile(plan_ns, 99)) / 1e3 if plan_ns else None,
         series=series,
     )
