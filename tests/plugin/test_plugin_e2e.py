@@ -128,24 +128,26 @@ def test_dp2_moe_balance_scheduling(glm, tmp_path):
         first = _server_tokens(server, PROMPTS[:1])
         rest = _server_tokens(server, PROMPTS[1:])
         print(f"\nDP=2 server ready in {ready_s:.0f} s, requests in {time.monotonic() - start:.0f} s")
-        time.sleep(1.0)  # let the counters' last timed write land
-        per_rank: dict[int, dict[str, int]] = {}
-        for entry in counters.read_all(str(counts_dir)):  # engine core and worker of each rank
-            if entry["dp_rank"] is not None:
-                rank = per_rank.setdefault(entry["dp_rank"], {})
-                for op, n in entry["counts"].items():
-                    rank[op] = rank.get(op, 0) + n
         log = server.log()
-        print(f"per-rank counts: {per_rank}")
     finally:
         server.stop()
+    time.sleep(1.0)  # the counters' last timed write (or exit flush) lands after the stop
+    per_rank: dict[int, dict[str, int]] = {}
+    for entry in counters.read_all(str(counts_dir)):  # engine core and worker of each rank
+        if entry["dp_rank"] is not None:
+            rank = per_rank.setdefault(entry["dp_rank"], {})
+            for op, n in entry["counts"].items():
+                rank[op] = rank.get(op, 0) + n
+    print(f"per-rank counts: {per_rank}")
     tokens = first + rest
     mismatched = [i for i, (a, b) in enumerate(zip(tokens, glm.ours["tokens"], strict=True)) if a != b]
     assert not mismatched, f"DP=2 tokens differ from DP=1 for prompts {mismatched}: {tokens}"
     assert "keeping the user's scheduler class" in log
     assert sorted(per_rank) == [0, 1], per_rank
     exchanges = [per_rank[r].get("balance_exchange", 0) for r in (0, 1)]
-    assert min(exchanges) > 0 and exchanges[0] == exchanges[1], per_rank
+    # Every lockstep step pairs one exchange per rank (a missed one would deadlock); the files
+    # may miss the last step of one rank when the server stops mid-step.
+    assert min(exchanges) > 0 and abs(exchanges[0] - exchanges[1]) <= 1, per_rank
     assert max(per_rank[r].get("balance_exchange_idle", 0) for r in (0, 1)) > 0, per_rank
     # Both ranks ran the MoE on our kernels (an idle rank runs dummy batches through them too).
     assert all(per_rank[r].get("fused_experts", 0) > 0 for r in (0, 1)), per_rank
