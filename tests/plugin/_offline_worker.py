@@ -1,6 +1,6 @@
 """Child process: one offline vLLM run of a local model; prints ``RESULT <json>``.
 
-usage: _offline_worker.py MODEL_DIR [--scheduler-cls CLS]
+usage: _offline_worker.py MODEL_DIR [--scheduler-cls CLS] [--kv-cache-dtype DTYPE]
 The platform and plugin switches come from the environment (VAT_PLATFORM, VAT_PLUGIN_*)."""
 
 import argparse
@@ -18,12 +18,15 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("model")
     parser.add_argument("--scheduler-cls", default=None)
+    parser.add_argument("--kv-cache-dtype", default=None)
     args = parser.parse_args()
     from vllm import LLM, SamplingParams
 
     kwargs = {}
     if args.scheduler_cls:
         kwargs["scheduler_cls"] = args.scheduler_cls
+    if args.kv_cache_dtype:
+        kwargs["kv_cache_dtype"] = args.kv_cache_dtype
     start = time.monotonic()
     llm = LLM(
         model=args.model,

@@ -75,6 +75,18 @@ def test_llama_perturbed_attention_fails_the_comparison(llama, tmp_path):
     assert compare_greedy(llama.stock, mutated) != []
 
 
+def test_unsupported_attention_layer_keeps_vllm_backend(llama, tmp_path):
+    """An fp8 KV cache is outside our attention backend: the platform gives those layers vLLM's
+    CPU backend with one log line, the request completes, and our rope still runs."""
+    counts_dir = tmp_path / "counts"
+    run = run_offline(llama.model, _ours_env(counts_dir), "--kv-cache-dtype", "fp8")
+    counts = counters.totals(str(counts_dir))
+    print(f"\nfp8 KV cache run {run['wall_s']} s, counts {counts}")
+    assert all(len(t) == MAX_TOKENS for t in run["tokens"])
+    assert run["log"].count("attention layer keeps vLLM's CPU backend: KV cache dtype fp8") == 1
+    assert counts.get("unified_attention", 0) == 0 and counts.get("rotary_embedding", 0) > 0, counts
+
+
 def test_glm4_moe_matches_stock_vllm_cpu(glm):
     assert compare_greedy(glm.stock, glm.ours) == []
     # Layer 0 is dense, layer 1 MoE with grouped sigmoid routing, correction bias, scaling factor.
