@@ -114,3 +114,12 @@ def test_parse_adapter_ir():
     assert report.ub_bytes == 64 * 128 * 2 + 256
     assert report.discrete_accesses == 1
     assert report.fits_ub(2 * report.ub_bytes) and not report.fits_ub(2 * report.ub_bytes - 1)
+
+
+@pytest.mark.slow
+def test_identical_requests_in_one_batch_are_lowered_once(tmp_path):
+    req = LoweringRequest.from_spec(_scaled_add_spec(), "Ascend910B3")
+    results = lower_many([req, req, req], jobs=2, cache=ArtifactCache(tmp_path))
+    assert [r.ok for r in results] == [True, True, True]
+    assert len({r.ttadapter for r in results}) == 1
+    assert len(list((tmp_path / "lowered").glob("*/*"))) == 1

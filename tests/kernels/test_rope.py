@@ -10,7 +10,6 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vllm_ascend_triton.kernels import rope
 from vllm_ascend_triton.kernels.rope import mrope_rotary_embedding, rotary_embedding
 from vllm_ascend_triton.runtime.launch import CHECK_ENV
 
@@ -188,9 +187,17 @@ def test_more_tokens_than_vector_cores() -> None:
     _assert_close(key, ek, 1e-5)
 
 
-def test_head_tiles_smaller_than_the_head_count(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_head_tiles_smaller_than_the_head_count() -> None:
     # A tuned config may split the heads into several tiles; the tail tile is masked.
-    monkeypatch.setattr(rope, "_default_config", lambda half_rot, num_heads, dtype: {"BLOCK_H": 2})
+    from vllm_ascend_triton.runtime.configs import override_configs
+    from vllm_ascend_triton.runtime.launch import record_launches
+
+    with override_configs({"rope": {"BLOCK_H": 2}}), record_launches() as launched:
+        _check_split_head_tiles()
+    assert {spec.constexprs["BLOCK_H"] for spec in launched} == {2}
+
+
+def _check_split_head_tiles() -> None:
     positions = torch.randint(0, MAX_POS, (3,))
     query, key = torch.randn(3, 5 * 64).half(), torch.randn(3, 3 * 64).half()
     cache = _cache(64, torch.float16)

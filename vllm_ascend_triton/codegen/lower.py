@@ -163,7 +163,8 @@ def lower_many(
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     results: list[LoweringResult | None] = [None] * len(requests)
-    todo: list[int] = []
+    # Identical requests (same content address) are lowered once and share the result.
+    pending: dict[str, list[int]] = {}
     for i, req in enumerate(requests):
         hit = cache.get(req) if cache is not None else None
         if hit is not None:
@@ -171,19 +172,21 @@ def lower_many(
             if on_result:
                 on_result(hit)
         else:
-            todo.append(i)
+            pending.setdefault(req.cache_key(), []).append(i)
+    todo = [indices[0] for indices in pending.values()]
     # Small batches keep every worker busy and the progress bar moving; each batch pays one
     # triton import (~2 s) in its process.
     batch = max(1, min(8, -(-len(todo) // jobs))) if todo else 1
     chunks = [todo[i : i + batch] for i in range(0, len(todo), batch)]
 
     def run_chunk(chunk: list[int]) -> None:
-        for i, res in zip(chunk, _run_worker([requests[i] for i in chunk], timeout), strict=True):
+        for first, res in zip(chunk, _run_worker([requests[i] for i in chunk], timeout), strict=True):
             if cache is not None:
                 cache.put(res)
-            results[i] = res
-            if on_result:
-                on_result(res)
+            for i in pending[requests[first].cache_key()]:
+                results[i] = dataclasses.replace(res, request=requests[i])
+                if on_result:
+                    on_result(results[i])
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         for future in [pool.submit(run_chunk, chunk) for chunk in chunks]:

@@ -102,8 +102,11 @@ _planning_sku: contextvars.ContextVar[str | None] = contextvars.ContextVar("vat_
 
 def current_device() -> DeviceInfo:
     """The device kernels are planned for (cached per planning SKU / VAT_SKU value)."""
-    override = _planning_sku.get() or os.environ.get(SKU_ENV) or None
-    return _detect(override, selected_backend() or decide_backend())
+    planning = _planning_sku.get()
+    if planning is not None:
+        # Planning for a named SKU (codegen, tuning): its table figures, whatever this host is.
+        return _detect(planning, None)
+    return _detect(os.environ.get(SKU_ENV) or None, selected_backend() or decide_backend())
 
 
 @contextlib.contextmanager
