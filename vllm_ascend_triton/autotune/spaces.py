@@ -54,16 +54,6 @@ SPACES: dict[str, SearchSpace] = {
         SearchSpace("fused_topk", {"BLOCK_M": _POW2_SMALL, MULTIBUFFER: _BOOL}, "token rows per tile"),
         SearchSpace("grouped_topk", {"BLOCK_M": _POW2_SMALL, MULTIBUFFER: _BOOL}, "token rows per tile"),
         SearchSpace(
-            "moe_align_block_size",
-            {
-                "BLOCK_N": (16, 64, 256),
-                "BLOCK_B": (8, 32, 128, 256),
-                "BLOCK_S": (256, 1024),
-                MULTIBUFFER: _BOOL,
-            },
-            "ids per count tile, blocks per tile, scan chunk",
-        ),
-        SearchSpace(
             "reshape_and_cache", {"BLOCK_H": (1, 2, 4, 8, 16), MULTIBUFFER: _BOOL}, "KV heads per tile"
         ),
         SearchSpace(
