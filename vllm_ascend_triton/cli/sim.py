@@ -208,7 +208,8 @@ def _load_rows(paths: list[Path]) -> tuple[list[dict[str, Any]], list[dict[str, 
             payload = json.loads(text)
             if "results" not in payload:
                 raise ValueError(f"{path}: not a vat sim JSON payload (no 'results')")
-            rows += payload["results"]
+            # Rows remember the window size of their run (a merged payload keeps its own).
+            rows += [{"quick": payload.get("quick"), **r} for r in payload["results"]]
             headers.append(
                 {
                     "file": str(path),
@@ -219,8 +220,8 @@ def _load_rows(paths: list[Path]) -> tuple[list[dict[str, Any]], list[dict[str, 
                     "plan_cost": payload.get("plan_cost"),
                 }
             )
-    # A later file wins for the same (dp, workload, policy, seed).
-    keyed = {(r["dp"], r["workload"], r["policy"], r.get("seed")): r for r in rows}
+    # A later file wins for the same (dp, window, workload, policy, seed).
+    keyed = {(r["dp"], r.get("quick"), r["workload"], r["policy"], r.get("seed")): r for r in rows}
     return list(keyed.values()), headers
 
 
@@ -234,10 +235,14 @@ def _run_render(args: argparse.Namespace) -> int:
             raise ValueError(f"--render: no such file {path}")
     rows, headers = _load_rows(args.render)
     out: dict[str, Any] = {"simulated": True, "sources": headers, "by_dp": {}}
-    for dp in sorted({r["dp"] for r in rows}):
-        dp_rows = [r for r in rows if r["dp"] == dp]
+    groups = sorted({(r["dp"], r.get("quick")) for r in rows}, key=lambda g: (g[0], str(g[1])))
+    for dp, quick in groups:
+        dp_rows = [r for r in rows if r["dp"] == dp and r.get("quick") == quick]
         bal = [r for r in dp_rows if r["policy"] == "balance" and r.get("plan_us_mean") is not None]
-        out["by_dp"][str(dp)] = {
+        label = f"{dp}" + {True: " quick", False: " full", None: ""}[quick]
+        out["by_dp"][label] = {
+            "dp": dp,
+            "quick": quick,
             "aggregate": report.aggregate(dp_rows),
             "verdicts": report.verdicts_by_seed(dp_rows),
             "sim_wall_seconds": sum(r["wall_seconds"] for r in dp_rows),
@@ -258,9 +263,10 @@ def _run_render(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(out, indent=2, allow_nan=False))
         return 0
-    for dp, d in out["by_dp"].items():
-        seeds = sorted({r.get("seed") for r in rows if r["dp"] == int(dp)})
-        print(f"SIMULATED lockstep DP={dp}, seeds {seeds}")
+    for d in out["by_dp"].values():
+        seeds = sorted({r.get("seed") for r in rows if r["dp"] == d["dp"] and r.get("quick") == d["quick"]})
+        size = {True: " (--quick windows)", False: " (full windows)", None: ""}[d["quick"]]
+        print(f"SIMULATED lockstep DP={d['dp']}{size}, seeds {seeds}")
         print(report.format_spread_table(d["aggregate"], markdown=args.markdown))
         for wl, v in d["verdicts"]["summary"].items():
             fails = ", ".join(f"seed {f['seed']}: {f['criterion']}" for f in v["failures"]) or "none"
@@ -428,7 +434,7 @@ def _run_sim(args: argparse.Namespace) -> int:
         "note": "Timings come from the step-time model (not measured); schedulers are real vLLM "
         "0.32 objects. plan_us_* and wall_seconds are measured on the host that ran it.",
         "dp": args.dp,
-        "quick": bool(args.quick),
+        "quick": None if args.steps is not None else bool(args.quick),  # None: step-bounded
         "seeds": seeds,
         "windows": windows,
         "workloads": {w: DESCRIPTIONS[w] for w in workloads},
