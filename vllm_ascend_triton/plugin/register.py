@@ -89,12 +89,11 @@ def part_enabled(part: str) -> bool:
 
 
 def balance_switch_on(vllm_config: Any = None) -> bool:
-    """The DP balance switch: ``additional_config['balance_scheduling']`` when given, else the env."""
-    extra = getattr(vllm_config, "additional_config", None)
-    if isinstance(extra, dict) and "balance_scheduling" in extra:
-        spec = extra["balance_scheduling"]
-        return spec not in (False, None, "off", 0)
-    return _flag(BALANCE_ENV, default=False)
+    """The DP balance switch, read exactly as the scheduler reads it (our config key, vllm-ascend's
+    two keys, then VLLM_ASCEND_BALANCE_SCHEDULING)."""
+    from vllm_ascend_triton.scheduler.compat import balance_enabled
+
+    return balance_enabled(vllm_config)
 
 
 def interpreter_requested() -> bool:
