@@ -8,6 +8,7 @@ only balance mechanism and our exchange must run once per step on every rank. Ph
 
 import json
 import logging
+import os
 import sys
 from datetime import timedelta
 
@@ -40,7 +41,6 @@ def _loop(sched, engine, rank, prefix):
 
 
 def main(rank, port, out_path):
-    import os
 
     os.environ["VLLM_ASCEND_BALANCE_SCHEDULING"] = "1"
     import torch.distributed as dist
@@ -117,7 +117,12 @@ def main(rank, port, out_path):
     result["log"] = [line for line in capture.lines if line.startswith("DP balance scheduling:")]
     with open(out_path, "w") as f:
         json.dump(result, f)
-    dist.destroy_process_group()
+    # Both ranks are done with the group. Leave without tearing gloo down: its destructor raced
+    # the peer's shutdown on a loaded 2-core host ("terminate called without an active
+    # exception", exit -6) after every result had been written.
+    dist.barrier()
+    sys.stdout.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
