@@ -123,3 +123,14 @@ def test_identical_requests_in_one_batch_are_lowered_once(tmp_path):
     assert [r.ok for r in results] == [True, True, True]
     assert len({r.ttadapter for r in results}) == 1
     assert len(list((tmp_path / "lowered").glob("*/*"))) == 1
+
+
+def test_cache_keeps_an_npu_binary(tmp_path):
+    # No CANN here to build one: the storage path is checked with bytes standing in for it.
+    from vllm_ascend_triton.codegen.lower import LoweringResult
+
+    req = LoweringRequest.from_spec(_scaled_add_spec(), "Ascend910B3")
+    cache = ArtifactCache(tmp_path)
+    cache.put(LoweringResult(req, "binary", "ttir", "adapter", None, npubin=b"\x7fELF-bytes"))
+    hit = cache.get(req)
+    assert hit.cached and hit.stage == "binary" and hit.npubin == b"\x7fELF-bytes"

@@ -3,6 +3,7 @@ triton-ascend, answers with one JSON line on stdout. Not for direct use."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import glob
 import importlib
@@ -15,11 +16,11 @@ import traceback
 MISSING_CANN_MARKERS = ("ASCEND_HOME_PATH is not set", "bishengir-compile")
 
 
-def _read_ir(cache_dir: str, suffix: str) -> str | None:
+def _read_ir(cache_dir: str, suffix: str, binary: bool = False) -> str | bytes | None:
     files = glob.glob(os.path.join(cache_dir, "**", f"*{suffix}"), recursive=True)
     if not files:
         return None
-    with open(max(files, key=os.path.getmtime)) as f:
+    with open(max(files, key=os.path.getmtime), "rb" if binary else "r") as f:
         return f.read()
 
 
@@ -54,11 +55,14 @@ def _lower_one(req: dict, cache_dir: str) -> dict:
     ttadapter = _read_ir(cache_dir, ".ttadapter")
     if stage == "adapter" and ttadapter is None:
         stage, error = "failed", "compiler stopped before the Ascend adapter produced its IR"
+    # With CANN, triton-ascend's last stage writes the NPU binary ("npubin"); untested here.
+    npubin = _read_ir(cache_dir, ".npubin", binary=True) if stage == "binary" else None
     return {
         "stage": stage,
         "ttir": ttir,
         "ttadapter": ttadapter if stage != "failed" else None,
         "error": error,
+        "npubin_b64": base64.b64encode(npubin).decode() if npubin else None,
     }
 
 

@@ -2,7 +2,8 @@
 
 One folder per lowering request, named by `LoweringRequest.cache_key()` (kernel module source,
 signature, constexprs, compile options, SKU, triton-ascend version), under `VAT_CACHE_DIR`
-(default `~/.cache/vllm-ascend-triton`): `meta.json` (stage, error, request) and the IR files.
+(default `~/.cache/vllm-ascend-triton`): `meta.json` (stage, error, request), the IR files
+and, where CANN is installed, the NPU binary (`kernel.npubin`; real code, untested here).
 Entries are written to a temporary folder and renamed into place, so an interrupted run never
 leaves a half-written entry. `vat compile` fills it; a second run finds every unchanged variant
 here and lowers nothing. On an Ascend host the same run builds the NPU binaries first (untested
@@ -21,6 +22,7 @@ from vllm_ascend_triton.codegen.lower import LoweringRequest, LoweringResult
 
 CACHE_DIR_ENV = "VAT_CACHE_DIR"
 _FILES = {"ttir": "kernel.ttir", "ttadapter": "kernel.ttadapter"}
+_BINARY = "kernel.npubin"  # written only where CANN built the binary (untested here)
 
 
 def default_cache_dir() -> Path:
@@ -48,8 +50,15 @@ class ArtifactCache:
             }
         except (OSError, ValueError):
             return None  # missing or unreadable: lower again
+        binary = entry / _BINARY
         return LoweringResult(
-            request, meta["stage"], texts["ttir"], texts["ttadapter"], meta.get("error"), cached=True
+            request,
+            meta["stage"],
+            texts["ttir"],
+            texts["ttadapter"],
+            meta.get("error"),
+            cached=True,
+            npubin=binary.read_bytes() if binary.is_file() else None,
         )
 
     def put(self, result: LoweringResult) -> Path:
@@ -73,6 +82,8 @@ class ArtifactCache:
                 text = getattr(result, field)
                 if text is not None:
                     (tmp / name).write_text(text)
+            if result.npubin is not None:
+                (tmp / _BINARY).write_bytes(result.npubin)
             if entry.exists():
                 shutil.rmtree(entry, ignore_errors=True)
             os.replace(tmp, entry)

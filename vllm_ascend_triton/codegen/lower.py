@@ -19,6 +19,7 @@ was seen to fail; a child process also isolates compiler crashes, and several ru
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import functools
 import hashlib
@@ -84,6 +85,7 @@ class LoweringResult:
     ttadapter: str | None
     error: str | None
     cached: bool = False  # taken from the artifact cache, not lowered in this run
+    npubin: bytes | None = None  # the NPU binary (stage "binary", only where CANN is installed)
 
     @property
     def ok(self) -> bool:
@@ -143,7 +145,14 @@ def _run_worker(requests: Sequence[LoweringRequest], timeout: float) -> list[Low
     # The worker writes one JSON document on its last stdout line (the compiler prints noise).
     answers = json.loads(proc.stdout.strip().splitlines()[-1])
     return [
-        LoweringResult(req, a["stage"], a["ttir"], a["ttadapter"], a["error"])
+        LoweringResult(
+            req,
+            a["stage"],
+            a["ttir"],
+            a["ttadapter"],
+            a["error"],
+            npubin=base64.b64decode(a["npubin_b64"]) if a.get("npubin_b64") else None,
+        )
         for req, a in zip(requests, answers, strict=True)
     ]
 
