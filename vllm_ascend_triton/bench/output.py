@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from vllm_ascend_triton.bench.runner import COLUMNS
+from vllm_ascend_triton.jsonsafe import json_safe
 
 # Columns of the short table (the README excerpt and the terminal).
 TABLE_COLUMNS = (
@@ -31,16 +32,6 @@ TABLE_COLUMNS = (
     ("torch_us", "torch us (measured)"),
     ("speedup_vs_torch", "vs torch (measured)"),
 )
-
-
-def json_safe(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    return value
 
 
 def fmt(column: str, value: Any) -> str:

@@ -10,11 +10,11 @@ import argparse
 import importlib
 import json
 import logging
-import math
 import sys
 
 from rich.console import Console
 
+from vllm_ascend_triton.jsonsafe import json_safe
 from vllm_ascend_triton.runtime.backend import (
     Backend,
     BackendNotSelectedError,
@@ -67,17 +67,6 @@ def console(stderr: bool = False) -> Console:
     """Rich console for tables; wide when piped (a log file should not fold kernel names)."""
     stream = sys.stderr if stderr else sys.stdout
     return Console(stderr=stderr, width=None if stream.isatty() else 200)
-
-
-def json_safe(value: object) -> object:
-    """Strict JSON: NaN and infinities become null (JSON has no such numbers)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    return value
 
 
 def emit_json(payload: object) -> None:

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from vllm_ascend_triton.jsonsafe import json_safe  # noqa: F401  (part of this module's API)
+
 logger = logging.getLogger(__name__)
 
 COLUMNS = [
@@ -167,17 +169,6 @@ def format_spread_table(agg: Sequence[dict[str, Any]], markdown: bool = False) -
     lines = ["  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True))]
     lines += ["  ".join(x.rjust(w) for x, w in zip(b, widths, strict=True)) for b in body]
     return "\n".join(lines)
-
-
-def json_safe(o: Any) -> Any:
-    """``o`` with every NaN/inf float replaced by None (JSON has no NaN)."""
-    if isinstance(o, float):
-        return o if math.isfinite(o) else None
-    if isinstance(o, dict):
-        return {k: json_safe(v) for k, v in o.items()}
-    if isinstance(o, list | tuple):
-        return [json_safe(v) for v in o]
-    return o
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
