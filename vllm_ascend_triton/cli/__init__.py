@@ -13,6 +13,14 @@ import logging
 import sys
 
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from vllm_ascend_triton.jsonsafe import json_safe
 from vllm_ascend_triton.runtime.backend import (
@@ -67,6 +75,20 @@ def console(stderr: bool = False) -> Console:
     """Rich console for tables; wide when piped (a log file should not fold kernel names)."""
     stream = sys.stderr if stderr else sys.stdout
     return Console(stderr=stderr, width=None if stream.isatty() else 200)
+
+
+def progress_bar(command: str, disable: bool) -> Progress:
+    """The progress bar of long `vat` commands (on stderr; gone when the work is done)."""
+    return Progress(
+        TextColumn(f"[bold]vat {command}[/bold] {{task.description}}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console(stderr=True),
+        disable=disable,
+        transient=True,
+    )
 
 
 def emit_json(payload: object) -> None:

@@ -8,21 +8,13 @@ import time
 from pathlib import Path
 
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 
 DEFAULT_OUT = Path("out") / "bench"
 
 
 def run(args: argparse.Namespace) -> int:
-    from vllm_ascend_triton.cli import console, emit_json, select_kernel_backend
+    from vllm_ascend_triton.cli import console, emit_json, progress_bar, select_kernel_backend
     from vllm_ascend_triton.runtime.device import current_device
     from vllm_ascend_triton.runtime.sku import get_sku
 
@@ -45,17 +37,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
     shapes = load_shapes(args.shapes)
     started = time.perf_counter()
-    err = console(stderr=True)
-    with Progress(
-        TextColumn("[bold]vat bench[/bold] {task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        disable=args.json or args.quiet,
-        transient=True,
-    ) as progress:
+    with progress_bar("bench", disable=args.json or args.quiet) as progress:
         task = progress.add_task(sku, total=None)
 
         def on_progress(label: str, done: int, total: int) -> None:

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from vllm_ascend_triton.kernels import FAMILIES
@@ -36,7 +35,7 @@ def _skus(values: list[str] | None) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vllm_ascend_triton.cli import console, emit_json, select_kernel_backend
+    from vllm_ascend_triton.cli import console, emit_json, progress_bar, select_kernel_backend
     from vllm_ascend_triton.codegen.cache import ArtifactCache
     from vllm_ascend_triton.codegen.compile import compile_variants, summary_markdown
 
@@ -49,16 +48,7 @@ def run(args: argparse.Namespace) -> int:
     families = tuple(args.family) if args.family else FAMILIES
     cache = ArtifactCache(args.cache_dir)
     started = time.perf_counter()
-    out = console(stderr=True)
-    with Progress(
-        TextColumn("[bold]vat compile[/bold] {task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=out,
-        disable=args.json or not out.is_terminal and args.quiet,
-        transient=True,
-    ) as progress:
+    with progress_bar("compile", disable=args.json or args.quiet) as progress:
         task = progress.add_task(", ".join(skus), total=None)
         rows = compile_variants(
             skus,

@@ -11,14 +11,6 @@ import time
 from pathlib import Path
 
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 
 from vllm_ascend_triton.kernels import FAMILIES
@@ -34,7 +26,7 @@ def default_out_dir() -> Path:
 def run(args: argparse.Namespace) -> int:
     from vllm_ascend_triton.autotune.tuner import tune
     from vllm_ascend_triton.bench.shapes import load_shapes
-    from vllm_ascend_triton.cli import console, emit_json, select_kernel_backend
+    from vllm_ascend_triton.cli import console, emit_json, progress_bar, select_kernel_backend
     from vllm_ascend_triton.cli.compile import _skus
     from vllm_ascend_triton.codegen.cache import ArtifactCache
 
@@ -50,17 +42,7 @@ def run(args: argparse.Namespace) -> int:
     out_dir = args.out or default_out_dir()
     families = tuple(args.family) if args.family else FAMILIES
     started = time.perf_counter()
-    out = console(stderr=True)
-    with Progress(
-        TextColumn("[bold]vat tune[/bold] {task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=out,
-        disable=args.json or args.quiet,
-        transient=True,
-    ) as progress:
+    with progress_bar("tune", disable=args.json or args.quiet) as progress:
         tasks: dict[str, int] = {}
 
         def on_progress(p) -> None:
