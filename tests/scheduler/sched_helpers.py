@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 from vllm_ascend_triton.scheduler.sim.vllm_setup import fake_model_output, make_block_hasher, make_request
@@ -69,3 +75,35 @@ def lockstep(scheds: list[Any], members: list[Any]) -> list[Any]:
     for s, m in zip(scheds, members, strict=True):
         s.on_step_boundary(m)
     return outs
+
+
+def run_two_ranks(worker: Path, out_dir: Path, timeout: float = 240.0) -> list[dict[str, Any]]:
+    """Run `worker rank port out.json` as two gloo ranks on a free loopback port; each must exit
+    0. Returns the JSON each rank wrote."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    here = str(Path(__file__).parent)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([here, os.environ.get("PYTHONPATH", "")]))
+    outs = [out_dir / f"r{r}.json" for r in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(worker), str(r), str(port), str(outs[r])],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for r in range(2)
+    ]
+    logs = []
+    try:
+        for p in procs:
+            logs.append(p.communicate(timeout=timeout)[0])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, log in zip(procs, logs, strict=True):
+        assert p.returncode == 0, log[-3000:]
+    return [json.loads(path.read_text()) for path in outs]

@@ -3,16 +3,11 @@ counters' log line."""
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from sched_helpers import add, lockstep
+from sched_helpers import add, lockstep, run_two_ranks
 from vllm.v1.core.sched.scheduler import Scheduler
 
 from vllm_ascend_triton.scheduler import BalanceScheduler, compat
@@ -82,43 +77,9 @@ def test_switches_accept_vllm_ascend_keys(monkeypatch: pytest.MonkeyPatch) -> No
     assert not compat.balance_enabled(make_vllm_config(SHAPE, {"balance_scheduling": {"mode": "off"}}))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.timeout(300)
 def test_beside_vllm_ascend_exactly_one_mechanism(tmp_path: Path) -> None:
-    port = _free_port()
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                str(HERE / "_coexist_worker.py"),
-                str(r),
-                str(port),
-                str(tmp_path / f"r{r}.json"),
-            ],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for r in range(2)
-    ]
-    logs = []
-    try:
-        for p in procs:
-            logs.append(p.communicate(timeout=240)[0])
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for p, log in zip(procs, logs, strict=True):
-        assert p.returncode == 0, log[-3000:]
-    r0, r1 = (json.loads((tmp_path / f"r{r}.json").read_text()) for r in range(2))
+    r0, r1 = run_two_ranks(HERE / "_coexist_worker.py", tmp_path)
     for r in (r0, r1):
         ours, theirs = r["ours"], r["theirs"]
         # Ours selected: ours runs, theirs does not (not inherited, flag clear), and our
