@@ -79,6 +79,24 @@ class _VatRopeMixin:
         match = getattr(self, "_match_cos_sin_cache_dtype", None)
         return match(query) if match is not None else self.cos_sin_cache  # type: ignore[attr-defined]
 
+    def _vat_run(
+        self,
+        kernel: Any,
+        native_args: tuple,
+        positions: torch.Tensor,
+        query: torch.Tensor,
+        key: torch.Tensor | None,
+        *rest: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Rotate in place through `kernel`; a call it refuses keeps vLLM's native rope."""
+        try:
+            kernel(positions, query, key, *rest)
+        except (ValueError, TypeError) as exc:
+            return self._vat_fallback(f"{type(exc).__name__}: {exc}", *native_args)
+        counters.bump(kernel.__name__)
+        maybe_mutate("rope", query, key)
+        return query, key
+
     def forward_oot(
         self,
         positions: torch.Tensor,
@@ -94,21 +112,17 @@ class _VatRopeMixin:
             return self._vat_fallback(reason, *native_args)
         from vllm_ascend_triton.kernels import rotary_embedding
 
-        try:
-            rotary_embedding(
-                positions,
-                query,
-                key,
-                self.head_size,  # type: ignore[attr-defined]
-                self._vat_cache(query),
-                self.is_neox_style,  # type: ignore[attr-defined]
-                offsets,
-            )
-        except (ValueError, TypeError) as exc:
-            return self._vat_fallback(f"{type(exc).__name__}: {exc}", *native_args)
-        counters.bump("rotary_embedding")
-        maybe_mutate("rope", query, key)
-        return query, key
+        return self._vat_run(
+            rotary_embedding,
+            native_args,
+            positions,
+            query,
+            key,
+            self.head_size,  # type: ignore[attr-defined]
+            self._vat_cache(query),
+            self.is_neox_style,  # type: ignore[attr-defined]
+            offsets,
+        )
 
     forward_cpu = forward_oot
 
@@ -133,22 +147,18 @@ class _VatMRopeMixin(_VatRopeMixin):
             return self._vat_fallback(reason, *native_args)
         from vllm_ascend_triton.kernels import mrope_rotary_embedding
 
-        try:
-            mrope_rotary_embedding(
-                positions,
-                query,
-                key,
-                self.head_size,  # type: ignore[attr-defined]
-                self._vat_cache(query),
-                self.is_neox_style,  # type: ignore[attr-defined]
-                list(self.mrope_section),  # type: ignore[attr-defined]
-                bool(self.mrope_interleaved),  # type: ignore[attr-defined]
-            )
-        except (ValueError, TypeError) as exc:
-            return self._vat_fallback(f"{type(exc).__name__}: {exc}", *native_args)
-        counters.bump("mrope_rotary_embedding")
-        maybe_mutate("rope", query, key)
-        return query, key
+        return self._vat_run(
+            mrope_rotary_embedding,
+            native_args,
+            positions,
+            query,
+            key,
+            self.head_size,  # type: ignore[attr-defined]
+            self._vat_cache(query),
+            self.is_neox_style,  # type: ignore[attr-defined]
+            list(self.mrope_section),  # type: ignore[attr-defined]
+            bool(self.mrope_interleaved),  # type: ignore[attr-defined]
+        )
 
     forward_cpu = forward_oot
 
