@@ -69,6 +69,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import triton
@@ -213,6 +214,33 @@ def _kernel_cache(cos_sin_cache: torch.Tensor, query: torch.Tensor, shim_active:
     return cos_sin_cache
 
 
+def _rotation_args(
+    shim: Any,
+    query: torch.Tensor,
+    key: torch.Tensor | None,
+    cos_sin_cache: torch.Tensor,
+    num_tokens: int,
+    token_shape: tuple[int, ...],
+    head_size: int,
+) -> dict[str, Any]:
+    """The runtime arguments both kernels share (query, key, cache and their layout), taken from
+    the tensors the bf16 shim hands the kernel: its fp32 copies of bf16 views may be laid out
+    differently, so strides come from them."""
+    q = shim.output(query)
+    k = shim.output(key)
+    cache = shim.input(_kernel_cache(cos_sin_cache, query, shim.active))
+    q_token_stride, q_head_stride, n_q, k_token_stride, k_head_stride, n_k = _qk_layout(
+        q, k, num_tokens, token_shape, head_size
+    )
+    return dict(
+        q_ptr=q, k_ptr=k if k is not None else q, cache_ptr=cache, num_tokens=num_tokens,
+        max_pos=cos_sin_cache.shape[0],
+        q_token_stride=q_token_stride, q_head_stride=q_head_stride, num_q_heads=n_q,
+        k_token_stride=k_token_stride, k_head_stride=k_head_stride, num_k_heads=n_k,
+        cache_stride=cache.stride(0),
+    )  # fmt: skip
+
+
 def rotary_embedding(
     positions: torch.Tensor,
     query: torch.Tensor,
@@ -247,29 +275,21 @@ def rotary_embedding(
         "rope", head_size, rot_dim, max(num_q_heads, num_k_heads), num_tokens, query.dtype
     )
     with bf16_shim() as shim:
-        q = shim.output(query)
-        k = shim.output(key)
-        cache = shim.input(_kernel_cache(cos_sin_cache, query, shim.active))
-        # The shim's fp32 copies of bf16 views may be laid out differently: strides from them.
-        layout = _qk_layout(q, k, num_tokens, token_shape, head_size)
-        q_token_stride, q_head_stride, n_q, k_token_stride, k_head_stride, n_k = layout
         LaunchSpec(
             name="rope",
             kernel=_rope_kernel,
             grid=grid,
             args=dict(
-                pos_ptr=pos, off_ptr=off if off is not None else pos, q_ptr=q,
-                k_ptr=k if k is not None else q, cache_ptr=cache, num_tokens=num_tokens, max_pos=max_pos,
-                q_token_stride=q_token_stride, q_head_stride=q_head_stride, num_q_heads=n_q,
-                k_token_stride=k_token_stride, k_head_stride=k_head_stride, num_k_heads=n_k,
-                cache_stride=cache.stride(0),
+                pos_ptr=pos,
+                off_ptr=off if off is not None else pos,
+                **_rotation_args(shim, query, key, cos_sin_cache, num_tokens, token_shape, head_size),
             ),
             constexprs=dict(
                 HALF_ROT=rot_dim // 2,
                 HALF_PAD=triton.next_power_of_2(rot_dim // 2),
                 BLOCK_H=config["BLOCK_H"],
                 IS_NEOX=is_neox,
-                HAS_KEY=k is not None,
+                HAS_KEY=key is not None,
                 HAS_OFFSETS=off is not None,
             ),
             config=config,
@@ -324,22 +344,14 @@ def mrope_rotary_embedding(
         "mrope", head_size, rot_dim, max(num_q_heads, num_k_heads), num_tokens, query.dtype
     )
     with bf16_shim() as shim:
-        q = shim.output(query)
-        k = shim.output(key)
-        cache = shim.input(_kernel_cache(cos_sin_cache, query, shim.active))
-        # The shim's fp32 copies of bf16 views may be laid out differently: strides from them.
-        layout = _qk_layout(q, k, num_tokens, (num_tokens,), head_size)
-        q_token_stride, q_head_stride, n_q, k_token_stride, k_head_stride, n_k = layout
         LaunchSpec(
             name="mrope",
             kernel=_mrope_kernel,
             grid=grid,
             args=dict(
-                pos_ptr=pos, pos_row_stride=pos.stride(0), q_ptr=q, k_ptr=k if k is not None else q,
-                cache_ptr=cache, num_tokens=num_tokens, max_pos=max_pos,
-                q_token_stride=q_token_stride, q_head_stride=q_head_stride, num_q_heads=n_q,
-                k_token_stride=k_token_stride, k_head_stride=k_head_stride, num_k_heads=n_k,
-                cache_stride=cache.stride(0),
+                pos_ptr=pos,
+                pos_row_stride=pos.stride(0),
+                **_rotation_args(shim, query, key, cos_sin_cache, num_tokens, (num_tokens,), head_size),
             ),
             constexprs=dict(
                 HALF_ROT=rot_dim // 2,
@@ -350,7 +362,7 @@ def mrope_rotary_embedding(
                 INTERLEAVED=mrope_interleaved,
                 BLOCK_H=config["BLOCK_H"],
                 IS_NEOX=is_neox,
-                HAS_KEY=k is not None,
+                HAS_KEY=key is not None,
             ),
             config=config,
         ).launch()  # fmt: skip
