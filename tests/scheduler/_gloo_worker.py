@@ -1,4 +1,5 @@
 """One DP rank of the 2-process gloo exchange test (run as a script by test_sched_gloo.py).
+The transport is the hook's own choice (VAT_BALANCE_EXCHANGE, set by the test).
 
 Drives a BalanceScheduler through a copy of DPEngineCoreProc's loop structure: busy ranks
 step, idle ranks "run a dummy batch", then every rank calls the real (hooked)
@@ -62,6 +63,7 @@ def main(rank: int, port: int, out_path: str) -> None:
                 "plans": plans,
                 "finished": not running,
                 "overlapped": sched.overlapped_exchanges,
+                "exchange": type(engine._vat_load_exchange).__name__,
             },
             f,
         )

@@ -19,6 +19,10 @@ def test_bad_arguments_are_refused() -> None:
         exchange_bench.measure_exchange_once(2, forward_ms=-1.0)
     with pytest.raises(ValueError, match="decode_step_ms"):
         exchange_bench.measure_exchange(decode_step_ms=0.0)
+    with pytest.raises(ValueError, match="transport"):
+        exchange_bench.measure_exchange_once(2, transport="nccl")
+    with pytest.raises(ValueError, match="transports"):
+        exchange_bench.measure_exchange(transports=("gloo", "tcp"))
 
 
 def test_load_vector_timing_counts_every_decode() -> None:
@@ -33,12 +37,15 @@ def test_two_process_exchange_measured() -> None:
     res = exchange_bench.measure_exchange(procs=(2,), steps=40, warmup=5, num_running=0, decode_step_ms=5.0)
     json.dumps(res, allow_nan=False)  # valid JSON for machines
     assert res["measured"] is True and res["decode_step_is_modelled"] is True
-    (row,) = res["rows"]
-    assert row["processes"] == 2 and row["steps"] == 40
-    for key in ("exchange_p50_us", "exchange_p99_us", "overlapped_p50_us", "plan_p50_us"):
-        assert math.isfinite(row[key]) and row[key] > 0
-    assert row["exchange_p50_us"] <= row["exchange_p99_us"]
-    assert row["share_of_decode_step_pct"] > 0
+    assert len(res["host_load_avg_before"]) == 3
+    # One row per transport (the workers checked that they built the exchange asked for).
+    assert [(row["processes"], row["transport"]) for row in res["rows"]] == [(2, "gloo"), (2, "shm")]
+    for row in res["rows"]:
+        assert row["steps"] == 40
+        for key in ("exchange_p50_us", "exchange_p99_us", "overlapped_p50_us", "plan_p50_us"):
+            assert math.isfinite(row[key]) and row[key] > 0
+        assert row["exchange_p50_us"] <= row["exchange_p99_us"]
+        assert row["share_of_decode_step_pct"] > 0
 
 
 @pytest.mark.slow

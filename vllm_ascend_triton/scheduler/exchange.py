@@ -298,7 +298,8 @@ class ShmLoadExchange(LoadExchange):
             raise RuntimeError(f"finish() of round {handle} but rank {self.rank} posted {self._posted}")
         parity = handle & 1
         rounds = self._rounds[parity]
-        if not (rounds == handle).all():
+        # tolist() + count: a few hundred ns for 8 ranks, under numpy's compare-and-reduce.
+        if rounds.tolist().count(handle) != self.world_size:
             self._wait(rounds, handle)
         _fence()  # the vectors are read only after every round number was seen
         rows = self._vectors[parity].tolist()

@@ -2,11 +2,14 @@
 
 ``measure_exchange()`` starts N real processes (one gloo group over TCP on 127.0.0.1, as the
 engine cores' ``dp_group``), and every process runs, per step, exactly what a rank runs at
-the step boundary after building its load vector: :class:`GlooLoadExchange` ``all_gather``
-(one gloo ``all_gather`` of an 8-int64 vector per rank) and :func:`compute_plan` on the
-snapshot. A ``barrier`` before each timed step aligns the ranks, as the lockstep forward
-pass aligns them in the engine; a step's exchange cost is the slowest rank's. Loads change
-every step (seeded random draws), so the plan does real work.
+the step boundary after building its load vector: the exchange's ``all_gather`` and
+:func:`compute_plan` on the snapshot. Each transport is measured in its own group:
+``gloo`` (:class:`GlooLoadExchange`, one gloo ``all_gather`` of the int64 load vector per
+rank) and ``shm`` (:class:`ShmLoadExchange`, built by ``make_load_exchange`` over the gloo
+group, as the engine hook builds it on a one-host DP deployment). A ``barrier`` before each
+timed step aligns the ranks, as the lockstep forward pass aligns them in the engine; a
+step's exchange cost is the slowest rank's. Loads change every step (seeded random draws),
+so the plan does real work.
 ``measure_load_vector()`` times ``BalanceScheduler.load_vector()`` on a real vLLM scheduler
 holding ``num_running`` decoding requests. The step-boundary cost is their sum, stated as
 a share of a modelled decode step (30 ms by default: a DeepSeek-V3-class MoE decode step
@@ -19,7 +22,7 @@ those rows include scheduler (OS) wait time that a real DP host (one core per ra
 
 Command (JSON on stdout)::
 
-    python -m vllm_ascend_triton.scheduler.exchange_bench --procs 2,4,8 --steps 300
+    python -m vllm_ascend_triton.scheduler.exchange_bench --procs 2,4,8 --steps 300 --transport gloo,shm
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ from typing import Any
 
 import numpy as np
 
+from vllm_ascend_triton.scheduler.plan import LOAD_VECTOR_LEN
+
 DEFAULT_DECODE_STEP_MS = 30.0
 
 
@@ -59,12 +64,22 @@ def _loads_for_step(rng: random.Random, rank: int, step: int) -> Any:
     )
 
 
+TRANSPORTS = ("gloo", "shm")
+
+
 def _worker(
-    rank: int, world: int, port: int, steps: int, warmup: int, forward_ms: float, out_path: str
+    rank: int,
+    world: int,
+    port: int,
+    steps: int,
+    warmup: int,
+    forward_ms: float,
+    out_path: str,
+    transport: str = "gloo",
 ) -> None:
     import torch.distributed as dist
 
-    from vllm_ascend_triton.scheduler.exchange import GlooLoadExchange
+    from vllm_ascend_triton.scheduler.exchange import make_load_exchange
     from vllm_ascend_triton.scheduler.plan import BalanceParams, compute_plan
 
     dist.init_process_group(
@@ -74,7 +89,7 @@ def _worker(
         world_size=world,
         timeout=timedelta(seconds=60),
     )
-    exchange = GlooLoadExchange(dist.group.WORLD)
+    exchange = make_load_exchange(dist.group.WORLD, transport)
     params = BalanceParams(max_num_seqs=128)
     rng = random.Random(1000 + rank)
     result: dict[str, list[int]] = {
@@ -115,7 +130,8 @@ def _worker(
                 result["post_ns"].append(t1 - t0)
                 result["wait_ns"].append(t3 - t2)
     dist.destroy_process_group()
-    Path(out_path).write_text(json.dumps({"rank": rank, **result}))
+    kind = type(exchange).__name__
+    Path(out_path).write_text(json.dumps({"rank": rank, "exchange": kind, **result}))
 
 
 def _pct(values: np.ndarray, q: float) -> float:
@@ -128,8 +144,10 @@ def measure_exchange_once(
     warmup: int = 30,
     forward_ms: float = DEFAULT_DECODE_STEP_MS,
     timeout_s: float = 120.0,
+    transport: str = "gloo",
 ) -> dict[str, Any]:
-    """One gloo group of ``world`` processes; per-step times in microseconds.
+    """One gloo group of ``world`` processes exchanging over ``transport`` ("gloo" or
+    "shm"); per-step times in microseconds.
 
     Per step, the exchange cost is the slowest rank's (ranks wait for each other anyway).
     ``exchange_*``: posted and collected at the boundary; ``overlapped_*``: posted before a
@@ -141,13 +159,20 @@ def measure_exchange_once(
         raise ValueError(f"world must be >= 2, got {world}")
     if steps < 1 or warmup < 0:
         raise ValueError(f"steps must be >= 1 and warmup >= 0, got {steps}, {warmup}")
+    if transport not in TRANSPORTS:
+        raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, got {transport!r}")
     port = _free_port()
     with tempfile.TemporaryDirectory(prefix="vat-exchange-") as tmp:
         outs = [os.path.join(tmp, f"r{r}.json") for r in range(world)]
         cmd = [sys.executable, "-m", "vllm_ascend_triton.scheduler.exchange_bench", "--worker"]
         procs = [
             subprocess.Popen(
-                [*cmd, str(r), str(world), str(port), str(steps), str(warmup), str(forward_ms), outs[r]],
+                [
+                    *cmd,
+                    *(str(a) for a in (r, world, port, steps, warmup, forward_ms)),
+                    outs[r],
+                    transport,
+                ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
                 text=True,
@@ -169,17 +194,22 @@ def measure_exchange_once(
         if errors:
             raise RuntimeError(f"exchange worker failed:\n{errors[0]}")
         data = [json.loads(Path(o).read_text()) for o in outs]
+    kinds = {d["exchange"] for d in data}
+    expected = {"gloo": "GlooLoadExchange", "shm": "ShmLoadExchange"}[transport]
+    if kinds != {expected}:
+        raise RuntimeError(f"asked for the {transport} exchange, the ranks built {sorted(kinds)}")
     ex = np.array([d["sync_ns"] for d in data], dtype=np.float64).max(axis=0)  # slowest rank
     plan = np.array([d["plan_ns"] for d in data], dtype=np.float64).ravel()
     row: dict[str, Any] = {
         "processes": world,
+        "transport": transport,
         "steps": steps,
         "exchange_p50_us": _pct(ex, 50),
         "exchange_p99_us": _pct(ex, 99),
         "exchange_mean_us": round(float(ex.mean()) / 1e3, 1),
         "plan_p50_us": _pct(plan, 50),
         "plan_p99_us": _pct(plan, 99),
-        "bytes_per_rank": 8 * 8,
+        "bytes_per_rank": 8 * LOAD_VECTOR_LEN,
     }
     if forward_ms > 0:
         ov_ranks = np.array([d["overlap_ns"] for d in data], dtype=np.float64)
@@ -343,16 +373,23 @@ def measure_exchange(
     decode_step_ms: float = DEFAULT_DECODE_STEP_MS,
     timeout_s: float = 120.0,
     overlap: bool = True,
+    transports: tuple[str, ...] = TRANSPORTS,
 ) -> dict[str, Any]:
     """The exchange table and the step-boundary cost as a share of a modelled step
-    (synchronous, and overlapped with a modelled forward pass of ``decode_step_ms``)."""
+    (synchronous, and overlapped with a modelled forward pass of ``decode_step_ms``): one
+    row per process count and transport."""
     if decode_step_ms <= 0:
         raise ValueError(f"decode_step_ms must be > 0, got {decode_step_ms}")
+    bad = [t for t in transports if t not in TRANSPORTS]
+    if bad or not transports:
+        raise ValueError(f"transports must be a non-empty subset of {TRANSPORTS}, got {transports}")
+    load_before = [round(x, 2) for x in os.getloadavg()]
     vec = measure_load_vector(num_running) if num_running > 0 else None
     vec_us = vec["load_vector_p50_us"] if vec else 0.0
     rows = []
-    for world in procs:
-        row = measure_exchange_once(world, steps, warmup, decode_step_ms if overlap else 0.0, timeout_s)
+    for world, transport in [(w, t) for w in procs for t in transports]:
+        fwd = decode_step_ms if overlap else 0.0
+        row = measure_exchange_once(world, steps, warmup, fwd, timeout_s, transport)
         step_us = decode_step_ms * 1e3
         boundary = vec_us + row["exchange_p50_us"] + row["plan_p50_us"]
         row["step_boundary_p50_us"] = round(boundary, 1)
@@ -366,7 +403,10 @@ def measure_exchange(
         rows.append(row)
     return {
         "measured": True,
-        "where": f"this host, {os.cpu_count()} CPUs, gloo over TCP on 127.0.0.1",
+        "where": f"this host, {os.cpu_count()} CPUs; gloo over TCP on 127.0.0.1, shm: POSIX shared memory",
+        # Other processes' load shares the cores with the ranks: 1/5/15-minute load averages.
+        "host_load_avg_before": load_before,
+        "host_load_avg_after": [round(x, 2) for x in os.getloadavg()],
         "decode_step_ms": decode_step_ms,
         "decode_step_is_modelled": True,
         "load_vector": vec,
@@ -386,23 +426,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout-s", type=float, default=120.0)
     parser.add_argument("--no-overlap", action="store_true", help="skip the overlapped timing")
     parser.add_argument(
+        "--transport", default=",".join(TRANSPORTS), help="comma-separated exchange transports (gloo, shm)"
+    )
+    parser.add_argument(
         "--schedule-overhead", action="store_true", help="only balance vs vLLM schedule() on one scheduler"
     )
     parser.add_argument(
-        "--worker", nargs=7, metavar=("RANK", "WORLD", "PORT", "STEPS", "WARMUP", "FWD_MS", "OUT")
+        "--worker",
+        nargs=8,
+        metavar=("RANK", "WORLD", "PORT", "STEPS", "WARMUP", "FWD_MS", "OUT", "TRANSPORT"),
     )
     args = parser.parse_args(argv)
     if args.worker:
-        rank, world, port, steps, warmup, fwd, out = args.worker
-        _worker(int(rank), int(world), int(port), int(steps), int(warmup), float(fwd), out)
+        rank, world, port, steps, warmup, fwd, out, transport = args.worker
+        _worker(int(rank), int(world), int(port), int(steps), int(warmup), float(fwd), out, transport)
         return 0
     if args.schedule_overhead:
         res = measure_schedule_overhead(args.num_running or 256, args.steps, args.warmup)
         sys.stdout.write(json.dumps(res, indent=2) + "\n")
         return 0
     procs = tuple(int(p) for p in args.procs.split(",") if p.strip())
+    transports = tuple(t.strip() for t in args.transport.split(",") if t.strip())
     result = measure_exchange(
-        procs, args.steps, args.warmup, args.num_running, args.decode_step_ms, args.timeout_s
+        procs,
+        args.steps,
+        args.warmup,
+        args.num_running,
+        args.decode_step_ms,
+        args.timeout_s,
+        overlap=not args.no_overlap,
+        transports=transports,
     )
     sys.stdout.write(json.dumps(result, indent=2) + "\n")
     return 0
