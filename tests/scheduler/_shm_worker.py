@@ -121,8 +121,9 @@ def run(scenario: str, rank: int, world: int, port: int, out_path: str) -> None:
         exchange = ex.make_load_exchange(group)
         result["kind"] = type(exchange).__name__
         result["segment"] = exchange.segment_name
-        result["name_left_after_setup"] = os.path.exists(f"/dev/shm/{exchange.segment_name}")
         result["rounds"] = _rounds(exchange, rank, world, 400)
+        # Rank 0 unlinked the name before returning from setup, so before its first post.
+        result["name_left_after_setup"] = os.path.exists(f"/dev/shm/{exchange.segment_name}")
         exchange.close()
     elif scenario == "timeout":
         exchange = ex.make_load_exchange(group, "shm", timeout_s=1.0)
@@ -135,6 +136,22 @@ def run(scenario: str, rank: int, world: int, port: int, out_path: str) -> None:
             except RuntimeError as exc:
                 result["error"] = str(exc)
             result["waited_s"] = time.monotonic() - t0
+    elif scenario == "dead":
+        exchange = ex.make_load_exchange(group, "shm", timeout_s=120.0)
+        _rounds(exchange, rank, world, 3)
+        if rank != 0:  # dies between rounds, as a crashed engine core would
+            os._exit(0)
+        t0 = time.monotonic()
+        try:
+            exchange.finish(exchange.start(vector(rank, 3)))
+            result["error"] = None
+        except RuntimeError as exc:
+            result["error"] = str(exc)
+        result["waited_s"] = time.monotonic() - t0
+        result["peer_pid"] = int(exchange._procs[1, 0])
+        with open(out_path, "w") as f:
+            json.dump(result, f)
+        os._exit(0)  # no gloo teardown with a dead peer
     elif scenario == "select":
         result["cases"] = _select(group, rank, world)
     else:

@@ -77,7 +77,7 @@ def test_shm_rounds_three_ranks_busy_and_idle(tmp_path: Path) -> None:
     assert [r["kind"] for r in ranks] == ["ShmLoadExchange"] * 3
     assert [r["rounds"] for r in ranks] == [400] * 3
     assert len({r["segment"] for r in ranks}) == 1
-    # The name was gone right after setup, and nothing is left now.
+    # The name was gone once every rank had posted, and nothing is left now.
     assert not any(r["name_left_after_setup"] for r in ranks)
     assert _shm_entries() <= before
     assert ranks[0]["logs"] == ["DP balance load exchange: shared memory (all 3 ranks on one host)"]
@@ -102,6 +102,15 @@ def test_shm_timeout_names_the_missing_rank(tmp_path: Path) -> None:
     assert r1.get("error") is None
     assert "timed out after 1 s in round 3 on rank 0: ranks [1] did not post" in r0["error"]
     assert 0.9 < r0["waited_s"] < 10.0
+
+
+@pytest.mark.timeout(180)
+def test_shm_dead_peer_named_within_seconds(tmp_path: Path) -> None:
+    (tmp_path / "r1.json").write_text("{}")  # rank 1 dies before writing its result
+    r0 = _launch("dead", 2, tmp_path)[0][0]
+    # Not the 120 s timeout: the peer's process is gone (a zombie of the launcher here).
+    assert f"ranks [1] did not post and their engine core processes (pids [{r0['peer_pid']}])" in r0["error"]
+    assert r0["waited_s"] < 10.0
 
 
 @pytest.mark.timeout(180)

@@ -120,14 +120,16 @@ class GlooLoadExchange(LoadExchange):
 
 # ---- shared-memory exchange (every rank on one host) -------------------------------------
 
-# Segment layout, all int64: a header, then one row per rank. A row holds two slots (round
-# parity), each [round, LOAD_VECTOR_LEN values]. Slots are (a multiple of) 128 bytes apart,
-# so no two ranks write one cache line (64 B on Kunpeng 920 and x86, 128 B on some aarch64).
+# Segment layout, all int64: a header, then one row per rank. A row holds three blocks:
+# [pid, pid namespace] of the rank's process (for telling a dead peer from a slow one),
+# then two slots (round parity), each [round, LOAD_VECTOR_LEN values]. Blocks are (a
+# multiple of) 128 bytes, so no two ranks write one cache line (64 B on Kunpeng 920 and
+# x86, 128 B on some aarch64 cores).
 _SHM_MAGIC = 0x5641545F44505831  # "VAT_DPX1"
 _SHM_VERSION = 1
 _SHM_HEADER_WORDS = 16
 _SHM_SLOT_WORDS = 16 * ((1 + LOAD_VECTOR_LEN + 15) // 16)  # 128 bytes while the vector fits
-_SHM_ROW_WORDS = 2 * _SHM_SLOT_WORDS
+_SHM_ROW_WORDS = 3 * _SHM_SLOT_WORDS
 _SHM_NAME_WORDS = 4  # the segment's name travels as 32 bytes of int64 words
 _SHM_DIR = "/dev/shm"  # where Linux's shm_open keeps POSIX shared memory
 
@@ -170,7 +172,8 @@ class _ShmSegment:
         )
         words = np.ndarray((cls.nbytes(world_size) // 8,), dtype=np.int64, buffer=shm.buf)
         words[:] = 0
-        words[_SHM_HEADER_WORDS::_SHM_SLOT_WORDS] = -1  # every slot's round: nothing posted
+        rows = words[_SHM_HEADER_WORDS:].reshape(world_size, 3, _SHM_SLOT_WORDS)
+        rows[:, 1:, 0] = -1  # every slot's round: nothing posted
         words[1:4] = (_SHM_VERSION, world_size, _SHM_ROW_WORDS)
         _fence()
         words[0] = _SHM_MAGIC
@@ -215,6 +218,25 @@ class _ShmSegment:
             pass
 
 
+def _pid_namespace() -> int:
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return 0
+
+
+def _pid_alive(pid: int) -> bool:
+    """False once ``pid`` has exited (gone, or a zombie its parent has not reaped yet)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    except (OSError, IndexError):
+        return True  # cannot tell: leave it to the timeout
+    return state not in (b"Z", b"X")
+
+
 def _encode_name(name: str) -> list[int]:
     raw = name.encode("ascii")
     if len(raw) > 8 * _SHM_NAME_WORDS:
@@ -242,8 +264,9 @@ class ShmLoadExchange(LoadExchange):
     ``r - 2`` (not posted yet) or ``r`` (anything else is a broken lockstep and raises).
 
     Waiting: a short spin, then ``os.sched_yield()``, then sleeps growing to 1 ms, so a rank
-    that waits long does not take the core a descheduled peer needs. A peer that has not
-    posted after ``timeout_s`` (dead or hung engine core) raises a RuntimeError naming it.
+    that waits long does not take the core a descheduled peer needs. A RuntimeError names
+    the peers that did not post: within about a second once their process has exited (its
+    pid, in this pid namespace, is gone or a zombie), else after ``timeout_s`` (hung).
     """
 
     supports_overlap = True
@@ -268,11 +291,14 @@ class ShmLoadExchange(LoadExchange):
         self.spin_s = spin_s
         self.yield_s = yield_s
         self._segment = segment
-        rows = segment.words[_SHM_HEADER_WORDS:].reshape(self.world_size, 2, _SHM_SLOT_WORDS)
+        rows = segment.words[_SHM_HEADER_WORDS:].reshape(self.world_size, 3, _SHM_SLOT_WORDS)
+        self._procs = rows[:, 0, :2]
+        self._pid_ns = _pid_namespace()
+        self._procs[self.rank] = (os.getpid(), self._pid_ns)
         # Per parity: every rank's round number (a strided view) and vectors; this rank's slot.
-        self._rounds = [rows[:, p, 0] for p in (0, 1)]
-        self._vectors = [rows[:, p, 1 : 1 + LOAD_VECTOR_LEN] for p in (0, 1)]
-        self._mine = [rows[self.rank, p] for p in (0, 1)]
+        self._rounds = [rows[:, 1 + p, 0] for p in (0, 1)]
+        self._vectors = [rows[:, 1 + p, 1 : 1 + LOAD_VECTOR_LEN] for p in (0, 1)]
+        self._mine = [rows[self.rank, 1 + p] for p in (0, 1)]
         self._next_round = 0
         self._posted: int | None = None
 
@@ -314,6 +340,7 @@ class ShmLoadExchange(LoadExchange):
         now = time.monotonic()
         spin_until, yield_until, deadline = now + self.spin_s, now + self.yield_s, now + self.timeout_s
         nap = 20e-6
+        next_liveness_check = now + 1.0
         while True:
             if (rounds == r).all():
                 return
@@ -331,15 +358,35 @@ class ShmLoadExchange(LoadExchange):
                     f"DP load exchange (shared memory) timed out after {self.timeout_s:g} s in round "
                     f"{r} on rank {self.rank}: ranks {missing} did not post (engine core dead or hung?)"
                 )
+            if now > next_liveness_check:
+                next_liveness_check = now + 1.0
+                dead = self._dead_peers(np.flatnonzero(rounds != r).tolist())
+                if dead:
+                    raise RuntimeError(
+                        f"DP load exchange (shared memory) in round {r} on rank {self.rank}: ranks "
+                        f"{[rank for rank, _ in dead]} did not post and their engine core processes "
+                        f"(pids {[pid for _, pid in dead]}) have exited"
+                    )
             if now < yield_until:
                 os.sched_yield()
             else:
                 time.sleep(nap)
                 nap = min(2 * nap, 1e-3)
 
+    def _dead_peers(self, ranks: list[int]) -> list[tuple[int, int]]:
+        """(rank, pid) of those ``ranks`` whose process is gone, as far as this process can
+        see: only peers in its own pid namespace (else their pid means nothing here)."""
+        dead = []
+        for rank in ranks:
+            pid, ns = self._procs[rank].tolist()
+            if pid > 0 and ns != 0 and ns == self._pid_ns and not _pid_alive(pid):
+                dead.append((rank, pid))
+        return dead
+
     def close(self) -> None:
         """Unmap the segment (its name was removed at setup); the exchange is unusable after."""
         self._rounds = self._vectors = self._mine = []
+        self._procs = np.empty((0, 2), dtype=np.int64)
         self._segment.close()
 
 
