@@ -261,7 +261,8 @@ class ShmLoadExchange(LoadExchange):
     ``r + 1``; and every rank posts ``r + 1`` only after its own :meth:`finish` of ``r`` has
     copied round ``r`` out (start/finish strictly alternate on a rank, checked). So no slot
     is overwritten while any rank may still read it, and a slot for ``r`` can only hold
-    ``r - 2`` (not posted yet) or ``r`` (anything else is a broken lockstep and raises).
+    ``r - 2`` (not posted yet) or ``r`` (a later round there means ranks left lockstep:
+    raises).
 
     Waiting: a short spin, then ``os.sched_yield()``, then sleeps growing to 1 ms, so a rank
     that waits long does not take the core a descheduled peer needs. A RuntimeError names
