@@ -164,3 +164,59 @@ def test_incremental_load_vector_matches_a_scan() -> None:
         if i >= 120 and not any(s.has_requests() for s in scheds):
             break
     assert checked > 100 and prefill_seen > 10  # chunked prefills were running during checks
+
+
+def test_recent_arrivals_count_the_last_window_of_steps() -> None:
+    shape = SchedulerShape(max_num_seqs=8, max_num_batched_tokens=256, max_model_len=2048, num_blocks=200)
+    scheds, members = _ranks(2, shape, BalanceParams(max_num_seqs=8, arrival_window_steps=4))
+    per_step = [3, 0, 1, 2, 0, 0, 0, 0]
+    seen = []
+    for i, k in enumerate(per_step):
+        for j in range(k):
+            add(scheds[0], f"r{i}-{j}", 8, 2, i)
+        lockstep(scheds, members)
+        seen.append(scheds[0]._own.recent_arrivals)
+    # Sum of the last 4 steps' arrivals (the vector of step i counts arrivals up to step i).
+    assert seen == [3, 3, 4, 6, 3, 3, 2, 0]
+    assert all(s._own.recent_arrivals == 0 for s in scheds[1:])
+
+
+class _OverlapSpy:
+    """An overlap-capable exchange for one rank that records what the scheduler calls."""
+
+    supports_overlap = True
+    completes_later = False
+
+    def __init__(self) -> None:
+        self.rank, self.world_size = 0, 2
+        self.calls: list[str] = []
+
+    def start(self, local):
+        self.calls.append("start")
+        return local
+
+    def finish(self, handle):
+        self.calls.append("finish")
+        return [handle, handle]
+
+    def all_gather(self, local):
+        self.calls.append("all_gather")
+        return [local, local]
+
+
+def test_replaced_group_drops_the_round_in_flight() -> None:
+    # Elastic EP replaces the dp group: the vector posted on the old group can never be
+    # collected (an idle rank never posted on it), so it must not be waited on.
+    shape = SchedulerShape(max_num_seqs=8, max_num_batched_tokens=256, max_model_len=2048, num_blocks=200)
+    sched = _ranks(1, shape, BalanceParams(max_num_seqs=8))[0][0]
+    old, new = _OverlapSpy(), _OverlapSpy()
+    add(sched, "x", 8, 8)
+    sched.on_step_boundary(old)
+    step(sched)  # posts on `old` after schedule()
+    assert old.calls == ["all_gather", "start"]
+    sched.on_step_boundary(new)
+    assert old.calls == ["all_gather", "start"]  # no finish on the replaced group
+    assert new.calls == ["all_gather"]
+    step(sched)
+    sched.on_step_boundary(new)
+    assert new.calls == ["all_gather", "start", "finish"]

@@ -3,6 +3,8 @@ anchor modes (vllm-ascend's gate, SGLang's prefill delayer)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -21,8 +23,12 @@ from vllm_ascend_triton.scheduler.plan import (
 BUDGET = 8192
 
 
-def lv(decode=0, run_pf=0, wait_pf=0, running=0, waiting=0, free=128, starve=0, ctx=0) -> LoadVector:
-    return LoadVector(decode, run_pf, wait_pf, running, waiting, free, starve, ctx)
+# Busy by default: 8 arrivals per rank per 64-step window, so a partner is expected
+# within the hold (the low-load case sets arrivals=0 explicitly).
+def lv(
+    decode=0, run_pf=0, wait_pf=0, running=0, waiting=0, free=128, starve=0, ctx=0, arrivals=8
+) -> LoadVector:
+    return LoadVector(decode, run_pf, wait_pf, running, waiting, free, starve, ctx, arrivals)
 
 
 vectors = st.builds(
@@ -35,6 +41,7 @@ vectors = st.builds(
     st.integers(0, 256),
     st.integers(0, 64),
     st.integers(0, 10**6),
+    st.integers(0, 64),
 )
 
 
@@ -50,19 +57,26 @@ def test_plan_bounds(loads: list[LoadVector]) -> None:
         assert plan == [UNLIMITED]
         return
     saturated = any(x.num_waiting > x.free_slots for x in loads)
+    backlog = params.backlog_share * params.max_num_seqs
+    over_capacity = all(x.num_waiting > x.free_slots + backlog for x in loads)
+    partner = sum(x.recent_arrivals for x in loads) * params.hold_steps >= params.arrival_window_steps
     top = escalation_levels(params, BUDGET)
     for load, p in zip(loads, plan, strict=True):
         assert p.admit_new
         room = max(0, BUDGET - load.decode_tokens)
         age = load.starve_steps
-        if saturated:
+        if over_capacity and any(x.prefill_pending for x in loads):
+            if age >= params.backlog_hold_steps:
+                assert p == UNLIMITED
+            floor = params.min_chunk if load.prefill_pending <= params.min_chunk else 0
+        elif saturated:
             if age // params.saturated_escalate_steps > top:
                 assert p == UNLIMITED
             forced = load.prefill_pending <= params.min_chunk or age >= params.saturated_escalate_steps
             floor = params.min_chunk if forced else 0
         else:
-            if age >= params.escalate_steps:
-                assert p == UNLIMITED  # deadline: exactly vLLM
+            if age >= params.escalate_steps or (age < params.hold_steps and not partner):
+                assert p == UNLIMITED  # deadline, or nobody to wait for: exactly vLLM
             left = params.escalate_steps - age
             past_hold = params.hold_steps <= age < params.escalate_steps
             floor = max(-(-load.prefill_pending // left), params.min_chunk) if past_hold else 0
@@ -73,9 +87,12 @@ def test_plan_bounds(loads: list[LoadVector]) -> None:
 
 
 def test_deadline_escalation_and_bound() -> None:
-    params = BalanceParams(min_chunk=512, escalate_steps=6, hold_steps=3, saturated_escalate_steps=2)
-    # max(deadline 6 + 1, saturated 2 * (4 doublings from 512 to 8192 + 1) + 1)
+    params = BalanceParams(
+        min_chunk=512, escalate_steps=6, hold_steps=3, saturated_escalate_steps=2, backlog_hold_steps=8
+    )
+    # max(deadline 6 + 1, over capacity 8 + 1, saturated 2 * (4 doublings 512 -> 8192 + 1) + 1)
     assert starvation_bound(params, BUDGET) == 11
+    assert starvation_bound(dataclasses.replace(params, backlog_hold_steps=20), BUDGET) == 21
     assert starvation_bound(BalanceParams(), BUDGET) == 81
     got = []
     for age in range(8):
@@ -84,6 +101,43 @@ def test_deadline_escalation_and_bound() -> None:
     # Held for 3 steps, then the backlog spread over the steps left (6000/3, /2, /1), then
     # no limit: whatever was pending at the first hold is done by the deadline.
     assert got == [0, 0, 0, 2000, 3000, 6000, None, None]
+
+
+def test_low_arrival_rate_means_no_hold() -> None:
+    # Nobody is likely to arrive within the hold (fewer than window / hold_steps arrivals in
+    # the cluster over the window): waiting only adds latency, so fresh prefill runs at once.
+    params = BalanceParams()
+    quiet = [lv(decode=4, wait_pf=3000, arrivals=2)] + [lv(decode=4, arrivals=2)] * 7
+    assert compute_plan(quiet, params, BUDGET)[0] == UNLIMITED
+    # 21 arrivals * 3 steps < 64 < 22 * 3: the rate threshold is exact.
+    busy = [lv(decode=4, wait_pf=3000, arrivals=22)] + [lv(decode=4, arrivals=0)] * 7
+    assert compute_plan(busy, params, BUDGET)[0].prefill_allowance == 0
+    almost = [lv(decode=4, wait_pf=3000, arrivals=21)] + [lv(decode=4, arrivals=0)] * 7
+    assert compute_plan(almost, params, BUDGET)[0] == UNLIMITED
+    # Past the hold the deadline floors apply whatever the rate.
+    held = [lv(decode=4, wait_pf=3000, arrivals=0, starve=3)] + [lv(decode=4, arrivals=0)] * 7
+    assert compute_plan(held, params, BUDGET)[0].prefill_allowance == 1000
+
+
+def test_over_capacity_waits_for_every_rank_then_shares_the_step() -> None:
+    params = BalanceParams(backlog_hold_steps=30)
+    deep = {"waiting": 100, "free": 1}  # a backlog beyond max_num_seqs / 4 on every rank
+    # One rank without prefill: the level is the smallest total, long prefill waits.
+    loads = [lv(decode=127, wait_pf=3500, **deep)] * 7 + [lv(decode=128, waiting=100, free=0)]
+    plan = compute_plan(loads, params, BUDGET)
+    assert [p.prefill_allowance for p in plan[:7]] == [1] * 7  # up to the idle rank's 128 tokens
+    # Every rank has prefill: each fills up to the smallest rank total.
+    loads = [lv(decode=127, wait_pf=3500, **deep)] * 7 + [lv(decode=127, wait_pf=7000, **deep)]
+    plan = compute_plan(loads, params, BUDGET)
+    assert {p.prefill_allowance for p in plan} == {3500}
+    # Small prompts go at once; a long one held backlog_hold_steps steps runs unlimited.
+    loads = [lv(decode=127, wait_pf=300, **deep), lv(decode=127, wait_pf=3500, starve=30, **deep)]
+    loads += [lv(decode=128, waiting=100, free=0)] * 6
+    plan = compute_plan(loads, params, BUDGET)
+    assert plan[0].prefill_allowance >= 300 and plan[1] == UNLIMITED
+    # A shallow queue on one rank is the saturated regime (quorum level, doubling floors).
+    loads[2] = lv(decode=128, waiting=2, free=0)
+    assert compute_plan(loads, params, BUDGET)[1].prefill_allowance == 512
 
 
 def test_saturated_escalation_doubles_then_unlimited() -> None:

@@ -82,6 +82,7 @@ and ``make_stats()`` attaches them to vLLM's ``SchedulerStats`` (field ``balance
 from __future__ import annotations
 
 import dataclasses
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -184,6 +185,10 @@ class BalanceMixin:
         self._overlap_exchange: LoadExchange | None = None
         self._inflight: tuple[LoadExchange, LoadVector, Any] | None = None
         self.overlapped_exchanges = 0  # boundaries that collected a vector posted earlier
+        # Arrivals per exchanged step over the plan's arrival window (LoadVector.recent_arrivals).
+        self._arrivals_now = 0
+        self._arrival_window: deque[int] = deque(maxlen=self.balance_params.arrival_window_steps)
+        self._recent_arrivals = 0
         # Running requests still prefilling, by id (kept from each step's admissions).
         self._prefilling: dict[str, Request] = {}
         self._balance_counters = BalanceStats()
@@ -199,6 +204,21 @@ class BalanceMixin:
         """vllm-ascend's engine-core hook calls this every step; our exchange replaces it."""
 
     # ---- exchange side -------------------------------------------------------------
+    def add_request(self, request: Request) -> None:
+        super().add_request(request)
+        self._arrivals_now += 1
+
+    def _exchange_vector(self) -> LoadVector:
+        """The vector this rank posts for a step: closes the step's arrival count first
+        (called exactly once per loop iteration, on either exchange path)."""
+        window = self._arrival_window
+        if len(window) == window.maxlen:
+            self._recent_arrivals -= window[0]
+        window.append(self._arrivals_now)
+        self._recent_arrivals += self._arrivals_now
+        self._arrivals_now = 0
+        return self.load_vector()
+
     def load_vector(self) -> LoadVector:
         """This rank's load, O(prefilling + free slots): no scan of the running list."""
         running_prefill = 0
@@ -233,6 +253,7 @@ class BalanceMixin:
             free,
             self._starve_steps,
             self._kv_tokens_in_use(),
+            self._recent_arrivals,
         )
 
     def _kv_tokens_in_use(self) -> int:
@@ -254,9 +275,10 @@ class BalanceMixin:
             self._own = inflight[1]
             self._snapshot = exchange.finish(inflight[2])
         else:
-            if inflight is not None:  # the group was replaced (elastic EP): drain the old one
-                inflight[0].finish(inflight[2])
-            self._own = self.load_vector()
+            # inflight is not None here only if the group was replaced (elastic EP): that
+            # round can never complete (an idle rank posted nothing on the old group), so
+            # its handle is dropped rather than waited on.
+            self._own = self._exchange_vector()
             self._snapshot = exchange.all_gather(self._own)
         self._overlap_exchange = exchange if self.exchange_overlap and exchange.supports_overlap else None
         self._pending_plan = True
@@ -344,7 +366,7 @@ class BalanceMixin:
         """Busy rank, overlap on: post the vector now (once per loop iteration)."""
         exchange = self._overlap_exchange
         if exchange is not None and self._inflight is None:
-            own = self.load_vector()
+            own = self._exchange_vector()
             self._inflight = (exchange, own, exchange.start(own))
 
     def _track_admissions(self, out: SchedulerOutput) -> None:

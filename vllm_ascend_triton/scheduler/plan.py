@@ -39,6 +39,9 @@ class LoadVector(NamedTuple):
     # the oldest request the plan deferred there has waited because of the plan.
     starve_steps: int
     context_tokens: int  # KV tokens in use (what the running requests attend to)
+    # Requests that arrived on this rank over the last ``arrival_window_steps`` steps: the
+    # plan only holds fresh prefill when the cluster's arrival rate makes a partner likely.
+    recent_arrivals: int = 0
 
     @property
     def prefill_pending(self) -> int:
@@ -71,12 +74,28 @@ class BalanceParams:
     # each rank padding a different step (what vLLM's prefill cadence does every N steps,
     # but only while there is something to gain and never past the deadline above).
     hold_steps: int = 3
+    # ... but only while the cluster's recent arrival rate (LoadVector.recent_arrivals over
+    # this many steps) makes at least ``hold_partners`` new arrivals expected within the
+    # hold: waiting for a partner that is not coming only adds latency (low load), so
+    # such a rank runs its prefill at once, as vLLM would.
+    arrival_window_steps: int = 64
+    hold_partners: float = 1.0
     # Saturated cluster (some rank queues more requests than it has free slots): queueing,
     # not placement, sets TTFT there, and floors that grow with the backlog would turn the
     # plan back into vLLM's padded steps. Then small prompts (up to min_chunk) go at once,
     # longer prefill fills the quorum level, and a rank held for this many steps gets a
     # floor of min_chunk, doubled every as many steps, then no limit.
     saturated_escalate_steps: int = 16
+    # Over capacity: every rank has a backlog of more than ``backlog_share * max_num_seqs``
+    # requests beyond its free slots (e.g. a closed loop at twice capacity). Queueing sets
+    # TTFT and throughput is what is left to win: every rank will have prefill to run
+    # within a few steps (a decode finishes), so the level is the *smallest* rank total
+    # (quorum 1: no rank pads a step that others prefill in) and a long prefill waits for
+    # it, at most ``backlog_hold_steps`` steps (then no limit, as SGLang's prefill delayer
+    # does after its 30 passes); small prompts go at once. Escalating floors would start
+    # misaligned partial prefill steps, which is the padding this regime exists to avoid.
+    backlog_share: float = 0.25
+    backlog_hold_steps: int = 30
     max_num_seqs: int = 128
     # Skew release: a rank whose pending prefill fills whole steps on its own (at least its
     # free token room) while the quorum's pending prefill is under 1/skew_ratio of it: no
@@ -84,14 +103,6 @@ class BalanceParams:
     # rises so every other rank fills that step. (When most ranks have such a backlog the
     # cluster is saturated and the quorum level already runs big, shared steps.)
     skew_ratio: float = 4.0
-    # Pressure gate: the plan only holds prefill back while the cluster is loaded (see
-    # under_pressure()). Below that, holding prefill cannot raise throughput (the offered
-    # load is served either way) and only adds latency, so every rank schedules exactly
-    # as vLLM would. False: always plan.
-    pressure_gate: bool = False
-    # Loaded: the ranks run at least this share of max_num_seqs on average (every token
-    # that pads a step then stalls that many decodes) ...
-    pressure_running_share: float = 0.25
     # ``delay`` mode (SGLang's PrefillDelayer): maximum delayed passes, and the KV
     # token-usage low watermark (share of kv_capacity_tokens; None = off) below which a
     # rank with prefill forces it for everyone.
@@ -108,16 +119,22 @@ class BalanceParams:
             raise ValueError(f"quorum must be in (0, 1], got {self.quorum}")
         if self.escalate_steps < 1:
             raise ValueError(f"escalate_steps must be >= 1, got {self.escalate_steps}")
+        if self.backlog_share < 0.0:
+            raise ValueError(f"backlog_share must be >= 0, got {self.backlog_share}")
+        if self.backlog_hold_steps < 1:
+            raise ValueError(f"backlog_hold_steps must be >= 1, got {self.backlog_hold_steps}")
         if self.saturated_escalate_steps < 1:
             raise ValueError(f"saturated_escalate_steps must be >= 1, got {self.saturated_escalate_steps}")
         if not 0 <= self.hold_steps < self.escalate_steps:
             raise ValueError(
                 f"hold_steps must be in [0, escalate_steps={self.escalate_steps}), got {self.hold_steps}"
             )
+        if self.arrival_window_steps < 1:
+            raise ValueError(f"arrival_window_steps must be >= 1, got {self.arrival_window_steps}")
+        if self.hold_partners < 0.0:
+            raise ValueError(f"hold_partners must be >= 0, got {self.hold_partners}")
         if self.skew_ratio < 1.0:
             raise ValueError(f"skew_ratio must be >= 1, got {self.skew_ratio}")
-        if not 0.0 < self.pressure_running_share <= 1.0:
-            raise ValueError(f"pressure_running_share must be in (0, 1], got {self.pressure_running_share}")
         if self.delay_passes < 1:
             raise ValueError(f"delay_passes must be >= 1, got {self.delay_passes}")
         if self.delay_watermark is not None and not 0.0 < self.delay_watermark <= 1.0:
@@ -165,24 +182,7 @@ def starvation_bound(params: BalanceParams, token_budget: int) -> int:
     The bound is the larger of the two (7 and 81 steps with the defaults and an
     8192-token budget). The skew release only ever raises a floor."""
     saturated = params.saturated_escalate_steps * (escalation_levels(params, token_budget) + 1) + 1
-    return max(params.escalate_steps + 1, saturated)
-
-
-def under_pressure(loads: Sequence[LoadVector], params: BalanceParams, token_budget: int) -> bool:
-    """Whether the cluster is loaded enough for prefill placement to matter: some rank
-    queues requests beyond its free slots or has more pending prefill than one step can
-    run; or the ranks run ``pressure_running_share * max_num_seqs`` requests on average;
-    or they have ``min_chunk`` tokens of prefill pending on average (prefill-heavy)."""
-    running = pending = 0
-    for lv in loads:
-        if lv.num_waiting > lv.free_slots or lv.prefill_pending > token_budget - lv.decode_tokens:
-            return True
-        running += lv.num_running
-        pending += lv.prefill_pending
-    n = len(loads)
-    return (
-        running >= params.pressure_running_share * params.max_num_seqs * n or pending >= params.min_chunk * n
-    )
+    return max(params.escalate_steps + 1, params.backlog_hold_steps + 1, saturated)
 
 
 def compute_plan(loads: Sequence[LoadVector], params: BalanceParams, token_budget: int) -> list[RankPlan]:
@@ -222,26 +222,36 @@ def _balance_plan(loads: Sequence[LoadVector], params: BalanceParams, token_budg
     n = len(loads)
     room = [max(0, token_budget - lv.decode_tokens) for lv in loads]
     demand = [min(r, lv.prefill_pending) for lv, r in zip(loads, room, strict=True)]
-    if params.pressure_gate and not under_pressure(loads, params, token_budget):
-        # Below that load every prefill is served either way; holding one back only
-        # delays it. Exactly vLLM (its own chunked prefill already shares the budget).
-        return [UNLIMITED] * n
-    if not any(demand) and (params.hold_steps == 0 or any(lv.num_waiting > lv.free_slots for lv in loads)):
+    saturated = any(lv.num_waiting > lv.free_slots for lv in loads)
+    backlog = params.backlog_share * params.max_num_seqs
+    over_capacity = all(lv.num_waiting > lv.free_slots + backlog for lv in loads)
+    if not any(demand) and (params.hold_steps == 0 or saturated):
         # Nothing pending and no holding: new arrivals may be admitted as vLLM would.
         return [UNLIMITED] * n
     totals = sorted((lv.decode_tokens + d for lv, d in zip(loads, demand, strict=True)), reverse=True)
-    k = max(1, math.ceil(n * params.quorum))
+    k = n if over_capacity else max(1, math.ceil(n * params.quorum))
     # The step costs what the largest rank batch costs (DP ranks are padded to it): fill
     # every rank up to the level that a quorum of ranks reaches, and no rank above it.
     level = min(token_budget, totals[k - 1])
     quorum_pending = sorted((lv.prefill_pending for lv in loads), reverse=True)[k - 1]
-    saturated = any(lv.num_waiting > lv.free_slots for lv in loads)
     top = escalation_levels(params, token_budget)
+    # Expected arrivals anywhere in the cluster within the hold, from the recent rate.
+    partner_expected = (
+        sum(lv.recent_arrivals for lv in loads) * params.hold_steps
+        >= params.hold_partners * params.arrival_window_steps
+    )
     floors = []
     for lv, r in zip(loads, room, strict=True):
         pending = lv.prefill_pending
         age = lv.starve_steps
-        if saturated:
+        if over_capacity:
+            if age >= params.backlog_hold_steps:
+                floor = token_budget  # held long enough: exactly vLLM here
+            elif pending <= params.min_chunk:
+                floor = params.min_chunk  # small prompts go now (their padding is cheap)
+            else:
+                floor = 0  # wait for a step in which every rank prefills
+        elif saturated:
             doublings = age // params.saturated_escalate_steps
             if doublings > top:
                 floor = token_budget  # starvation bound reached: exactly vLLM here
@@ -251,10 +261,13 @@ def _balance_plan(loads: Sequence[LoadVector], params: BalanceParams, token_budg
                 floor = params.min_chunk  # small prompts go now (their padding is cheap)
             else:
                 floor = 0  # a large prefill few ranks share waits for the quorum
-        elif age >= params.escalate_steps or (
-            r and pending >= r and pending >= params.skew_ratio * quorum_pending
+        elif (
+            age >= params.escalate_steps
+            or (r and pending >= r and pending >= params.skew_ratio * quorum_pending)
+            or (age < params.hold_steps and not partner_expected)
         ):
-            floor = token_budget  # deadline reached, or skew: exactly vLLM on this rank
+            # Deadline reached, skew, or nobody likely to share a held step: exactly vLLM.
+            floor = token_budget
         elif age < params.hold_steps:
             floor = 0  # wait a little for a step that other ranks prefill in too
         else:

@@ -345,6 +345,7 @@ def run_simulation(
         series=series,
     )
     result._schedulers = scheds  # type: ignore[attr-defined]  # for tests' leak checks
+    result._requests = reqs  # type: ignore[attr-defined]  # per-request records, for diagnostics
     logger.info("sim %s/%s: %d steps in %.1fs wall", workload.name, policy.name, step, result.wall_seconds)
     return result
 
