@@ -7,8 +7,8 @@ prefills a long prompt alone makes every other rank's decode step as slow as tha
 Algorithm (balance mode). Once per step every rank publishes a small
 :class:`~vllm_ascend_triton.scheduler.plan.LoadVector`: decode tokens it will run, prompt
 tokens still to prefill for its running requests and for the waiting requests that fit
-its free slots, running/waiting counts, free slots, a starvation counter and the context
-its running requests attend to. The vectors are all-gathered over the engine core's gloo
+its free slots, running/waiting counts, free slots, a starvation counter, the context
+its running requests attend to and its arrivals over the last 64 steps. The vectors are all-gathered over the engine core's gloo
 ``dp_group`` at the end of the step (see :mod:`~vllm_ascend_triton.scheduler.exchange` for
 why there and not inside ``schedule()``), and every rank computes the same plan from the
 same snapshot (:func:`~vllm_ascend_triton.scheduler.plan.compute_plan`):
@@ -21,25 +21,36 @@ same snapshot (:func:`~vllm_ascend_triton.scheduler.plan.compute_plan`):
    while going above it for a minority of ranks makes the whole cluster wait;
 3. each rank has a *floor*, a function of what actually starves: its deferral age (the
    consecutive steps the plan has held prefill that vLLM would have run there, i.e. the
-   age of the oldest request it deferred) and its pending prefill. Not saturated (no
-   rank queues beyond its free slots): prefill first waits ``hold_steps`` (3) steps for a
-   step that other ranks prefill in too, then the backlog is spread over the steps left
-   to a deadline of ``escalate_steps`` (6), at least ``min_chunk`` per step; a rank whose
-   backlog fills whole steps while the quorum's is 4x smaller (skew: no quorum will match
-   it) runs at once. Saturated: small prompts (up to ``min_chunk``) go at once, longer
-   prefill fills the quorum level, and the floor doubles from ``min_chunk`` every
-   ``saturated_escalate_steps`` (16) held steps. Whatever a floor forces one rank to run,
-   every rank pays through padding, so the level is raised to the largest
-   ``decode + min(floor, demand)`` and every rank with pending prefill fills that step;
-   each rank's *prefill allowance* is ``max(level - its decode tokens, its floor)``.
-   Prefill work is *chunked* to the allowance (running chunks first, then admissions,
-   in vLLM's order), never deferred all-or-nothing;
+   age of the oldest request it deferred) and its pending prefill. Three regimes:
+
+   * not saturated (no rank queues beyond its free slots): while the cluster's recent
+     arrival rate makes another prefill likely within ``hold_steps`` (3) steps, fresh
+     prefill first waits that long for a step that other ranks prefill in too (below
+     that rate it runs at once, as vLLM would); then the backlog is spread over the steps
+     left to a deadline of ``escalate_steps`` (6), at least ``min_chunk`` per step; a rank
+     whose backlog fills whole steps while the quorum's is 4x smaller (skew: no quorum
+     will match it) runs at once;
+   * saturated (some rank queues beyond its free slots): small prompts (up to
+     ``min_chunk``) go at once, longer prefill fills the quorum level, and the floor
+     doubles from ``min_chunk`` every ``saturated_escalate_steps`` (16) held steps;
+   * over capacity (every rank has a backlog beyond ``backlog_share`` (1/4) of
+     ``max_num_seqs``): every rank will have prefill within a few steps, so the level is
+     the smallest rank total (no rank pads a step the others prefill in) and long prefill
+     waits for it, at most ``backlog_hold_steps`` (30) steps; small prompts go at once.
+
+   Whatever a floor forces one rank to run, every rank pays through padding, so the level
+   is raised to the largest ``decode + min(floor, demand)`` and every rank with pending
+   prefill fills that step; each rank's *prefill allowance* is
+   ``max(level - its decode tokens, its floor)``. Prefill work is *chunked* to the
+   allowance (running chunks first, then admissions, in vLLM's order), never deferred
+   all-or-nothing;
 4. no starvation: past its deadline a rank is not limited at all. A waiting request that
    vLLM would admit is admitted at most
    :func:`~vllm_ascend_triton.scheduler.plan.starvation_bound` steps after the plan first
-   deferred it: ``escalate_steps + 1`` (7) when not saturated,
-   ``saturated_escalate_steps * (ceil(log2(budget / min_chunk)) + 1) + 1`` (81 with an
-   8192-token budget) when saturated (see docs/scheduler.md).
+   deferred it: ``escalate_steps + 1`` (7) when not saturated, ``backlog_hold_steps + 1``
+   (31) over capacity, ``saturated_escalate_steps * (ceil(log2(budget / min_chunk)) + 1)
+   + 1`` (81 with an 8192-token budget) when saturated; the bound is the largest of the
+   three (see docs/scheduler.md).
 
 The allowance is enforced from inside vLLM's own ``schedule()`` through the
 ``_reserve_prefill_lookahead`` hook, which upstream calls on every running and waiting

@@ -293,7 +293,7 @@ def measure_schedule_overhead(num_running: int = 256, steps: int = 400, warmup: 
         rank, world_size, completes_later, supports_overlap = 0, 8, False, False
 
         def all_gather(self, local: LoadVector) -> list[LoadVector]:
-            return [local, *[LoadVector(num_running, 0, 4096, num_running, 8, 0, 0, 0)] * 7]
+            return [local, *[LoadVector(num_running, 0, 4096, num_running, 8, 0, 0, 0, 64)] * 7]
 
     shape = SchedulerShape(max_num_seqs=num_running, max_num_batched_tokens=8192, num_blocks=num_running * 40)
     sched = make_scheduler(BalanceScheduler, shape, balance=BalanceParams(max_num_seqs=num_running))
@@ -353,6 +353,10 @@ def measure_schedule_overhead(num_running: int = 256, steps: int = 400, warmup: 
     if planned < warmup + steps:
         raise RuntimeError("the plan did not give a finite allowance: the run measures nothing")
     up, ours = np.array(t_up, dtype=np.float64), np.array(t_ours, dtype=np.float64)
+    # 95% interval of the ratio of means, by resampling the (upstream, ours) pairs.
+    rng = np.random.default_rng(0)
+    idx = rng.integers(0, len(up), size=(2000, len(up)))
+    boot = ours[idx].mean(axis=1) / up[idx].mean(axis=1)
     return {
         "measured": True,
         "clock": "thread CPU time",
@@ -362,6 +366,7 @@ def measure_schedule_overhead(num_running: int = 256, steps: int = 400, warmup: 
         "balance_schedule_mean_us": round(float(ours.mean()) / 1e3, 1),
         "ratio_mean": round(float(ours.mean() / up.mean()), 4),
         "ratio_median": round(float(np.median(ours) / np.median(up)), 4),
+        "ratio_mean_ci95": [round(float(x), 4) for x in np.percentile(boot, [2.5, 97.5])],
     }
 
 
