@@ -8,9 +8,10 @@ Algorithm (balance mode). Once per step every rank publishes a small
 :class:`~vllm_ascend_triton.scheduler.plan.LoadVector`: decode tokens it will run, prompt
 tokens still to prefill for its running requests and for the waiting requests that fit
 its free slots, running/waiting counts, free slots, a starvation counter, the context
-its running requests attend to and its arrivals over the last 64 steps. The vectors are all-gathered over the engine core's gloo
-``dp_group`` at the end of the step (see :mod:`~vllm_ascend_triton.scheduler.exchange` for
-why there and not inside ``schedule()``), and every rank computes the same plan from the
+its running requests attend to and its arrivals over the last 64 steps. The vectors are
+all-gathered at the end of the step (shared memory when every rank is on one host, else
+the engine core's gloo ``dp_group``; see :mod:`~vllm_ascend_triton.scheduler.exchange`
+for why there and not inside ``schedule()``), and every rank computes the same plan from the
 same snapshot (:func:`~vllm_ascend_triton.scheduler.plan.compute_plan`):
 
 1. each rank's *demand* is the prefill it would schedule unconstrained,
