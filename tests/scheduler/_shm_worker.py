@@ -94,6 +94,17 @@ def _select(group: Any, rank: int, world: int) -> list[dict[str, Any]]:
     return cases
 
 
+def _timed_round(exchange: Any, rank: int, round_: int) -> dict[str, Any]:
+    """One more round that the peers never join: the error it raises and the time it took."""
+    t0 = time.monotonic()
+    try:
+        exchange.finish(exchange.start(vector(rank, round_)))
+        error = None
+    except RuntimeError as exc:
+        error = str(exc)
+    return {"error": error, "waited_s": time.monotonic() - t0}
+
+
 def run(scenario: str, rank: int, world: int, port: int, out_path: str) -> None:
     import torch.distributed as dist
 
@@ -129,25 +140,13 @@ def run(scenario: str, rank: int, world: int, port: int, out_path: str) -> None:
         exchange = ex.make_load_exchange(group, "shm", timeout_s=1.0)
         _rounds(exchange, rank, world, 3)
         if rank == 0:  # the others stop exchanging, as a dead engine core would
-            t0 = time.monotonic()
-            try:
-                exchange.finish(exchange.start(vector(rank, 3)))
-                result["error"] = None
-            except RuntimeError as exc:
-                result["error"] = str(exc)
-            result["waited_s"] = time.monotonic() - t0
+            result.update(_timed_round(exchange, rank, 3))
     elif scenario == "dead":
         exchange = ex.make_load_exchange(group, "shm", timeout_s=120.0)
         _rounds(exchange, rank, world, 3)
         if rank != 0:  # dies between rounds, as a crashed engine core would
             os._exit(0)
-        t0 = time.monotonic()
-        try:
-            exchange.finish(exchange.start(vector(rank, 3)))
-            result["error"] = None
-        except RuntimeError as exc:
-            result["error"] = str(exc)
-        result["waited_s"] = time.monotonic() - t0
+        result.update(_timed_round(exchange, rank, 3))
         result["peer_pid"] = int(exchange._procs[1, 0])
         with open(out_path, "w") as f:
             json.dump(result, f)
