@@ -216,3 +216,20 @@ def test_overhead_measurement_runs_the_balance_path() -> None:
     res = measure_overhead(num_running=16, steps=5, warmup=2)
     assert res["balance_plan_allowance"] is not None  # a finite allowance: the hook path ran
     assert res["vllm_schedule_mean_us"] > 0 and res["ratio"] > 0
+
+
+def test_plan_cost_times_every_regime() -> None:
+    from vllm_ascend_triton.scheduler.plan import BalanceParams, compute_plan
+    from vllm_ascend_triton.scheduler.sim.plancost import _snapshot, measure_plan_cost
+
+    res = measure_plan_cost(dp_sizes=(8, 16), steps=30)
+    assert res["measured"] is True and set(res["per_dp"]) == {"8", "16"}
+    for row in res["per_dp"].values():
+        assert 0 < row["p50_us"] <= row["p99_us"] and math.isfinite(row["mean_us"])
+    rng = np.random.default_rng(0)
+    backlog = BalanceParams().backlog_share * 128
+    over = _snapshot(rng, 8, regime=2)
+    assert all(lv.num_waiting > lv.free_slots + backlog for lv in over)
+    assert len(compute_plan(over, BalanceParams(), 8192)) == 8
+    with pytest.raises(ValueError, match="steps"):
+        measure_plan_cost(steps=0)

@@ -66,7 +66,7 @@ def measure_overhead(num_running: int = 256, steps: int = 200, warmup: int = 20)
             for s in (ref, bal)
         ):
             break
-    peers = [LoadVector(num_running, 0, 4096, num_running, 8, 0, 0, 0)] * 7
+    peers = [LoadVector(num_running, 0, 4096, num_running, 8, 0, 0, 0, 64)] * 7
     exchange = _StaticPeersExchange(peers)
     t_ref: list[int] = []
     t_bal: list[int] = []

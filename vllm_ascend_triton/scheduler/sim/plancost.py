@@ -2,9 +2,10 @@
 
 Every rank computes the plan once per lockstep step from the exchanged snapshot, so its
 cost is added to every step. Snapshots are drawn at random in the ranges a 128-slot,
-8192-token rank produces (decode 0-128 tokens, pending prefill 0-20K, waiting 0-20,
-deferral age 0-10), half of them saturated (some rank queues beyond its free slots), so
-both branches of the plan are timed. The simulator also records the cost on the snapshots
+8192-token rank produces (decode 0-128 tokens, pending prefill 0-20K, deferral age 0-39,
+arrivals 0-15 per window), a third each not saturated, saturated (some rank queues up to
+20 beyond its free slots) and over capacity (every rank backlogged), so every regime of
+the plan is timed. The simulator also records the cost on the snapshots
 of its own runs (``plan_us_mean`` of balance rows).
 """
 
@@ -19,12 +20,19 @@ import numpy as np
 from vllm_ascend_triton.scheduler.plan import BalanceParams, LoadVector, compute_plan
 
 
-def _snapshot(rng: np.random.Generator, dp: int, saturated: bool) -> list[LoadVector]:
+def _snapshot(rng: np.random.Generator, dp: int, regime: int) -> list[LoadVector]:
+    """Regime 0: not saturated; 1: saturated (queues up to 20 beyond the slots); 2: over
+    capacity (every rank backlogged beyond a quarter of max_num_seqs)."""
     loads = []
     for _ in range(dp):
         running = int(rng.integers(0, 129))
         free = 128 - running
-        waiting = int(rng.integers(0, 21)) if saturated else int(rng.integers(0, free + 1))
+        if regime == 2:
+            waiting = free + int(rng.integers(33, 200))
+        elif regime == 1:
+            waiting = int(rng.integers(0, 21))
+        else:
+            waiting = int(rng.integers(0, free + 1))
         loads.append(
             LoadVector(
                 decode_tokens=running,
@@ -33,8 +41,9 @@ def _snapshot(rng: np.random.Generator, dp: int, saturated: bool) -> list[LoadVe
                 num_running=running,
                 num_waiting=waiting,
                 free_slots=free,
-                starve_steps=int(rng.integers(0, 11)),
+                starve_steps=int(rng.integers(0, 40)),
                 context_tokens=int(rng.integers(0, 600_000)),
+                recent_arrivals=int(rng.integers(0, 16)),
             )
         )
     return loads
@@ -50,7 +59,7 @@ def measure_plan_cost(
     rng = np.random.default_rng(seed)
     out: dict[str, Any] = {"measured": True, "steps": steps, "per_dp": {}}
     for dp in dp_sizes:
-        snaps = [_snapshot(rng, dp, saturated=i % 2 == 0) for i in range(steps)]
+        snaps = [_snapshot(rng, dp, regime=i % 3) for i in range(steps)]
         for s in snaps[:50]:  # warm-up
             compute_plan(s, params, token_budget)
         ns = np.empty(steps)
