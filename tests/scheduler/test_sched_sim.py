@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from vllm_ascend_triton.cli.sim import main, parse_seeds
-from vllm_ascend_triton.scheduler.sim.report import aggregate, json_safe, verdicts
+from vllm_ascend_triton.scheduler.sim.report import aggregate, json_safe, verdicts, verdicts_by_seed
 from vllm_ascend_triton.scheduler.sim.runner import Policy, run_simulation
 from vllm_ascend_triton.scheduler.sim.stepmodel import StepModel
 from vllm_ascend_triton.scheduler.sim.vllm_setup import SchedulerShape
@@ -208,6 +208,46 @@ def test_aggregate_and_verdicts_with_ties() -> None:
     assert agg["balance"]["output_tok_s"] == {"mean": 98.75, "std": 0.75, "min": 98.0, "max": 99.5}
     assert agg["balance"]["ttft_p99_s"]["min"] == agg["balance"]["ttft_p99_s"]["max"] == 2.01
     assert json_safe({"a": [float("nan"), 1.0]}) == {"a": [None, 1.0]}
+    assert v1["within_noise"] == {"throughput_ok": None, "ttft_p99_ok": None, "tpot_p99_ok": None}
+
+
+def test_verdicts_say_whether_a_miss_is_inside_the_sampling_noise() -> None:
+    base = {"workload": "x", "seed": 0, "ttft_p50_s": 1.0, "tpot_p50_ms": 50.0, "idle_share": 0.1}
+    default = {**base, "policy": "default", "output_tok_s": 100.0, "ttft_p99_s": 2.0, "tpot_p99_ms": 50.0}
+    default.update(output_tok_s_ci95=[98.0, 102.0], ttft_p99_ci95=[1.8, 2.3], tpot_p99_ci95=[45.0, 55.0])
+    bal = {**base, "policy": "balance", "output_tok_s": 97.0, "ttft_p99_s": 2.1, "tpot_p99_ms": 70.0}
+    bal.update(output_tok_s_ci95=[95.0, 99.0], ttft_p99_ci95=[2.4, 2.6], tpot_p99_ci95=[60.0, 80.0])
+    v = verdicts([default, bal])["x"]
+    assert not (v["throughput_ok"] or v["ttft_p99_ok"] or v["tpot_p99_ok"])
+    # 97 vs 100 with overlapping intervals; the TTFT and TPOT intervals are disjoint.
+    assert v["within_noise"] == {"throughput_ok": True, "ttft_p99_ok": False, "tpot_p99_ok": False}
+    failures = verdicts_by_seed([default, bal])["summary"]["x"]["failures"]
+    assert [(f["criterion"], f["within_noise"]) for f in failures] == [
+        ("throughput_ok", True),
+        ("ttft_p99_ok", False),
+        ("tpot_p99_ok", False),
+    ]
+
+
+def test_time_bounded_runs_carry_sampling_intervals() -> None:
+    res = run_simulation(
+        make_workload("conv", 2, 16, 0),
+        Policy.parse("balance"),
+        2,
+        shape=SchedulerShape(max_num_seqs=16, max_num_batched_tokens=2048, num_blocks=800),
+        max_steps=None,
+        horizon_s=60.0,
+        warmup_s=5.0,
+    )
+    points = {
+        "output_tok_s": res.output_tok_s,
+        "ttft_p99": res.ttft_p99_s,
+        "tpot_p99": res.tpot_p99_ms,
+    }
+    for key, point in points.items():
+        lo, hi = getattr(res, f"{key}_ci95")
+        assert lo < hi and 0.98 * lo <= point <= 1.02 * hi, (key, lo, point, hi)
+    assert res.summary()["ttft_p99_ci95"] == res.ttft_p99_ci95
 
 
 def test_overhead_measurement_runs_the_balance_path() -> None:

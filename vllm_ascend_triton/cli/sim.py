@@ -159,6 +159,15 @@ def _run_one(job: dict[str, Any]) -> dict[str, Any]:
     return {"summary": res.summary(), "series": {"step_ms": res.series["step_ms"]}}
 
 
+_NOISE_NOTE = {True: " (within the runs' sampling noise)", False: " (resolved)", None: ""}
+
+
+def _failures_text(failures: list[dict[str, Any]]) -> str:
+    """``seed 4: ttft_p99_ok (within the runs' sampling noise), ...`` or ``none``."""
+    parts = [f"seed {f['seed']}: {f['criterion']}{_NOISE_NOTE[f.get('within_noise')]}" for f in failures]
+    return ", ".join(parts) or "none"
+
+
 def parse_seeds(text: str) -> list[int]:
     """``"0-4"`` -> [0, 1, 2, 3, 4]; ``"0,2,5"`` -> [0, 2, 5]."""
     seeds: list[int] = []
@@ -269,7 +278,7 @@ def _run_render(args: argparse.Namespace) -> int:
         print(f"SIMULATED lockstep DP={d['dp']}{size}, seeds {seeds}")
         print(report.format_spread_table(d["aggregate"], markdown=args.markdown))
         for wl, v in d["verdicts"]["summary"].items():
-            fails = ", ".join(f"seed {f['seed']}: {f['criterion']}" for f in v["failures"]) or "none"
+            fails = _failures_text(v["failures"])
             print(f"({wl}) balance Pareto-best or tied on {v['pareto']}/{v['seeds']} seeds; failed: {fails}")
         plan, p50 = d["plan_us_mean"], d["plan_us_p50_median"]
         plan_text = "n/a" if plan is None else f"mean {plan:.1f} us"
@@ -460,7 +469,7 @@ def _run_sim(args: argparse.Namespace) -> int:
         print(f"SIMULATED lockstep DP={args.dp}{label}, seeds {seeds} (step-time model: {model})")
         print(report.format_spread_table(payload["aggregate"]))
         for wl, v in payload["verdicts"]["summary"].items():
-            fails = ", ".join(f"seed {f['seed']}: {f['criterion']}" for f in v["failures"]) or "none"
+            fails = _failures_text(v["failures"])
             print(
                 f"({wl}) balance Pareto-best or tied on {v['pareto']}/{v['seeds']} seeds; failures: {fails}"
             )

@@ -51,10 +51,23 @@ def format_table(rows: Sequence[dict[str, Any]], markdown: bool = False) -> str:
     return "\n".join(lines)
 
 
+def _unresolved(a: dict[str, Any], b: dict[str, Any] | None, metric: str) -> bool | None:
+    """Whether the two runs' 95% sampling intervals of ``metric`` overlap (the difference
+    is inside the noise of the runs themselves); None when either run has no interval."""
+    if b is None:
+        return None
+    ia, ib = a.get(f"{metric}_ci95"), b.get(f"{metric}_ci95")
+    if not ia or not ib:
+        return None
+    return ia[0] <= ib[1] and ib[0] <= ia[1]
+
+
 def verdicts(rows: Sequence[dict[str, Any]], tie: float = TIE) -> dict[str, dict[str, Any]]:
     """Per workload (one seed's rows): is ``balance`` Pareto-best? Throughput >= every other
     policy's, TTFT p99 <= every other policy's, TPOT p99 <= default's, each with a relative
-    tolerance ``tie`` (differences within it count as ties). With the figures behind it."""
+    tolerance ``tie`` (differences within it count as ties). With the figures behind it, and
+    for a failed criterion whether the difference is within the runs' sampling noise (their
+    95% intervals overlap; None without intervals)."""
     out: dict[str, dict[str, Any]] = {}
     for wl in sorted({r["workload"] for r in rows}):
         wl_rows = [r for r in rows if r["workload"] == wl]
@@ -91,6 +104,11 @@ def verdicts(rows: Sequence[dict[str, Any]], tie: float = TIE) -> dict[str, dict
             "ttft_p99_ok": ttft_ok,
             "tpot_p99_ok": tpot_ok,
             "pareto": tput_ok and ttft_ok and tpot_ok,
+            "within_noise": {
+                "throughput_ok": None if tput_ok else _unresolved(bal, best_tput, "output_tok_s"),
+                "ttft_p99_ok": None if ttft_ok else _unresolved(bal, best_ttft, "ttft_p99"),
+                "tpot_p99_ok": None if tpot_ok else _unresolved(bal, default, "tpot_p99"),
+            },
         }
     return out
 
@@ -135,7 +153,13 @@ def verdicts_by_seed(rows: Sequence[dict[str, Any]], tie: float = TIE) -> dict[s
             s["pareto"] += bool(v["pareto"])
             for crit in ("throughput_ok", "ttft_p99_ok", "tpot_p99_ok"):
                 if not v[crit]:
-                    s["failures"].append({"seed": int(sd) if sd.isdigit() else sd, "criterion": crit})
+                    s["failures"].append(
+                        {
+                            "seed": int(sd) if sd.isdigit() else sd,
+                            "criterion": crit,
+                            "within_noise": v["within_noise"][crit],
+                        }
+                    )
     return {"tie": tie, "per_seed": per_seed, "summary": summary}
 
 
