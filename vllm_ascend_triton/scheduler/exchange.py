@@ -631,6 +631,10 @@ def install_dp_engine_hook() -> bool:
                 exchange = getattr(self, "_vat_load_exchange", None)
                 # The group is replaced on elastic-EP reconfiguration: rebuild then.
                 if exchange is None or exchange.group is not group:
+                    # The scheduler drops a round still in flight on the old group (it can
+                    # never complete), so the old segment can be unmapped now.
+                    if isinstance(exchange, ShmLoadExchange):
+                        exchange.close()
                     # Collective: every rank reaches this in the same iteration.
                     exchange = make_load_exchange(group)
                     self._vat_load_exchange = exchange
