@@ -243,16 +243,7 @@ def measure_load_vector(num_running: int = 256, calls: int = 200) -> dict[str, A
         make_scheduler,
     )
 
-    # Every request must keep decoding for the whole run (two tokens per timed pair): enough
-    # KV blocks for its prompt plus every token it will produce, so nothing is preempted.
-    max_tokens = 2 * (steps + warmup) + 100
-    blocks_per_request = -(-(264 + max_tokens + 64) // SchedulerShape.block_size) + 1
-    shape = SchedulerShape(
-        max_num_seqs=num_running,
-        max_num_batched_tokens=8192,
-        max_model_len=max(SchedulerShape.max_model_len, 264 + max_tokens + 64),
-        num_blocks=num_running * blocks_per_request,
-    )
+    shape = SchedulerShape(max_num_seqs=num_running, max_num_batched_tokens=8192, num_blocks=num_running * 40)
     sched = make_scheduler(BalanceScheduler, shape, balance=BalanceParams(max_num_seqs=num_running))
     for i in range(num_running):
         sched.add_request(make_request(f"d{i}", 200 + i % 64, 10_000, token_offset=i))
