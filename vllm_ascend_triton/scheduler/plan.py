@@ -174,16 +174,20 @@ def starvation_bound(params: BalanceParams, token_budget: int) -> int:
     consecutive steps the plan has held prefill that vLLM would have run there, i.e. the
     age of the oldest request it deferred) and on its pending prefill ``P``:
 
-    * not saturated: 0 while ``a < hold_steps``, then ``max(ceil(P / (E - a)), min_chunk)``
-      with ``E = escalate_steps``, and no limit once ``a >= E``: whatever was pending at
-      the first hold is done by then. Bound ``E + 1`` (the extra step covers a request that
-      arrived after the snapshot the plan was computed from);
+    * not saturated: 0 while ``a < hold_steps`` (and a partner is expected; otherwise no
+      limit), then ``max(ceil(P / (E - a)), min_chunk)`` with ``E = escalate_steps``, and
+      no limit once ``a >= E``: whatever was pending at the first hold is done by then.
+      Bound ``E + 1`` (the extra step covers a request that arrived after the snapshot the
+      plan was computed from);
     * saturated: ``min_chunk << (a // S - 1)`` once ``a >= S = saturated_escalate_steps``,
       no limit once ``a // S`` exceeds :func:`escalation_levels`. Bound
-      ``S * (levels + 1) + 1``.
+      ``S * (levels + 1) + 1``;
+    * over capacity: 0 for prefill above ``min_chunk`` (beyond the common level) until
+      ``a >= B = backlog_hold_steps``, then no limit. Bound ``B + 1``.
 
-    The bound is the larger of the two (7 and 81 steps with the defaults and an
-    8192-token budget). The skew release only ever raises a floor."""
+    The regime is decided per step and the age carries over, so the bound is the largest
+    of the three (7, 81 and 31 steps with the defaults and an 8192-token budget: 81). The
+    skew release only ever raises a floor."""
     saturated = params.saturated_escalate_steps * (escalation_levels(params, token_budget) + 1) + 1
     return max(params.escalate_steps + 1, params.backlog_hold_steps + 1, saturated)
 
