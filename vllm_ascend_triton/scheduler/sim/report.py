@@ -38,9 +38,8 @@ def _fmt(fmt: str, v: Any) -> str:
     return fmt.format(v)
 
 
-def format_table(rows: Sequence[dict[str, Any]], markdown: bool = False) -> str:
-    header = [c[1] for c in COLUMNS]
-    body = [[_fmt(c[2], r[c[0]]) for c in COLUMNS] for r in rows]
+def _render_table(header: list[str], body: list[list[str]], markdown: bool) -> str:
+    """A markdown table, or plain right-aligned columns."""
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(b) + " |" for b in body]
@@ -49,6 +48,12 @@ def format_table(rows: Sequence[dict[str, Any]], markdown: bool = False) -> str:
     lines = ["  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True))]
     lines += ["  ".join(x.rjust(w) for x, w in zip(b, widths, strict=True)) for b in body]
     return "\n".join(lines)
+
+
+def format_table(rows: Sequence[dict[str, Any]], markdown: bool = False) -> str:
+    header = [c[1] for c in COLUMNS]
+    body = [[_fmt(c[2], r[c[0]]) for c in COLUMNS] for r in rows]
+    return _render_table(header, body, markdown)
 
 
 def _unresolved(a: dict[str, Any], b: dict[str, Any] | None, metric: str) -> bool | None:
@@ -185,14 +190,7 @@ def format_spread_table(agg: Sequence[dict[str, Any]], markdown: bool = False) -
             else:
                 cells.append(f"{fmt.format(v['mean'])} [{fmt.format(v['min'])}, {fmt.format(v['max'])}]")
         body.append(cells)
-    if markdown:
-        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(b) + " |" for b in body]
-        return "\n".join(lines)
-    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(header)]
-    lines = ["  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True))]
-    lines += ["  ".join(x.rjust(w) for x, w in zip(b, widths, strict=True)) for b in body]
-    return "\n".join(lines)
+    return _render_table(header, body, markdown)
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
