@@ -77,6 +77,32 @@ def lockstep(scheds: list[Any], members: list[Any]) -> list[Any]:
     return outs
 
 
+def first_deferral_and_admission(
+    scheds: list[Any], members: list[Any], ref: Any, prompt_a: int, max_steps: int
+) -> tuple[int | None, int | None]:
+    """Rank 0 (and the plain vLLM scheduler ``ref``) prefills a long prompt A beside a decode C;
+    after one step a short prompt B arrives. Checks that vLLM admits B at once, then steps the
+    ranks in lockstep and returns (the first step that deferred B, the step that admitted it),
+    None where that never happened within ``max_steps``."""
+    for s in (scheds[0], ref):
+        add(s, "A", prompt_a, 4)
+        add(s, "C", 20, 400, 2000)
+    lockstep(scheds, members)
+    step(ref)
+    add(scheds[0], "B", 300, 4)
+    add(ref, "B", 300, 4)
+    so_ref, _ = step(ref)
+    assert "B" in so_ref.num_scheduled_tokens  # vLLM admits B at once
+    first_deferred = None
+    for i in range(1, max_steps):
+        so = lockstep(scheds, members)[0][0]
+        if "B" in so.num_scheduled_tokens:
+            return first_deferred, i
+        if first_deferred is None:
+            first_deferred = i
+    return first_deferred, None
+
+
 def run_two_ranks(worker: Path, out_dir: Path, timeout: float = 240.0) -> list[dict[str, Any]]:
     """Run `worker rank port out.json` as two gloo ranks on a free loopback port; each must exit
     0. Returns the JSON each rank wrote."""

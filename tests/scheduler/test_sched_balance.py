@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from sched_helpers import add, free_blocks_when_empty_ok, lockstep, step
+from sched_helpers import add, first_deferral_and_admission, free_blocks_when_empty_ok, lockstep, step
 from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.request import RequestStatus
 
@@ -43,24 +43,7 @@ def test_deferred_request_admitted_within_bound() -> None:
     # (they only exchange), so no quorum matches A.
     for i in range(20):
         add(scheds[1], f"w{i}", 20, 400, 1000 + i)
-    for s in (scheds[0], ref):
-        add(s, "A", 1500, 4)
-        add(s, "C", 20, 400, 2000)
-    lockstep(scheds, members)
-    step(ref)
-    add(scheds[0], "B", 300, 4)
-    add(ref, "B", 300, 4)
-    so_ref, _ = step(ref)
-    assert "B" in so_ref.num_scheduled_tokens  # vLLM admits B at once
-    first_deferred = admitted = None
-    for i in range(1, 3 * bound):
-        outs = lockstep(scheds, members)
-        so = outs[0][0]
-        if "B" in so.num_scheduled_tokens:
-            admitted = i
-            break
-        if first_deferred is None:
-            first_deferred = i
+    first_deferred, admitted = first_deferral_and_admission(scheds, members, ref, 1500, 3 * bound)
     assert first_deferred is not None, "balance never deferred B: the test proves nothing"
     assert admitted is not None and admitted - first_deferred <= bound
 

@@ -5,7 +5,7 @@ schedulers stepped in lockstep: what the plan holds is admitted within
 from __future__ import annotations
 
 import pytest
-from sched_helpers import add, lockstep, step
+from sched_helpers import add, first_deferral_and_admission
 from vllm.v1.core.sched.scheduler import Scheduler
 
 from vllm_ascend_triton.scheduler import BalanceScheduler
@@ -33,23 +33,7 @@ def test_deadline_bound_on_real_schedulers(escalate: int, hold: int) -> None:
     # the plan is in its deadline mode. Ranks 1-3 only decode, so no quorum ever matches A.
     for r in range(1, 4):
         add(scheds[r], f"d{r}", 16, 400, 3000 + r)
-    for s in (scheds[0], ref):
-        add(s, "A", 3000, 4)
-        add(s, "C", 20, 400, 2000)
-    lockstep(scheds, members)
-    step(ref)
-    add(scheds[0], "B", 300, 4)
-    add(ref, "B", 300, 4)
-    so_ref, _ = step(ref)
-    assert "B" in so_ref.num_scheduled_tokens  # vLLM admits B at once
-    first_deferred = admitted = None
-    for i in range(1, 4 * escalate):
-        so = lockstep(scheds, members)[0][0]
-        if "B" in so.num_scheduled_tokens:
-            admitted = i
-            break
-        if first_deferred is None:
-            first_deferred = i
+    first_deferred, admitted = first_deferral_and_admission(scheds, members, ref, 3000, 4 * escalate)
     assert first_deferred is not None, "balance never deferred B: the test proves nothing"
     assert admitted is not None and admitted - first_deferred <= escalate + 1
     # Every rank keeps decoding meanwhile (the plan never touches decodes).
