@@ -50,7 +50,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         description=(
             "Run N data-parallel ranks in one process, each a real vLLM scheduler with "
             "vLLM's KV cache manager, against a step-time model of a lockstep MoE step, and "
-            "compare scheduling policies (default, cadence:N, gate, balance). All timings "
+            "compare scheduling policies (default, cadence:N, gate, delay, balance), with 95% "
+            "sampling intervals per run. All timings "
             "are SIMULATED by the step-time model, except --overhead, which measures "
             "schedule() on this host."
         ),
