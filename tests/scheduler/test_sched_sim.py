@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from vllm_ascend_triton.cli.sim import main, parse_seeds
-from vllm_ascend_triton.scheduler.sim.report import aggregate, json_safe, verdicts, verdicts_by_seed
+from vllm_ascend_triton.scheduler.sim.report import aggregate, format_table, json_safe, verdicts, verdicts_by_seed
 from vllm_ascend_triton.scheduler.sim.runner import Policy, run_simulation
 from vllm_ascend_triton.scheduler.sim.stepmodel import StepModel
 from vllm_ascend_triton.scheduler.sim.vllm_setup import SchedulerShape
@@ -248,6 +248,54 @@ def test_time_bounded_runs_carry_sampling_intervals() -> None:
         lo, hi = getattr(res, f"{key}_ci95")
         assert lo < hi and 0.98 * lo <= point <= 1.02 * hi, (key, lo, point, hi)
     assert res.summary()["ttft_p99_ci95"] == res.ttft_p99_ci95
+
+
+def test_served_throughput_counts_only_the_windows_own_arrivals() -> None:
+    shape = SchedulerShape(max_num_seqs=16, max_num_batched_tokens=2048, num_blocks=800)
+    res = run_simulation(
+        make_workload("code", 2, 16, 0),
+        Policy.parse("default"),
+        2,
+        shape=shape,
+        max_steps=None,
+        horizon_s=30.0,
+        warmup_s=10.0,
+    )
+    reqs = res._requests.values()
+    window = res.sim_seconds - 10.0
+    cohort = sum(r.n_out for r in reqs if r.arrival >= 10.0)
+    carried_in = res.output_tok_s * window - cohort
+    assert res.served_tok_s == pytest.approx(cohort / window)
+    # Tokens of requests that arrived during the warm-up count in output_tok_s, never here.
+    assert carried_in > 0 and res.served_tok_s < res.output_tok_s
+    lo, hi = res.served_tok_s_ci95
+    assert lo < res.served_tok_s < hi
+    # The closed loop keeps its population constant: its throughput is output_tok_s.
+    closed = run_simulation(
+        make_workload("a", 2, 4, 0),
+        Policy.parse("default"),
+        2,
+        shape=SchedulerShape(max_num_seqs=4, max_num_batched_tokens=1024, num_blocks=2000),
+        max_steps=None,
+        horizon_s=6.0,
+        warmup_s=1.0,
+    )
+    assert closed.served_tok_s is None and closed.output_tok_s > 0
+
+
+def test_open_loop_verdicts_score_served_throughput() -> None:
+    base = {"workload": "x", "seed": 0, "ttft_p50_s": 1.0, "ttft_p99_s": 2.0, "tpot_p50_ms": 50.0}
+    base.update(tpot_p99_ms=50.0, idle_share=0.1)
+    # default generated more tokens in the window only from backlog it carried into it.
+    default = {**base, "policy": "default", "output_tok_s": 433.0, "served_tok_s": 398.0}
+    bal = {**base, "policy": "balance", "output_tok_s": 423.0, "served_tok_s": 410.0}
+    v = verdicts([default, bal])["x"]
+    assert v["throughput_metric"] == "served_tok_s" and v["throughput_ok"]
+    assert v["balance_throughput"] == 410.0 and v["best_other_throughput"] == 398.0
+    # A row without it (closed loop, step-bounded run): every policy is scored on output_tok_s.
+    v = verdicts([{**default, "served_tok_s": None}, bal])["x"]
+    assert v["throughput_metric"] == "output_tok_s" and not v["throughput_ok"]
+    assert "served tok/s" in format_table([default, bal])
 
 
 def test_overhead_measurement_runs_the_balance_path() -> None:

@@ -65,6 +65,10 @@ class Workload:
 
     name = "?"
     description = ""
+    # Open loop: arrivals do not depend on service (every workload but the closed loop).
+    # Its throughput is then scored on what the window's own arrivals got served (see
+    # RunResult.served_tok_s), not on tokens that happen to be generated in the window.
+    open_loop = True
 
     def __init__(self, dp: int, max_num_seqs: int, seed: int) -> None:
         self.dp = dp
@@ -94,6 +98,7 @@ class Workload:
 class ClosedLoopLong(Workload):
     name = "a"
     description = "closed loop, 2x capacity in flight, prompt 3500 / output 1500 +-10%"
+    open_loop = False
 
     def __init__(self, dp: int, max_num_seqs: int, seed: int, prompt: int = 3500, output: int = 1500):
         super().__init__(dp, max_num_seqs, seed)
