@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 
 from vllm_ascend_triton.cli.sim import main, parse_seeds
-from vllm_ascend_triton.scheduler.sim.report import aggregate, format_table, json_safe, verdicts, verdicts_by_seed
+from vllm_ascend_triton.scheduler.sim.report import (
+    aggregate,
+    format_table,
+    json_safe,
+    verdicts,
+    verdicts_by_seed,
+)
 from vllm_ascend_triton.scheduler.sim.runner import Policy, run_simulation
 from vllm_ascend_triton.scheduler.sim.stepmodel import StepModel
 from vllm_ascend_triton.scheduler.sim.vllm_setup import SchedulerShape

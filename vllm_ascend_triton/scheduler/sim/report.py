@@ -128,7 +128,15 @@ def verdicts(rows: Sequence[dict[str, Any]], tie: float = TIE) -> dict[str, dict
     return out
 
 
-SPREAD_METRICS = ("output_tok_s", "served_tok_s", "ttft_p50_s", "ttft_p99_s", "tpot_p50_ms", "tpot_p99_ms", "idle_share")
+SPREAD_METRICS = (
+    "output_tok_s",
+    "served_tok_s",
+    "ttft_p50_s",
+    "ttft_p99_s",
+    "tpot_p50_ms",
+    "tpot_p99_ms",
+    "idle_share",
+)
 
 
 def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
