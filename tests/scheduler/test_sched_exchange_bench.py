@@ -57,3 +57,19 @@ def test_schedule_overhead_ab_runs_the_plan() -> None:
     assert 0.5 < res["ratio_mean"] < 2.0  # same work on the same object: close to 1
     lo, hi = res["ratio_mean_ci95"]
     assert 0.5 < lo <= hi < 2.0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_schedule_overhead_across_processes_sets_balance_beside_the_control() -> None:
+    res = exchange_bench.measure_schedule_overhead_runs(repeats=2, num_running=16, steps=20, warmup=2)
+    assert res["measured"] is True and res["processes_per_arm"] == 2
+    assert [r["arm"] for r in res["runs"]["balance"]] == ["balance"] * 2
+    assert [r["arm"] for r in res["runs"]["control"]] == ["control (upstream vs upstream)"] * 2
+    for arm in ("balance", "control"):
+        s = res["summary"][arm]
+        ratios = [r["ratio_mean"] for r in res["runs"][arm]]
+        assert s["ratio_min"] == min(ratios) and s["ratio_max"] == max(ratios)
+        assert s["ratio_ci95"][0] <= s["ratio_mean"] <= s["ratio_ci95"][1]
+    with pytest.raises(ValueError, match="repeats"):
+        exchange_bench.measure_schedule_overhead_runs(repeats=1)

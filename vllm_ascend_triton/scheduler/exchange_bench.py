@@ -268,7 +268,9 @@ def measure_load_vector(num_running: int = 256, calls: int = 200) -> dict[str, A
     }
 
 
-def measure_schedule_overhead(num_running: int = 256, steps: int = 400, warmup: int = 20) -> dict[str, Any]:
+def measure_schedule_overhead(
+    num_running: int = 256, steps: int = 400, warmup: int = 20, control: bool = False
+) -> dict[str, Any]:
     """Balance mode's ``schedule()`` against upstream's on the same scheduler object.
 
     One ``BalanceScheduler`` holds ``num_running`` decoding requests; steps alternate between
@@ -279,7 +281,11 @@ def measure_schedule_overhead(num_running: int = 256, steps: int = 400, warmup: 
     Times are this thread's CPU time (``time.thread_time_ns``), which other
     processes' load does not inflate. Ours does all upstream does plus the plan bookkeeping;
     its per-request hook is installed only when the allowance could cut this rank's prefill,
-    which a decode-only rank never needs."""
+    which a decode-only rank never needs.
+
+    ``control=True`` is the A/A run: the second arm calls upstream's ``schedule()`` as well,
+    so its ratio is what the harness reports for two identical arms (its bias and noise in
+    one process), the yardstick for the balance arm's ratio."""
     from vllm_ascend_triton.scheduler.balance import BalanceScheduler, Scheduler
     from vllm_ascend_triton.scheduler.plan import BalanceParams, LoadVector
     from vllm_ascend_triton.scheduler.sim.vllm_setup import (
@@ -333,8 +339,10 @@ def measure_schedule_overhead(num_running: int = 256, steps: int = 400, warmup: 
         nonlocal planned
         sched.on_step_boundary(peers)
         t0 = time.thread_time_ns()
-        so = sched.schedule()
+        so = Scheduler.schedule(sched) if control else sched.schedule()
         dt = time.thread_time_ns() - t0
+        if control:
+            sched.last_plan, sched._pending_plan = sched._take_plan(), False
         sched.update_from_output(so, fake_model_output(sched, so))
         planned += sched.last_plan is not None and sched.last_plan.prefill_allowance is not None
         if so.total_num_scheduled_tokens != num_running:
@@ -369,6 +377,7 @@ def measure_schedule_overhead(num_running: int = 256, steps: int = 400, warmup: 
     return {
         "measured": True,
         "clock": "thread CPU time",
+        "arm": "control (upstream vs upstream)" if control else "balance",
         "num_running": num_running,
         "steps": steps,
         "vllm_schedule_mean_us": round(float(up.mean()) / 1e3, 1),
@@ -376,6 +385,81 @@ def measure_schedule_overhead(num_running: int = 256, steps: int = 400, warmup: 
         "ratio_mean": round(float(ours.mean() / up.mean()), 4),
         "ratio_median": round(float(np.median(ours) / np.median(up)), 4),
         "ratio_mean_ci95": [round(float(x), 4) for x in np.percentile(boot, [2.5, 97.5])],
+    }
+
+
+# Two-sided 95% Student t quantiles by degrees of freedom (no SciPy in the environment).
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+_T975.update({10: 2.228, 11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 19: 2.093, 29: 2.045})
+
+
+def _t975(dof: int) -> float:
+    return _T975.get(dof) or next((v for k, v in sorted(_T975.items(), reverse=True) if k <= dof), 12.706)
+
+
+def measure_schedule_overhead_runs(
+    repeats: int = 8,
+    num_running: int = 256,
+    steps: int = 1500,
+    warmup: int = 20,
+    timeout_s: float = 600.0,
+    progress: Any = None,
+) -> dict[str, Any]:
+    """:func:`measure_schedule_overhead` in ``repeats`` fresh processes for each arm, balance
+    and the A/A control, alternating. One process's ratio carries a bias of its own (code
+    and heap layout, string-hash seed): the same harness gives two identical arms ratios
+    ~0.5% apart from one process to the next, more than one process's bootstrap interval
+    admits. So the overhead is the mean of the per-process ratios with a Student t 95%
+    interval across processes, set beside the control's. ``progress(done, total)`` is called
+    after each process."""
+    if repeats < 2:
+        raise ValueError(f"repeats must be >= 2 (an interval across processes), got {repeats}")
+    if steps < 1 or warmup < 0 or num_running < 1:
+        raise ValueError(
+            f"need steps >= 1, warmup >= 0, num_running >= 1; got {steps}, {warmup}, {num_running}"
+        )
+    cmd = [sys.executable, "-m", "vllm_ascend_triton.scheduler.exchange_bench", "--schedule-overhead"]
+    cmd += ["--num-running", str(num_running), "--steps", str(steps), "--warmup", str(warmup)]
+    runs: dict[str, list[dict[str, Any]]] = {"balance": [], "control": []}
+    order = [
+        arm
+        for i in range(repeats)
+        for arm in (("balance", "control") if i % 2 == 0 else ("control", "balance"))
+    ]
+    for done, arm in enumerate(order, 1):
+        proc = subprocess.run(
+            cmd + (["--control"] if arm == "control" else []),
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"schedule-overhead process ({arm}) failed:\n{proc.stderr[-2000:]}")
+        runs[arm].append(json.loads(proc.stdout))
+        if progress is not None:
+            progress(done, len(order))
+    summary = {}
+    for arm, results in runs.items():
+        ratios = np.array([r["ratio_mean"] for r in results], dtype=np.float64)
+        half = _t975(len(ratios) - 1) * ratios.std(ddof=1) / np.sqrt(len(ratios))
+        summary[arm] = {
+            "ratio_mean": round(float(ratios.mean()), 4),
+            "ratio_ci95": [round(float(ratios.mean() - half), 4), round(float(ratios.mean() + half), 4)],
+            "ratio_min": round(float(ratios.min()), 4),
+            "ratio_max": round(float(ratios.max()), 4),
+            "vllm_schedule_mean_us": round(float(np.mean([r["vllm_schedule_mean_us"] for r in results])), 1),
+            "second_arm_schedule_mean_us": round(
+                float(np.mean([r["balance_schedule_mean_us"] for r in results])), 1
+            ),
+        }
+    return {
+        "measured": True,
+        "clock": "thread CPU time",
+        "num_running": num_running,
+        "steps_per_process": steps,
+        "processes_per_arm": repeats,
+        "summary": summary,
+        "runs": runs,
     }
 
 
@@ -446,6 +530,15 @@ def main(argv: list[str] | None = None) -> int:
         "--schedule-overhead", action="store_true", help="only balance vs vLLM schedule() on one scheduler"
     )
     parser.add_argument(
+        "--control", action="store_true", help="with --schedule-overhead: the A/A run (upstream in both arms)"
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="with --schedule-overhead: this many fresh processes per arm (balance, A/A control)",
+    )
+    parser.add_argument(
         "--worker",
         nargs=8,
         metavar=("RANK", "WORLD", "PORT", "STEPS", "WARMUP", "FWD_MS", "OUT", "TRANSPORT"),
@@ -455,8 +548,22 @@ def main(argv: list[str] | None = None) -> int:
         rank, world, port, steps, warmup, fwd, out, transport = args.worker
         _worker(int(rank), int(world), int(port), int(steps), int(warmup), float(fwd), out, transport)
         return 0
+    if args.schedule_overhead and args.repeats > 1:
+        res = measure_schedule_overhead_runs(
+            args.repeats,
+            args.num_running or 256,
+            args.steps,
+            args.warmup,
+            progress=lambda done, total: print(
+                f"schedule overhead: {done}/{total} processes", file=sys.stderr
+            ),
+        )
+        sys.stdout.write(json.dumps(res, indent=2) + "\n")
+        return 0
     if args.schedule_overhead:
-        res = measure_schedule_overhead(args.num_running or 256, args.steps, args.warmup)
+        res = measure_schedule_overhead(
+            args.num_running or 256, args.steps, args.warmup, control=args.control
+        )
         sys.stdout.write(json.dumps(res, indent=2) + "\n")
         return 0
     procs = tuple(int(p) for p in args.procs.split(",") if p.strip())
