@@ -197,6 +197,27 @@ def test_head_tiles_smaller_than_the_head_count() -> None:
     assert {spec.constexprs["BLOCK_H"] for spec in launched} == {2}
 
 
+def test_tuned_head_tile_is_capped_by_the_ub_for_the_dtype() -> None:
+    # Tuned entries carry no dtype: BLOCK_H tuned on fp16 can be twice what an fp32 tile fits.
+    from vllm_ascend_triton.kernels.rope import _max_block_h
+    from vllm_ascend_triton.runtime.configs import override_configs
+    from vllm_ascend_triton.runtime.launch import record_launches
+
+    fp16_cap = _max_block_h(32, torch.float16)
+    assert _max_block_h(32, torch.float32) == fp16_cap // 2
+    positions = torch.randint(0, MAX_POS, (3,))
+    heads = 2 * fp16_cap
+    for dtype, tol in ((torch.float32, 1e-5), (torch.float16, 1e-3)):
+        query, key = torch.randn(3, heads * 64, dtype=dtype), torch.randn(3, 64, dtype=dtype)
+        cache = _cache(64, dtype)
+        eq, ek = RotaryEmbedding.forward_static(positions, query.clone(), key.clone(), 64, 64, cache, True)
+        with override_configs({"rope": {"BLOCK_H": fp16_cap}}), record_launches() as launched:
+            rotary_embedding(positions, query, key, 64, cache, True)
+        assert [spec.constexprs["BLOCK_H"] for spec in launched] == [_max_block_h(32, dtype)]
+        _assert_close(query, eq, tol)
+        _assert_close(key, ek, tol)
+
+
 def _check_split_head_tiles() -> None:
     positions = torch.randint(0, MAX_POS, (3,))
     query, key = torch.randn(3, 5 * 64).half(), torch.randn(3, 3 * 64).half()

@@ -52,8 +52,9 @@ Ascend design
   pairs: two input tiles (the two members of each rotary pair), two output tiles, plus the cos
   and sin rows. The default `BLOCK_H` is sized by `runtime.ub.tile_elements` from the SKU's
   Unified Buffer and the data dtype (four live tiles, double-buffered): 4096 fp32 or 8192 fp16
-  elements per tile on a 192 KB UB. The dim axis is not tiled: a whole half row (<= 256 pairs even
-  for head_size 512) is small next to the UB.
+  elements per tile on a 192 KB UB. Tuned entries are keyed by shape, not dtype, so a tuned
+  `BLOCK_H` above what the launch's dtype fits is cut to it. The dim axis is not tiled: a whole
+  half row (<= 256 pairs even for head_size 512) is small next to the UB.
 - Tokens are not blocked: a block of tokens would need a vector of positions, and a cache
   row address per element is exactly the gather the adapter scalarizes. Per token, the head
   tile is the unit of work (all of a token's query and key heads in one or a few tiles).
@@ -186,11 +187,14 @@ def _check_position_range(name: str, index: torch.Tensor, max_pos: int) -> None:
         )
 
 
+def _max_block_h(half_rot: int, dtype: torch.dtype) -> int:
+    """Most heads per tile whose four live tiles of this dtype fit the UB budget (a power of two)."""
+    per_tile = tile_elements(_LIVE_TILES, dtype_bytes(dtype)) // triton.next_power_of_2(half_rot)
+    return 1 << max(0, per_tile.bit_length() - 1)
+
+
 def _default_config(half_rot: int, num_heads: int, dtype: torch.dtype) -> dict[str, int]:
-    half_pad = triton.next_power_of_2(half_rot)
-    tile = tile_elements(_LIVE_TILES, dtype_bytes(dtype))
-    block_h = max(1, min(triton.next_power_of_2(max(num_heads, 1)), tile // half_pad))
-    return {"BLOCK_H": block_h}
+    return {"BLOCK_H": min(triton.next_power_of_2(max(num_heads, 1)), _max_block_h(half_rot, dtype))}
 
 
 def _launch_config(
@@ -203,6 +207,12 @@ def _launch_config(
     block_h = config.get("BLOCK_H")
     if not isinstance(block_h, int) or block_h < 1 or block_h & (block_h - 1):
         raise ValueError(f"{kernel} config for {dev.sku.name} needs a power-of-two BLOCK_H, got {block_h!r}")
+    # Tuned entries are keyed by shape, not dtype: one tuned on fp16 may hold twice the heads an
+    # fp32 tile fits in the UB. Such a tile is split rather than overflowing the buffer.
+    cap = _max_block_h(rot_dim // 2, dtype)
+    if block_h > cap:
+        logger.debug("%s: BLOCK_H %d does not fit the UB for %s, using %d", kernel, block_h, dtype, cap)
+        config["BLOCK_H"] = cap
     return config, persistent_grid(num_tokens, device=dev)
 
 
