@@ -115,17 +115,19 @@ def test_tuned_file_changes_the_launch(tmp_path, monkeypatch, capsys):
     assert files and all("/Ascend910B3/rope/" in f for f in files)
     doc = json.loads(open(out / SKU / "rope" / "head_size=128,num_heads=32,rot_dim=128.json").read())
     assert doc["method"] == "model" and doc["sku"] == SKU and doc["triton_ascend"] and doc["date"]
-    assert doc["configs"][0]["config"] == {"BLOCK_H": 8}  # rope ignores multibuffer: not written
+    # The winner's multibuffer is written: the launch passes it to the compiler.
+    assert doc["configs"][0]["config"] == {"BLOCK_H": 8, "multibuffer": True}
 
     monkeypatch.setenv(configs.TUNED_CONFIG_FOLDER_ENV, str(out))
     configs.clear_caches()
     assert _rope_launch().config["BLOCK_H"] == 8
     assert _rope_launch().constexprs["BLOCK_H"] == 8
     # Edit the file: the runtime follows it (after the in-memory tables are cleared).
-    doc["configs"][0]["config"] = {"BLOCK_H": 2}
+    doc["configs"][0]["config"] = {"BLOCK_H": 2, "multibuffer": False}
     tuner.atomic_write_json(out / SKU / "rope" / "head_size=128,num_heads=32,rot_dim=128.json", doc)
     configs.clear_caches()
     assert _rope_launch().constexprs["BLOCK_H"] == 2
+    assert dict(_rope_launch().options) == {"multibuffer": False}  # what the NPU compile gets
     # Another SKU has no file there: its default.
     assert _rope_launch("Ascend910_9392").constexprs["BLOCK_H"] == default
 

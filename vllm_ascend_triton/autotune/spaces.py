@@ -109,7 +109,7 @@ def candidates(kernel: str, default: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Candidate configs (each merged over `default` by the lookup), the default first.
 
     Parameters the default does not have are left out (the host API would ignore them), except
-    `multibuffer`, which a host API may pass as a compile option. The full product of the values is
+    `multibuffer`, which the launch spec passes on as a compile option. The full product of the values is
     used when it has at most MAX_CANDIDATES configs, otherwise one parameter at a time."""
     space = space_for(kernel, default)
     params = {k: tuple(v) for k, v in space.params.items() if k in default or k == MULTIBUFFER}

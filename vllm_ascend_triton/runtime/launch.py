@@ -77,7 +77,8 @@ class LaunchSpec:
     args: Mapping[str, Any]  # every runtime (non-constexpr) argument, by parameter name
     constexprs: Mapping[str, Any]  # every constexpr argument, by parameter name
     config: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # the tuned/default choice
-    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # compile options (multibuffer)
+    # Compile options (multibuffer); those the config carries are added (explicit ones win).
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     uses_cube: bool = False  # a tl.dot kernel: the grid counts cube cores
 
     def __post_init__(self) -> None:
@@ -92,6 +93,11 @@ class LaunchSpec:
             raise ValueError(
                 f"{self.name}: constexprs {sorted(self.constexprs)} != the kernel's {sorted(constant)}"
             )
+        # A tuned config may carry compile options (`multibuffer`) beside its block sizes: they go
+        # with the launch, so what was tuned is what the NPU runs and what codegen lowers.
+        carried = {k: self.config[k] for k in COMPILE_OPTIONS if k in self.config}
+        if carried:
+            object.__setattr__(self, "options", {**carried, **self.options})
         unknown = set(self.options) - set(COMPILE_OPTIONS)
         if unknown:
             raise ValueError(f"{self.name}: unknown compile options {sorted(unknown)} ({COMPILE_OPTIONS})")
