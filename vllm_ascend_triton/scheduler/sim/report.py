@@ -255,8 +255,11 @@ def plot(
                 if i == 0:
                     ax.legend(fontsize=7)
             else:
+                if key == "output_tok_s":  # the throughput the verdicts score
+                    key = throughput_metric([r for r in rows if r["workload"] == wl])
+                    label = key.replace("_tok_s", " tok/s").replace("_", " ")
                 vals = [
-                    next((r[key] for r in rows if r["workload"] == wl and r["policy"] == p), None)
+                    next((r.get(key) for r in rows if r["workload"] == wl and r["policy"] == p), None)
                     for p in policies
                 ]
                 vals = [0.0 if v is None or (isinstance(v, float) and math.isnan(v)) else v for v in vals]
