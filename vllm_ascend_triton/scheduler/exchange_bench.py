@@ -388,15 +388,6 @@ def measure_schedule_overhead(
     }
 
 
-# Two-sided 95% Student t quantiles by degrees of freedom (no SciPy in the environment).
-_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
-_T975.update({10: 2.228, 11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 19: 2.093, 29: 2.045})
-
-
-def _t975(dof: int) -> float:
-    return _T975.get(dof) or next((v for k, v in sorted(_T975.items(), reverse=True) if k <= dof), 12.706)
-
-
 def measure_schedule_overhead_runs(
     repeats: int = 8,
     num_running: int = 256,
@@ -412,6 +403,8 @@ def measure_schedule_overhead_runs(
     admits. So the overhead is the mean of the per-process ratios with a Student t 95%
     interval across processes, set beside the control's. ``progress(done, total)`` is called
     after each process."""
+    from vllm_ascend_triton.scheduler.sim.runner import t975
+
     if repeats < 2:
         raise ValueError(f"repeats must be >= 2 (an interval across processes), got {repeats}")
     if steps < 1 or warmup < 0 or num_running < 1:
@@ -441,7 +434,7 @@ def measure_schedule_overhead_runs(
     summary = {}
     for arm, results in runs.items():
         ratios = np.array([r["ratio_mean"] for r in results], dtype=np.float64)
-        half = _t975(len(ratios) - 1) * ratios.std(ddof=1) / np.sqrt(len(ratios))
+        half = t975(len(ratios) - 1) * ratios.std(ddof=1) / np.sqrt(len(ratios))
         summary[arm] = {
             "ratio_mean": round(float(ratios.mean()), 4),
             "ratio_ci95": [round(float(ratios.mean() - half), 4), round(float(ratios.mean() + half), 4)],

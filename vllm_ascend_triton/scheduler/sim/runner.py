@@ -170,7 +170,17 @@ def _pct(values: list[float], q: float) -> float:
 
 SUB_WINDOWS = 10
 BOOTSTRAP_RESAMPLES = 1000
-_T975_9DOF = 2.262  # Student t quantile for a 95% interval from 10 batch means
+# Two-sided 95% Student t quantiles for 1..30 degrees of freedom (SciPy is not a dependency).
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+         2.045, 2.042)  # fmt: skip
+
+
+def t975(dof: int) -> float:
+    """Student t quantile for a two-sided 95% interval with ``dof`` degrees of freedom."""
+    if dof < 1:
+        raise ValueError(f"dof must be >= 1, got {dof}")
+    return _T975[dof - 1] if dof <= len(_T975) else 1.96
 
 
 def _bootstrap_ci(values: list[float], q: float, scale: float = 1.0) -> list[float] | None:
@@ -190,7 +200,7 @@ def _batch_means_ci(tokens: list[int], sub_seconds: float) -> list[float] | None
     rates = np.asarray(tokens, dtype=float) / sub_seconds
     if len(rates) < 2:
         return None
-    half = _T975_9DOF * rates.std(ddof=1) / np.sqrt(len(rates))
+    half = t975(len(rates) - 1) * rates.std(ddof=1) / np.sqrt(len(rates))
     return [float(rates.mean() - half), float(rates.mean() + half)]
 
 
