@@ -44,11 +44,14 @@ def test_vat_compile_json_for_a3_is_incremental(capsys, tmp_path):
 
 @pytest.mark.slow
 def test_vat_compile_rejects_an_oversized_config_with_the_buffer_figure(capsys, tmp_path, monkeypatch):
-    from vllm_ascend_triton.kernels import rope
+    from vllm_ascend_triton.kernels import moe_routing
 
-    # A planted config (as a tuned-config file would give it) whose head tile cannot fit the UB.
-    monkeypatch.setattr(rope, "lookup_config", lambda sku, kernel, key, default: {**default, "BLOCK_H": 1024})
-    args = ["compile", "--sku", "Ascend910B3", "--family", "rope", "--kernel", "rope", "--quiet"]
+    # A planted config (as a tuned-config file would give it) whose row tile cannot fit the UB.
+    def planted(sku, kernel, key, default):
+        return {**default, "BLOCK_M": 4096} if kernel == "fused_topk" else dict(default)
+
+    monkeypatch.setattr(moe_routing, "lookup_config", planted)
+    args = ["compile", "--sku", "Ascend910B3", "--family", "moe_routing", "--kernel", "fused_topk", "--quiet"]
     code = vat_main([*args, "--cache-dir", str(tmp_path)])
     out = capsys.readouterr().out
     assert code == 1

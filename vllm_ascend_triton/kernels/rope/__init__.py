@@ -68,6 +68,7 @@ Ascend design
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -197,6 +198,15 @@ def _default_config(half_rot: int, num_heads: int, dtype: torch.dtype) -> dict[s
     return {"BLOCK_H": min(triton.next_power_of_2(max(num_heads, 1)), _max_block_h(half_rot, dtype))}
 
 
+@functools.cache
+def _warn_block_h_cut(kernel: str, sku: str, block_h: int, cap: int, dtype: str) -> None:
+    logger.warning(
+        "%s on %s: tuned BLOCK_H %d does not fit the Unified Buffer for %s data; using %d "
+        "(tuned configs are keyed by shape, not dtype)",
+        kernel, sku, block_h, dtype, cap,
+    )  # fmt: skip
+
+
 def _launch_config(
     kernel: str, head_size: int, rot_dim: int, num_heads: int, num_tokens: int, dtype: torch.dtype
 ) -> tuple[dict, tuple[int]]:
@@ -211,7 +221,7 @@ def _launch_config(
     # fp32 tile fits in the UB. Such a tile is split rather than overflowing the buffer.
     cap = _max_block_h(rot_dim // 2, dtype)
     if block_h > cap:
-        logger.debug("%s: BLOCK_H %d does not fit the UB for %s, using %d", kernel, block_h, dtype, cap)
+        _warn_block_h_cut(kernel, dev.sku.name, block_h, cap, str(dtype).removeprefix("torch."))
         config["BLOCK_H"] = cap
     return config, persistent_grid(num_tokens, device=dev)
 
