@@ -235,16 +235,23 @@ def test_verdicts_say_whether_a_miss_is_inside_the_sampling_noise() -> None:
     ]
 
 
-def test_time_bounded_runs_carry_sampling_intervals() -> None:
-    res = run_simulation(
-        make_workload("conv", 2, 16, 0),
-        Policy.parse("balance"),
+def _timed_run(workload: str, policy: str, horizon_s: float, warmup_s: float, seqs: int = 16, **shape):
+    """A time-bounded DP-2 run of a small scheduler shape."""
+    return run_simulation(
+        make_workload(workload, 2, seqs, 0),
+        Policy.parse(policy),
         2,
-        shape=SchedulerShape(max_num_seqs=16, max_num_batched_tokens=2048, num_blocks=800),
+        shape=SchedulerShape(
+            max_num_seqs=seqs, **{"max_num_batched_tokens": 2048, "num_blocks": 800, **shape}
+        ),
         max_steps=None,
-        horizon_s=60.0,
-        warmup_s=5.0,
+        horizon_s=horizon_s,
+        warmup_s=warmup_s,
     )
+
+
+def test_time_bounded_runs_carry_sampling_intervals() -> None:
+    res = _timed_run("conv", "balance", 60.0, 5.0)
     points = {
         "output_tok_s": res.output_tok_s,
         "ttft_p99": res.ttft_p99_s,
@@ -257,16 +264,7 @@ def test_time_bounded_runs_carry_sampling_intervals() -> None:
 
 
 def test_served_throughput_counts_only_the_windows_own_arrivals() -> None:
-    shape = SchedulerShape(max_num_seqs=16, max_num_batched_tokens=2048, num_blocks=800)
-    res = run_simulation(
-        make_workload("code", 2, 16, 0),
-        Policy.parse("default"),
-        2,
-        shape=shape,
-        max_steps=None,
-        horizon_s=30.0,
-        warmup_s=10.0,
-    )
+    res = _timed_run("code", "default", 30.0, 10.0)
     reqs = res._requests.values()
     window = res.sim_seconds - 10.0
     cohort = sum(r.n_out for r in reqs if r.arrival >= 10.0)
@@ -277,15 +275,7 @@ def test_served_throughput_counts_only_the_windows_own_arrivals() -> None:
     lo, hi = res.served_tok_s_ci95
     assert lo < res.served_tok_s < hi
     # The closed loop keeps its population constant: its throughput is output_tok_s.
-    closed = run_simulation(
-        make_workload("a", 2, 4, 0),
-        Policy.parse("default"),
-        2,
-        shape=SchedulerShape(max_num_seqs=4, max_num_batched_tokens=1024, num_blocks=2000),
-        max_steps=None,
-        horizon_s=6.0,
-        warmup_s=1.0,
-    )
+    closed = _timed_run("a", "default", 6.0, 1.0, seqs=4, max_num_batched_tokens=1024, num_blocks=2000)
     assert closed.served_tok_s is None and closed.output_tok_s > 0
 
 
