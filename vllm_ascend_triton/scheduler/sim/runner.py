@@ -262,6 +262,11 @@ def run_simulation(
     out_tokens_window = 0
     sub_tokens = [0] * SUB_WINDOWS  # output tokens per sub-window (time-bounded runs)
     sub_seconds = (horizon_s - warmup_s) / SUB_WINDOWS if timed else 0.0  # type: ignore[operator]
+
+    def sub_window(when: float) -> int:
+        """Index of the equal sub-window of [warmup_s, horizon_s) that ``when`` falls in."""
+        return min(SUB_WINDOWS - 1, int((when - warmup_s) / sub_seconds))
+
     idle_rank_time = 0.0
     total_rank_time = 0.0
     preemptions = 0
@@ -347,7 +352,7 @@ def run_simulation(
                     if in_window:
                         out_tokens_window += k
                         if timed:
-                            sub_tokens[min(SUB_WINDOWS - 1, int((t - warmup_s) / sub_seconds))] += k
+                            sub_tokens[sub_window(t)] += k
                     if o.finish_reason is not None:
                         rec.finish = t
                         workload.on_finish(t)
@@ -387,7 +392,7 @@ def run_simulation(
         served_by_sub = [0] * SUB_WINDOWS
         for r in reqs.values():
             if r.arrival >= warmup_s:
-                served_by_sub[min(SUB_WINDOWS - 1, int((r.arrival - warmup_s) / sub_seconds))] += r.n_out
+                served_by_sub[sub_window(r.arrival)] += r.n_out
         served = sum(served_by_sub) / window
         served_ci = _batch_means_ci(served_by_sub, sub_seconds)
     result = RunResult(
