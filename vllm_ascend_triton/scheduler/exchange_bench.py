@@ -342,7 +342,7 @@ def measure_schedule_overhead(
         so = Scheduler.schedule(sched) if control else sched.schedule()
         dt = time.thread_time_ns() - t0
         if control:
-            sched.last_plan, sched._pending_plan = sched._take_plan(), False
+            sched.last_plan = sched._take_plan()  # consumes the boundary's plan, as schedule() does
         sched.update_from_output(so, fake_model_output(sched, so))
         planned += sched.last_plan is not None and sched.last_plan.prefill_allowance is not None
         if so.total_num_scheduled_tokens != num_running:
