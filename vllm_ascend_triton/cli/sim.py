@@ -51,7 +51,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
             "Run N data-parallel ranks in one process, each a real vLLM scheduler with "
             "vLLM's KV cache manager, against a step-time model of a lockstep MoE step, and "
             "compare scheduling policies (default, cadence:N, gate, delay, balance), with 95% "
-            "sampling intervals per run. All timings "
+            "sampling intervals per run. Verdicts score open-loop workloads on served tok/s "
+            "(tokens served by the horizon to the window's own arrivals). All timings "
             "are SIMULATED by the step-time model, except --overhead, which measures "
             "schedule() on this host."
         ),
