@@ -170,6 +170,26 @@ def _failures_text(failures: list[dict[str, Any]]) -> str:
     return ", ".join(parts) or "none"
 
 
+def _paired_text(wl: str, v: dict[str, Any]) -> str:
+    """One line for a workload's seed-paired verdict (see report.paired_verdicts)."""
+    w = v["worst"]
+    lo, hi = w["shortfall_ci95"]
+    verdict = "best or tied on the seed means" if v["pareto"] else "NOT best on the seed means"
+    return (
+        f"({wl}) seed-paired over {v['seeds']} seeds: balance {verdict}; largest mean shortfall "
+        f"{w['metric']} against {w['against']} {w['mean_shortfall']:+.1%} "
+        f"[{lo:+.1%}, {hi:+.1%}] ({w['significance']})"
+    )
+
+
+def _print_verdicts(verdicts: dict[str, Any]) -> None:
+    for wl, v in verdicts["summary"].items():
+        fails = _failures_text(v["failures"])
+        print(f"({wl}) balance Pareto-best or tied on {v['pareto']}/{v['seeds']} seeds; failed: {fails}")
+    for wl, v in verdicts["paired"].items():
+        print(_paired_text(wl, v))
+
+
 def parse_seeds(text: str) -> list[int]:
     """``"0-4"`` -> [0, 1, 2, 3, 4]; ``"0,2,5"`` -> [0, 2, 5]."""
     seeds: list[int] = []
@@ -279,9 +299,7 @@ def _run_render(args: argparse.Namespace) -> int:
         size = {True: " (--quick windows)", False: " (full windows)", None: ""}[d["quick"]]
         print(f"SIMULATED lockstep DP={d['dp']}{size}, seeds {seeds}")
         print(report.format_spread_table(d["aggregate"], markdown=args.markdown))
-        for wl, v in d["verdicts"]["summary"].items():
-            fails = _failures_text(v["failures"])
-            print(f"({wl}) balance Pareto-best or tied on {v['pareto']}/{v['seeds']} seeds; failed: {fails}")
+        _print_verdicts(d["verdicts"])
         plan, p50 = d["plan_us_mean"], d["plan_us_p50_median"]
         plan_text = "n/a" if plan is None else f"mean {plan:.1f} us"
         if p50 is not None:
@@ -470,11 +488,7 @@ def _run_sim(args: argparse.Namespace) -> int:
         label = " (--quick sizes)" if args.quick else ""
         print(f"SIMULATED lockstep DP={args.dp}{label}, seeds {seeds} (step-time model: {model})")
         print(report.format_spread_table(payload["aggregate"]))
-        for wl, v in payload["verdicts"]["summary"].items():
-            fails = _failures_text(v["failures"])
-            print(
-                f"({wl}) balance Pareto-best or tied on {v['pareto']}/{v['seeds']} seeds; failures: {fails}"
-            )
+        _print_verdicts(payload["verdicts"])
         if plan_cost:
             print(
                 f"compute_plan per step (measured here): mean {plan_cost['mean_us']:.1f} us, "

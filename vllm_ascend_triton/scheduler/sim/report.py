@@ -163,9 +163,73 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def _deficit(bal: float, other: float, higher_is_better: bool) -> float | None:
+    """Balance's relative shortfall against ``other`` (positive: balance is worse)."""
+    if not other or (higher_is_better and not bal):
+        return None
+    return 1.0 - bal / other if higher_is_better else bal / other - 1.0
+
+
+def paired_verdicts(rows: Sequence[dict[str, Any]], tie: float = TIE) -> dict[str, dict[str, Any]]:
+    """Seed-paired verdicts: the per-seed criteria of :func:`verdicts`, decided on the mean
+    over seeds of balance's relative shortfall against each policy, with a 95% Student t
+    interval over the seeds (two policies of one seed see the same arrivals, so the pairs
+    cancel the seed's own variation). A criterion holds when the mean shortfall is within
+    ``tie``; ``significance`` says whether the interval excludes 0 ("better"/"worse") or not.
+    Workloads with fewer than two seeds that have every policy are left out."""
+    from vllm_ascend_triton.scheduler.sim.runner import t975
+
+    out: dict[str, dict[str, Any]] = {}
+    for wl in sorted({r["workload"] for r in rows}):
+        wl_rows = [r for r in rows if r["workload"] == wl]
+        by_seed: dict[Any, dict[str, dict[str, Any]]] = {}
+        for r in wl_rows:
+            by_seed.setdefault(r.get("seed"), {})[r["policy"]] = r
+        policies = {r["policy"] for r in wl_rows}
+        seeds = [sd for sd, pols in by_seed.items() if set(pols) == policies and "balance" in pols]
+        if len(seeds) < 2 or len(policies) < 2:
+            continue
+        tput = throughput_metric(wl_rows)
+        checks = [("throughput_ok", tput, True, p) for p in sorted(policies - {"balance"})]
+        checks += [("ttft_p99_ok", "ttft_p99_s", False, p) for p in sorted(policies - {"balance"})]
+        if "default" in policies:
+            checks.append(("tpot_p99_ok", "tpot_p99_ms", False, "default"))
+        criteria = []
+        for crit, metric, higher, pol in checks:
+            pairs = [(by_seed[sd]["balance"].get(metric), by_seed[sd][pol].get(metric)) for sd in seeds]
+            d = [_deficit(b, o, higher) for b, o in pairs if b is not None and o is not None]
+            d = np.asarray([x for x in d if x is not None], dtype=float)
+            if len(d) < 2:
+                continue
+            mean = float(d.mean())
+            half = t975(len(d) - 1) * float(d.std(ddof=1)) / math.sqrt(len(d))
+            lo, hi = mean - half, mean + half
+            criteria.append(
+                {
+                    "criterion": crit,
+                    "metric": metric,
+                    "against": pol,
+                    "seeds": len(d),
+                    "mean_shortfall": mean,
+                    "shortfall_ci95": [lo, hi],
+                    "ok": mean <= tie,
+                    "significance": "better" if hi < 0 else "worse" if lo > 0 else "unresolved",
+                }
+            )
+        if criteria:
+            worst = max(criteria, key=lambda c: c["mean_shortfall"])
+            out[wl] = {
+                "seeds": len(seeds),
+                "pareto": all(c["ok"] for c in criteria),
+                "worst": worst,
+                "criteria": criteria,
+            }
+    return out
+
+
 def verdicts_by_seed(rows: Sequence[dict[str, Any]], tie: float = TIE) -> dict[str, Any]:
-    """:func:`verdicts` for every seed, and per workload the seeds where balance is not
-    Pareto-best (with which criterion failed)."""
+    """:func:`verdicts` for every seed, per workload the seeds where balance is not
+    Pareto-best (with which criterion failed), and the :func:`paired_verdicts` over seeds."""
     seeds = sorted({r.get("seed") for r in rows}, key=lambda x: (x is None, x))
     per_seed = {str(sd): verdicts([r for r in rows if r.get("seed") == sd], tie) for sd in seeds}
     summary: dict[str, Any] = {}
@@ -183,7 +247,7 @@ def verdicts_by_seed(rows: Sequence[dict[str, Any]], tie: float = TIE) -> dict[s
                             "within_noise": v["within_noise"][crit],
                         }
                     )
-    return {"tie": tie, "per_seed": per_seed, "summary": summary}
+    return {"tie": tie, "per_seed": per_seed, "summary": summary, "paired": paired_verdicts(rows, tie)}
 
 
 def format_spread_table(agg: Sequence[dict[str, Any]], markdown: bool = False) -> str:
