@@ -260,6 +260,9 @@ def test_paired_verdicts_decide_on_the_seed_means() -> None:
     assert not v["pareto"] and v["worst"]["criterion"] == "throughput_ok"
     assert v["worst"]["mean_shortfall"] == pytest.approx(0.03)
     assert v["worst"]["significance"] == "worse"
+    # A balance run that served nothing is a 100% shortfall, not a missing value.
+    starved = [dict(r, output_tok_s=0.0) if r["policy"] == "balance" else r for r in rows]
+    assert paired_verdicts(starved)["x"]["worst"]["mean_shortfall"] == pytest.approx(1.0)
     # One seed is not a pairing: nothing to decide.
     assert paired_verdicts([r for r in rows if r["seed"] == 0]) == {}
 

@@ -164,8 +164,9 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _deficit(bal: float, other: float, higher_is_better: bool) -> float | None:
-    """Balance's relative shortfall against ``other`` (positive: balance is worse)."""
-    if not other or (higher_is_better and not bal):
+    """Balance's relative shortfall against ``other`` (positive: balance is worse); None
+    when ``other`` is 0 (no ratio)."""
+    if not other:
         return None
     return 1.0 - bal / other if higher_is_better else bal / other - 1.0
 
@@ -197,8 +198,8 @@ def paired_verdicts(rows: Sequence[dict[str, Any]], tie: float = TIE) -> dict[st
         criteria = []
         for crit, metric, higher, pol in checks:
             pairs = [(by_seed[sd]["balance"].get(metric), by_seed[sd][pol].get(metric)) for sd in seeds]
-            d = [_deficit(b, o, higher) for b, o in pairs if b is not None and o is not None]
-            d = np.asarray([x for x in d if x is not None], dtype=float)
+            shortfalls = [_deficit(b, o, higher) for b, o in pairs if b is not None and o is not None]
+            d = np.asarray([x for x in shortfalls if x is not None], dtype=float)
             if len(d) < 2:
                 continue
             mean = float(d.mean())
