@@ -404,7 +404,7 @@ def measure_schedule_overhead_runs(
     admits. So the overhead is the mean of the per-process ratios with a Student t 95%
     interval across processes, set beside the control's. ``progress(done, total)`` is called
     after each process."""
-    from vllm_ascend_triton.scheduler.sim.runner import t975
+    from vllm_ascend_triton.scheduler.sim.runner import t_interval95
 
     if repeats < 2:
         raise ValueError(f"repeats must be >= 2 (an interval across processes), got {repeats}")
@@ -435,10 +435,9 @@ def measure_schedule_overhead_runs(
     summary = {}
     for arm, results in runs.items():
         ratios = np.array([r["ratio_mean"] for r in results], dtype=np.float64)
-        half = t975(len(ratios) - 1) * ratios.std(ddof=1) / np.sqrt(len(ratios))
         summary[arm] = {
             "ratio_mean": round(float(ratios.mean()), 4),
-            "ratio_ci95": [round(float(ratios.mean() - half), 4), round(float(ratios.mean() + half), 4)],
+            "ratio_ci95": [round(x, 4) for x in t_interval95(ratios)],
             "ratio_min": round(float(ratios.min()), 4),
             "ratio_max": round(float(ratios.max()), 4),
             "vllm_schedule_mean_us": round(float(np.mean([r["vllm_schedule_mean_us"] for r in results])), 1),

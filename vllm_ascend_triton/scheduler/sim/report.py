@@ -178,7 +178,7 @@ def paired_verdicts(rows: Sequence[dict[str, Any]], tie: float = TIE) -> dict[st
     cancel the seed's own variation). A criterion holds when the mean shortfall is within
     ``tie``; ``significance`` says whether the interval excludes 0 ("better"/"worse") or not.
     Workloads with fewer than two seeds that have every policy are left out."""
-    from vllm_ascend_triton.scheduler.sim.runner import t975
+    from vllm_ascend_triton.scheduler.sim.runner import t_interval95
 
     out: dict[str, dict[str, Any]] = {}
     for wl in sorted({r["workload"] for r in rows}):
@@ -203,8 +203,7 @@ def paired_verdicts(rows: Sequence[dict[str, Any]], tie: float = TIE) -> dict[st
             if len(d) < 2:
                 continue
             mean = float(d.mean())
-            half = t975(len(d) - 1) * float(d.std(ddof=1)) / math.sqrt(len(d))
-            lo, hi = mean - half, mean + half
+            lo, hi = t_interval95(d)
             criteria.append(
                 {
                     "criterion": crit,

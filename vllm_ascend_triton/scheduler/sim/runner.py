@@ -183,6 +183,13 @@ def t975(dof: int) -> float:
     return _T975[dof - 1] if dof <= len(_T975) else 1.96
 
 
+def t_interval95(values: Any) -> tuple[float, float]:
+    """Two-sided 95% Student t interval of the mean of ``values`` (at least two)."""
+    arr = np.asarray(values, dtype=float)
+    half = t975(len(arr) - 1) * float(arr.std(ddof=1)) / math.sqrt(len(arr))
+    return float(arr.mean()) - half, float(arr.mean()) + half
+
+
 def _bootstrap_ci(values: list[float], q: float, scale: float = 1.0) -> list[float] | None:
     """95% bootstrap interval of the q-th percentile (seeded: the same run, the same interval)."""
     if len(values) < 20:
@@ -197,11 +204,9 @@ def _bootstrap_ci(values: list[float], q: float, scale: float = 1.0) -> list[flo
 
 
 def _batch_means_ci(tokens: list[int], sub_seconds: float) -> list[float] | None:
-    rates = np.asarray(tokens, dtype=float) / sub_seconds
-    if len(rates) < 2:
+    if len(tokens) < 2:
         return None
-    half = t975(len(rates) - 1) * rates.std(ddof=1) / np.sqrt(len(rates))
-    return [float(rates.mean() - half), float(rates.mean() + half)]
+    return list(t_interval95(np.asarray(tokens, dtype=float) / sub_seconds))
 
 
 def run_simulation(
