@@ -75,7 +75,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--seeds",
         default=None,
-        help="seeds to run, e.g. 0-4 or 0,2,5; reports mean and [min, max] per policy",
+        help="seeds to run, e.g. 0-4 or 0,2,5; reports mean and [min, max] per policy, verdicts "
+        "per seed, and seed-paired verdicts (mean shortfall over seeds with a 95%% t interval)",
     )
     p.add_argument(
         "--quick",
