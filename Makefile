@@ -26,6 +26,7 @@ bench: env
 	.venv/bin/vat bench --sku $(BENCH_SKU) --quick --out out/bench $(BENCH_ARGS)
 
 lint: env
+	.venv/bin/lint-imports
 	.venv/bin/ruff check vllm_ascend_triton tests
 	.venv/bin/ruff format --check vllm_ascend_triton tests
 

@@ -7,7 +7,8 @@ import os
 import pytest
 import torch
 
-from vllm_ascend_triton.autotune import cost_model, spaces, tuner
+from vllm_ascend_triton.autotune import spaces, tuner
+from vllm_ascend_triton.runtime import perf_model as cost_model
 from vllm_ascend_triton.cli import main
 from vllm_ascend_triton.kernels import rotary_embedding
 from vllm_ascend_triton.runtime import configs

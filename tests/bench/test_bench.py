@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from vllm_ascend_triton.bench import output, runner
-from vllm_ascend_triton.bench.shapes import load_shapes
-from vllm_ascend_triton.bench.workloads import OPS, workloads
+from vllm_ascend_triton.workloads.shapes import load_shapes
+from vllm_ascend_triton.workloads.ops import OPS, workloads
 from vllm_ascend_triton.cli import main
 
 REPO = Path(__file__).resolve().parents[2]

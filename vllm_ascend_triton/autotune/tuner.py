@@ -10,7 +10,7 @@ How one SKU is tuned:
 3. Candidates (`spaces.candidates`) are applied through the host APIs themselves: the same dry run
    with `override_configs({kernel: candidate})`. A candidate the host API rejects (ValueError or
    TypeError) is dropped; candidates that build identical launch specs count once.
-4. Ranking: by the roofline model (`cost_model`) of every launch of every case, or, where this
+4. Ranking: by the roofline model (`runtime.perf_model`) of every launch of every case, or, where this
    process runs on an NPU of that very SKU, by `triton.testing.do_bench` of the real calls
    (`method="measured"`; asking for it anywhere else raises MeasurementUnavailableError).
 5. Pruning by the codegen report: the best candidates are lowered (through the artifact cache;
@@ -36,9 +36,10 @@ from typing import Any
 
 import torch
 
-from vllm_ascend_triton.autotune import cost_model, spaces
-from vllm_ascend_triton.bench.shapes import ShapeSet
-from vllm_ascend_triton.bench.workloads import workloads
+from vllm_ascend_triton.autotune import spaces
+from vllm_ascend_triton.runtime import perf_model
+from vllm_ascend_triton.workloads.shapes import ShapeSet
+from vllm_ascend_triton.workloads.ops import workloads
 from vllm_ascend_triton.codegen.cache import ArtifactCache
 from vllm_ascend_triton.codegen.compile import report_row
 from vllm_ascend_triton.codegen.lower import LoweringRequest, lower_many, triton_ascend_version
@@ -237,7 +238,7 @@ def rank_candidates(sku: str, item: _Item) -> tuple[list[_Candidate], dict[str, 
             counts["duplicates"] += 1
             continue
         seen.add(sig)
-        modelled = sum(cost_model.estimate_specs(specs, sku_info).seconds for specs in per_case if specs)
+        modelled = sum(perf_model.estimate_specs(specs, sku_info).seconds for specs in per_case if specs)
         if i == 0:
             default_s = modelled
         out.append(_Candidate(dict(candidate), [[_strip(s) for s in specs] for specs in per_case], modelled))

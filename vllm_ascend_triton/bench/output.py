@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from vllm_ascend_triton.bench.runner import COLUMNS
-from vllm_ascend_triton.jsonsafe import json_safe
+from vllm_ascend_triton.runtime.jsonsafe import json_safe
 
 # Columns of the short table (the README excerpt and the terminal).
 TABLE_COLUMNS = (

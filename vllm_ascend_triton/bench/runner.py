@@ -6,7 +6,7 @@ Every figure says what it is (the `LABELS` of each column, written into the JSON
 - `stage`, `ub_bytes`, `fits_ub`: the codegen report of the launches for the SKU (static, from the
   Ascend adapter IR; through the artifact cache; "n/a" where triton-ascend is not installed);
 - `modelled_us`, `modelled_roofline_share`: the roofline cost model for the SKU
-  (`autotune.cost_model.estimate_op`: the op's minimum bytes and FLOPs over the SKU's bandwidth and
+  (`runtime.perf_model.estimate_op`: the op's minimum bytes and FLOPs over the SKU's bandwidth and
   peak, plus each launch's fixed and per-tile costs), never measured;
 - `host_us`: host-side time of one call through the runtime without launching (validation, config
   lookup, launch specs: a dry run), measured on this machine;
@@ -26,8 +26,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from vllm_ascend_triton.bench.shapes import ShapeSet, load_shapes
-from vllm_ascend_triton.bench.workloads import Workload, workloads
+from vllm_ascend_triton.workloads.shapes import ShapeSet, load_shapes
+from vllm_ascend_triton.workloads.ops import Workload, workloads
 from vllm_ascend_triton.runtime.backend import Backend, current_backend, device_type
 from vllm_ascend_triton.runtime.launch import record_launches
 from vllm_ascend_triton.runtime.sku import get_sku
@@ -54,7 +54,7 @@ def labels(sku: str, where: str, compiled: bool) -> dict[str, str]:
         "max_abs_err": f"measured: ours vs the torch reference on {where}",
         "stage": f"static: codegen report for {sku} (Ascend adapter IR), not measured",
         "ub_bytes": f"static: on-chip buffer bytes with multibuffering, from the adapter IR for {sku}",
-        "modelled_us": f"modelled: roofline cost model of {sku} (autotune/cost_model.py), not measured",
+        "modelled_us": f"modelled: roofline cost model of {sku} (runtime/perf_model.py), not measured",
         "modelled_roofline_share": f"modelled: roofline time / modelled time on {sku}",
         "host_us": f"measured on {where}: host-side time per call through the runtime, dry run (no launch)",
     }
@@ -206,7 +206,7 @@ def run_bench(
 ) -> dict[str, Any]:
     """Benchmark every workload; returns {"meta": ..., "rows": [...]} (strict-JSON-able after
     `json_safe`)."""
-    from vllm_ascend_triton.autotune.cost_model import estimate_op
+    from vllm_ascend_triton.runtime.perf_model import estimate_op
 
     sku_info = get_sku(sku)
     shapes = shapes or load_shapes()

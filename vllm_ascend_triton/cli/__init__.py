@@ -22,7 +22,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from vllm_ascend_triton.jsonsafe import json_safe
+from vllm_ascend_triton.runtime.jsonsafe import json_safe
 from vllm_ascend_triton.runtime.backend import (
     Backend,
     BackendNotSelectedError,

@@ -19,7 +19,7 @@ the entries inside hold the full keys, one per tuned batch size. A single file p
 with `source` for `method`), is read too.
 
 Folders, in order: `VAT_TUNED_CONFIG_FOLDER` (the user's), then `VAT_CONFIG_DIR` (its former
-name, still honoured), then the configs shipped in `vllm_ascend_triton/autotune/configs/`.
+name, still honoured), then the configs shipped in `vllm_ascend_triton/runtime/tuned_configs/`.
 
 Lookup
 ------
@@ -62,7 +62,7 @@ logger = logging.getLogger(__name__)
 TUNED_CONFIG_FOLDER_ENV = "VAT_TUNED_CONFIG_FOLDER"
 LEGACY_CONFIG_DIR_ENV = "VAT_CONFIG_DIR"  # the former name; still honoured, after the new one
 CONFIG_DIR_ENV = TUNED_CONFIG_FOLDER_ENV  # the variable tests and tools should set
-PACKAGED_CONFIG_DIR = Path(__file__).resolve().parent.parent / "autotune" / "configs"
+PACKAGED_CONFIG_DIR = Path(__file__).resolve().parent / "tuned_configs"
 
 FORMAT_VERSION = 2
 METHODS = ("measured", "model")  # best first

@@ -53,7 +53,7 @@ the tensors, and:
 
 Ascend design
 -------------
-- Permutation: the MoE counting sort shared with `moe_align_block_size` (`moe_routing/_sort.py`):
+- Permutation: the MoE counting sort shared with `moe_align_block_size` (`kernels.moe_sort`):
   `moe_sort_count` (one histogram row per program over its run of route tiles: int32 `[programs <=
   vector cores, L]` scratch, O(cores x experts)), `moe_permute_layout` (tokens_per_expert, the
   offsets, the -1 fill of permuted_idx), and `moe_sort_scatter` (every program redoes the scan
@@ -95,6 +95,7 @@ import torch
 import triton
 
 from vllm_ascend_triton.kernels.fused_moe._kernels import (
+    _permute_layout_kernel,
     _gather_rows_kernel,
     _grouped_gemm_kernel,
     _unpermute_kernel,
@@ -106,9 +107,7 @@ from vllm_ascend_triton.kernels.fused_moe.reference import (
     moe_unpermute_ref,
 )
 from vllm_ascend_triton.kernels.limits import MOE_MAX_EXPERTS, MOE_MAX_SLOTS, MOE_MAX_TOPK
-from vllm_ascend_triton.kernels.moe_routing import check_expert_map_values
-from vllm_ascend_triton.kernels.moe_routing._kernels import _permute_layout_kernel
-from vllm_ascend_triton.kernels.moe_routing._sort import bin_lanes, plan_sort, sort_count, sort_scatter
+from vllm_ascend_triton.kernels.moe_sort import bin_lanes, check_expert_map_values, plan_sort, sort_count, sort_scatter
 from vllm_ascend_triton.runtime.checks import FLOAT_DTYPES, INDEX_DTYPES, check_positive_int, check_tensor
 from vllm_ascend_triton.runtime.configs import lookup_config
 from vllm_ascend_triton.runtime.device import current_device

@@ -3,6 +3,7 @@
 import triton
 import triton.language as tl
 
+from vllm_ascend_triton.kernels.moe_sort.jit import bin_layout
 from vllm_ascend_triton.runtime import launch as _launch  # noqa: F401  (applies VAT_BACKEND before @triton.jit)
 
 
@@ -142,3 +143,30 @@ def _grouped_gemm_kernel(
                 acc.to(c_ptr.dtype.element_ty),
                 mask=rmask[:, None] & cmask[None, :],
             )
+
+
+@triton.jit
+def _permute_layout_kernel(
+    counts_ptr,
+    permuted_idx_ptr,
+    tokens_per_expert_ptr,
+    offsets_ptr,
+    num_runs,
+    num_local,
+    numel,
+    BLOCK_E: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+):
+    """moe_permute's outputs besides the scatter: rows per local expert, their exclusive prefix
+    offsets, and the -1 fill of permuted_idx (before the scatter)."""
+    offs_e = tl.arange(0, BLOCK_E)
+    e_ok = offs_e < num_local
+    if tl.program_id(0) == 0:
+        ends, _padded, _before, totals = bin_layout(counts_ptr, num_runs, 0, num_local, 1, BLOCK_E)
+        tl.store(tokens_per_expert_ptr + offs_e, totals, mask=e_ok)
+        tl.store(offsets_ptr + 1 + offs_e, ends, mask=e_ok)
+        tl.store(offsets_ptr + offs_e, tl.zeros([BLOCK_E], tl.int32), mask=offs_e == 0)
+    fill = tl.zeros([BLOCK_S], tl.int32) - 1
+    for st in range(tl.program_id(0), tl.cdiv(numel, BLOCK_S), tl.num_programs(0)):
+        offs = st * BLOCK_S + tl.arange(0, BLOCK_S)
+        tl.store(permuted_idx_ptr + offs, fill, mask=offs < numel)

@@ -73,7 +73,7 @@ Ascend design
   score with one masked reduction per group (two with a bias: top-1, then top-2), then picks
   `topk_group` groups with the same max/first-lane loop, all in the [BLOCK_M, BLOCK_E] layout
   (no reshapes, so group sizes need not be powers of two).
-- Align and `moe_permute` share one counting sort (`_sort.py`; three launches, no atomics,
+- Align and `moe_permute` share one counting sort (`kernels.moe_sort`; three launches, no atomics,
   deterministic, stable by route index): `moe_sort_count` stores one histogram row per program
   (programs own contiguous runs of BLOCK_N-route tiles, at most one program per vector core, so
   the scratch is int32 `[programs, experts]`: 81,920 bytes at 512 experts on a 40-core 910B3,
@@ -101,7 +101,7 @@ import triton
 
 from vllm_ascend_triton.kernels.limits import MOE_MAX_EXPERTS, MOE_MAX_SLOTS, MOE_MAX_TOPK
 from vllm_ascend_triton.kernels.moe_routing._kernels import _align_layout_kernel, _topk_routing_kernel
-from vllm_ascend_triton.kernels.moe_routing._sort import bin_lanes, plan_sort, sort_count, sort_scatter
+from vllm_ascend_triton.kernels.moe_sort import bin_lanes, check_expert_map_values, plan_sort, sort_count, sort_scatter
 from vllm_ascend_triton.kernels.moe_routing.reference import (
     grouped_topk_ref,
     max_num_tokens_padded,
@@ -329,17 +329,6 @@ def _align_layout_config(num_experts: int) -> dict:
     # [BLOCK_B blocks, BLOCK_E experts] compare tiles; BLOCK_S int32 sentinel lanes per fill store.
     default = {"BLOCK_B": max(8, min(256, tile_elements(_ALIGN_LIVE_TILES, 4) // block_e)), "BLOCK_S": 1024}
     return lookup_config(current_device().sku.name, "moe_align_layout", {"num_experts": num_experts}, default)
-
-
-def check_expert_map_values(expert_map: torch.Tensor, bound: int) -> None:
-    """Data-dependent check (a device sync on an NPU, so only with checks on): every entry is -1 or
-    a local expert id in [0, bound). With checks off the kernels treat other entries as -1."""
-    if expert_map.numel() == 0 or not checks_enabled():
-        return
-    lo, hi = int(expert_map.min()), int(expert_map.max())
-    if lo < -1 or hi >= bound:
-        why = " (they do not even fit int32)" if lo < -(2**31) or hi >= 2**31 else ""
-        raise ValueError(f"expert_map values must be -1 or in [0, {bound}), got [{lo}, {hi}]{why}")
 
 
 def moe_align_block_size(

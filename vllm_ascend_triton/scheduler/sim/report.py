@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from vllm_ascend_triton.jsonsafe import json_safe  # noqa: F401  (part of this module's API)
+from vllm_ascend_triton.runtime.jsonsafe import json_safe  # noqa: F401  (part of this module's API)
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@
    program per vector core); each program stores its run's histogram as one row of an
    int32 `[programs, bins]` scratch: O(cores x experts), whatever the number of routes.
 2. scan: every program of the next launches adds up the <= cores rows itself and takes one
-   `tl.cumsum` over the bins (`_bin_layout`), in parallel; no program scans serially over chunks.
+   `tl.cumsum` over the bins (`bin_layout`), in parallel; no program scans serially over chunks.
 3. `moe_sort_scatter`: a route's slot = its bin's (padded) offset + routes of earlier runs +
    earlier tiles of this run + its rank in the tile (exclusive cumsum of the one-hot). The store
    of the permutation is the only discrete access of the sort.
@@ -23,10 +23,10 @@ import dataclasses
 import torch
 import triton
 
-from vllm_ascend_triton.kernels.moe_routing._kernels import _sort_count_kernel, _sort_scatter_kernel
+from vllm_ascend_triton.kernels.moe_sort.jit import _sort_count_kernel, _sort_scatter_kernel
 from vllm_ascend_triton.runtime.configs import lookup_config
 from vllm_ascend_triton.runtime.device import DeviceInfo, current_device
-from vllm_ascend_triton.runtime.launch import LaunchSpec, persistent_grid
+from vllm_ascend_triton.runtime.launch import LaunchSpec, checks_enabled, persistent_grid
 from vllm_ascend_triton.runtime.ub import tile_elements
 
 # Live [BLOCK_N, BLOCK_B] int32/fp32 tiles of the count and scatter loops (one-hot, its cumsum,
@@ -146,3 +146,14 @@ def sort_scatter(
         ),
         config=plan.config,
     ).launch()
+
+
+def check_expert_map_values(expert_map: torch.Tensor, bound: int) -> None:
+    """Data-dependent check (a device sync on an NPU, so only with checks on): every entry is -1 or
+    a local expert id in [0, bound). With checks off the kernels treat other entries as -1."""
+    if expert_map.numel() == 0 or not checks_enabled():
+        return
+    lo, hi = int(expert_map.min()), int(expert_map.max())
+    if lo < -1 or hi >= bound:
+        why = " (they do not even fit int32)" if lo < -(2**31) or hi >= 2**31 else ""
+        raise ValueError(f"expert_map values must be -1 or in [0, {bound}), got [{lo}, {hi}]{why}")

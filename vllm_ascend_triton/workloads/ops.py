@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from vllm_ascend_triton.bench.shapes import ModelShape, ShapeSet
+from vllm_ascend_triton.workloads.shapes import ModelShape, ShapeSet
 
 DTYPE = torch.float16
 MAX_ATTENTION_SEQS = 256  # decode sequences per attention benchmark (a paged cache each)
