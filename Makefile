@@ -8,12 +8,15 @@ PYTEST_ARGS ?=
 env:
 	@bash scripts/setup_env.sh
 
+# On both cores (pytest-xdist; idle workers steal queued tests, so the long end-to-end tests spread).
+XDIST ?= -n 2 --dist worksteal
+
 test: env
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(XDIST) $(PYTEST_ARGS)
 
 # Everything except the slow end-to-end tests.
 test-fast: env
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(XDIST) -m "not slow" $(PYTEST_ARGS)
 
 # The quick kernel benchmark for $(BENCH_SKU): on this machine Triton's interpreter runs every kernel
 # on the CPU (error against the torch references), the codegen report gives lowering status and UB
