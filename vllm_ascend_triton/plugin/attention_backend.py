@@ -36,7 +36,7 @@ from vllm.v1.attention.backend import (
 )
 
 from vllm_ascend_triton.plugin import counters
-from vllm_ascend_triton.plugin.mutate import maybe_mutate
+from vllm_ascend_triton.plugin import mutate
 
 logger = logging.getLogger(f"vllm.{__name__}")
 
@@ -259,5 +259,5 @@ class VatAttentionImpl(AttentionImpl[VatAttentionMetadata]):
             sinks=self.sinks,
         )
         counters.bump("unified_attention")
-        maybe_mutate("attention", out)
+        mutate.apply("attention", out)
         return output

@@ -1,7 +1,9 @@
 """Per-process call counters of our kernels inside vLLM, for tests that must prove our code ran.
 
-Counting is always on (an integer increment per launch); the counts leave the process only
-when ``VAT_PLUGIN_COUNTS_DIR`` names a folder: each process then writes
+Counting is always on (one dict increment per call, no lock: the GIL makes it safe enough for
+a diagnostic count); the counts leave the process only when ``VAT_PLUGIN_COUNTS_DIR`` names a
+folder, read once by :func:`configure` (the plugin's registration calls it). Each process then
+writes
 ``<dir>/counts-<pid>.json`` (at most every ``_WRITE_EVERY_S`` seconds while counting, once more
 ``_WRITE_EVERY_S`` after the last count, and at exit), holding
 ``{"pid", "dp_rank", "counts": {op: n}}``. Engine processes are spawned and
@@ -30,6 +32,14 @@ _last_write = 0.0
 _atexit_installed = False
 _timer: threading.Timer | None = None
 _dp_rank: int | None = None
+_folder: str | None = None
+
+
+def configure(folder: str | None = None) -> str | None:
+    """Set where counts go: ``folder``, else ``VAT_PLUGIN_COUNTS_DIR`` (unset: nowhere)."""
+    global _folder
+    _folder = (folder if folder is not None else os.environ.get(COUNTS_DIR_ENV)) or None
+    return _folder
 
 
 def set_dp_rank(rank: int) -> None:
@@ -53,12 +63,15 @@ def label_dp_rank_from_vllm() -> None:
 
 def bump(name: str, n: int = 1) -> None:
     """Count ``n`` calls of ``name`` in this process."""
+    _counts[name] += n
+    if _folder is None:
+        return
+    _bump_written(name, n)
+
+
+def _bump_written(name: str, n: int) -> None:
     global _last_write, _atexit_installed, _timer
     with _lock:
-        _counts[name] += n
-        folder = os.environ.get(COUNTS_DIR_ENV)
-        if not folder:
-            return
         if not _atexit_installed:
             atexit.register(flush)
             _atexit_installed = True
@@ -83,14 +96,14 @@ def _timed_flush() -> None:
 
 
 def snapshot() -> dict[str, int]:
-    with _lock:
-        return dict(_counts)
+    """This process's counts so far."""
+    return dict(_counts)
 
 
 def flush() -> None:
-    """Write this process's counts to ``VAT_PLUGIN_COUNTS_DIR`` (no-op when unset). A failed
+    """Write this process's counts to the configured folder (no-op when none). A failed
     write is logged, never raised: counting must not take the engine down."""
-    folder = os.environ.get(COUNTS_DIR_ENV)
+    folder = _folder
     if not folder:
         return
     with _write_lock:

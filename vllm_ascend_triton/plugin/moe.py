@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from vllm_ascend_triton.plugin import counters
-from vllm_ascend_triton.plugin.mutate import maybe_mutate
+from vllm_ascend_triton.plugin import mutate
 
 logger = logging.getLogger(f"vllm.{__name__}")
 
@@ -165,7 +165,7 @@ def make_method_class() -> type:
                 global_num_experts=layer.global_num_experts,
             )
             counters.bump("fused_experts")
-            maybe_mutate("moe", out)
+            mutate.apply("moe", out)
             return out
 
     _METHOD_CLS = VatUnquantizedFusedMoEMethod

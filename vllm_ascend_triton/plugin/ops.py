@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from vllm_ascend_triton.plugin import counters
-from vllm_ascend_triton.plugin.mutate import maybe_mutate
+from vllm_ascend_triton.plugin import mutate
 
 logger = logging.getLogger(f"vllm.{__name__}")
 
@@ -94,7 +94,7 @@ class _VatRopeMixin:
         except (ValueError, TypeError) as exc:
             return self._vat_fallback(f"{type(exc).__name__}: {exc}", *native_args)
         counters.bump(kernel.__name__)
-        maybe_mutate("rope", query, key)
+        mutate.apply("rope", query, key)
         return query, key
 
     def forward_oot(

@@ -232,6 +232,12 @@ def register() -> None:
         kind = _platform_kind(current_platform)
         parts: dict[str, list[str]] = {}
         if kind is not None:
+            from vllm_ascend_triton.plugin import counters, custom_ops, mutate
+
+            # Test hooks read their variables once here, never per call.
+            counters.configure()
+            mutate.configure()
+            parts["custom_ops"] = [f"{custom_ops.NAMESPACE}::{n}" for n in custom_ops.register_all()]
             _register_ops(kind, parts)
             if part_enabled("attention"):
                 _register_attention_backend(parts)
