@@ -284,7 +284,26 @@ def reshape_and_cache(
     value_cache: torch.Tensor,
     slot_mapping: torch.Tensor,
 ) -> None:
-    """Write K/V rows into the paged caches at `slot_mapping` (slot -1 = skip)."""
+    """Write K/V rows into the paged caches (vLLM's `reshape_and_cache_flash`).
+
+    Args:
+        key: `[T', Hkv, D]` fp16/bf16/fp32 (T' >= T: vLLM pads).
+        value: `[T', Hkv, D]`.
+        key_cache: `[num_blocks, block_size, Hkv, D]`, possibly a strided view (vLLM 0.32 packs K and V
+            in one tensor). Written in place; values are cast to its dtype.
+        value_cache: the same shape. Written in place.
+        slot_mapping: int32/int64 dense `[T]`: token t goes to `cache[slot // block_size, slot %
+            block_size]`; -1 skips the token.
+
+    Returns:
+        None.
+
+    Raises:
+        TypeError: a wrong dtype.
+        ValueError: a wrong shape, layout, device or limit; with input checks on, a slot outside the
+            cache or below -1. With checks off such a slot is skipped; nothing outside the caches'
+            valid rows is written.
+    """
     check_tensor("key", key, dtypes=FLOAT_DTYPES, ndim=3)
     check_tensor("value", value, dtypes=FLOAT_DTYPES, ndim=3)
     check_tensor("key_cache", key_cache, dtypes=FLOAT_DTYPES, ndim=4)
@@ -544,7 +563,35 @@ def unified_attention(
     *,
     num_kv_splits: int | None = None,
 ) -> torch.Tensor:
-    """vLLM's unified paged attention for a mixed prefill/decode batch; writes and returns `out`."""
+    """vLLM's unified paged attention for a mixed prefill / chunked-prefill / decode batch.
+
+    Args:
+        q: `[T, Hq, D]` fp16/bf16/fp32.
+        k_cache: `[num_blocks, block_size, Hkv, D]` in q's dtype (Hq a multiple of Hkv: GQA/MQA).
+        v_cache: the same shape and dtype.
+        out: `[T', Hq, D]` in q's dtype, T' >= T; rows `[0, cu_seqlens_q[-1])` are written in place.
+        cu_seqlens_q: int32/int64 `[S+1]` query row offsets per sequence.
+        max_seqlen_q: the longest query chunk (1 = a pure decode batch).
+        seqused_k: int32/int64 `[S]` keys per sequence; the query chunk sits at the end of its context.
+        max_seqlen_k: the longest context.
+        softmax_scale: finite float.
+        causal: bool.
+        window_size: `(left, right)`, -1 = none (vLLM's rule: only `left` is used).
+        block_table: int32/int64 `[S, max_blocks]` cache block ids per sequence.
+        softcap: 0 for none, else `softcap * tanh(score / softcap)`.
+        alibi_slopes: optional fp32 `[Hq]`.
+        sinks: optional `[Hq]` one extra logit per head.
+        num_kv_splits: keyword-only: None = decided here, 1 = never split, n > 1 = force n segments.
+
+    Returns:
+        `out`.
+
+    Raises:
+        TypeError: a wrong dtype or Python type.
+        ValueError: a wrong shape, layout, non-finite scale or a limit (`kernels.limits`); with input
+            checks on, inconsistent metadata (block ids, coverage, lengths). With checks off, out-of-range
+            block ids read nothing outside the caches (module docstring).
+    """
     left, num_seqs = _validate_attention(
         q, k_cache, v_cache, out, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k,
         softmax_scale, causal, window_size, block_table, softcap, alibi_slopes, sinks, num_kv_splits,

@@ -280,9 +280,26 @@ def moe_permute(
     expert_map: torch.Tensor | None = None,
     num_local_experts: int | None = None,
 ) -> MoePermuteResult:
-    """Gather token rows into expert-contiguous order; see the module docstring for the layout.
+    """Gather token rows into expert-contiguous order (stable by token, then k slot).
 
-    num_local_experts: L under an expert_map (default: expert_map.max() + 1, read on the host)."""
+    Args:
+        hidden_states: `[M, H]`, fp16/bf16/fp32.
+        topk_ids: int32/int64 `[M, k]` global expert ids.
+        num_experts: E (global).
+        expert_map: optional int32/int64 `[E]` global -> local id, -1 = not on this rank.
+        num_local_experts: L under an `expert_map` (default: `expert_map.max() + 1`, read on the host:
+            pass it to avoid a device sync).
+
+    Returns:
+        `MoePermuteResult(permuted_hidden_states [M*k, H], tokens_per_expert int32 [L],
+        expert_first_token_offset int32 [L+1], inv_permuted_idx int32 [M, k], permuted_idx int32
+        [M*k])`; rows of dropped or non-local slots are zeros, their indices -1.
+
+    Raises:
+        TypeError: a wrong dtype.
+        ValueError: a wrong shape, device or limit; with input checks on, ids outside `[0, E)` or map
+            entries outside `[-1, L)`. With checks off such slots are dropped.
+    """
     _check_routing(hidden_states, topk_ids, num_experts, expert_map)
     num_local = _num_local(num_experts, expert_map, num_local_experts)
     num_tokens, hidden = hidden_states.shape
@@ -324,7 +341,23 @@ def moe_unpermute(
     inv_permuted_idx: torch.Tensor,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """out[t] = sum_j topk_weights[t, j] * permuted_out[inv_permuted_idx[t, j]], skipping -1 entries."""
+    """The weighted combine: `out[t] = sum_j topk_weights[t, j] * permuted_out[inv_permuted_idx[t, j]]`.
+
+    Args:
+        permuted_out: `[R, H]` expert outputs in permuted order, fp16/bf16/fp32.
+        topk_weights: `[M, k]` fp weights.
+        inv_permuted_idx: int32 `[M, k]` (from `moe_permute`); -1 entries are skipped.
+        out: optional `[M, H]` output in `permuted_out`'s dtype, written in place.
+
+    Returns:
+        `out [M, H]` (fp32 accumulation, stored in `permuted_out`'s dtype); a token with no kept slot
+        gets zeros.
+
+    Raises:
+        TypeError: a wrong dtype.
+        ValueError: a wrong shape or device; with input checks on, indices outside `[-1, R)`. With
+            checks off such indices are skipped like -1.
+    """
     check_tensor("permuted_out", permuted_out, dtypes=FLOAT_DTYPES, ndim=2)
     check_tensor("topk_weights", topk_weights, dtypes=FLOAT_DTYPES, ndim=2)
     check_tensor("inv_permuted_idx", inv_permuted_idx, dtypes=(torch.int32,), ndim=2)
@@ -466,11 +499,28 @@ def fused_experts(
     expert_map: torch.Tensor | None = None,
     global_num_experts: int | None = None,
 ) -> torch.Tensor:
-    """vLLM's unquantized fused MoE: sum_j w[t, j] * W2_e (SiLU(W_gate_e x_t) * W_up_e x_t), e = ids[t, j].
+    """vLLM's unquantized fused MoE: `sum_j w[t, j] * W2_e (SiLU(W_gate_e x_t) * W_up_e x_t)`, `e = ids[t, j]`.
 
-    w13 [L, 2I, H] (gate rows then up rows), w2 [L, H, I]; L = local experts. topk_ids are global
-    ids in [0, global_num_experts) (default: expert_map's length, else L); expert_map maps them to
-    local ids (-1 = not local: skipped)."""
+    Args:
+        hidden_states: `[M, H]`, fp16/bf16/fp32.
+        w13: `[L, 2I, H]` in `hidden_states`' dtype: gate rows `[0, I)` then up rows `[I, 2I)` (vLLM's
+            `w13_weight`); L = local experts.
+        w2: `[L, H, I]` in `hidden_states`' dtype.
+        topk_weights: `[M, k]` fp routing weights.
+        topk_ids: int32/int64 `[M, k]` global expert ids in `[0, global_num_experts)`.
+        activation: "silu" (the only one).
+        expert_map: optional int32/int64 `[global_num_experts]` global -> local id, -1 = not local
+            (skipped: expert parallelism).
+        global_num_experts: default `len(expert_map)`, else L.
+
+    Returns:
+        `[M, H]` in `hidden_states`' dtype; the intermediate is rounded to that dtype, as vLLM's cache.
+
+    Raises:
+        TypeError: a wrong dtype (weights must match `hidden_states`).
+        ValueError: a wrong shape, activation, device or limit; with input checks on, ids or map
+            entries out of range. With checks off such slots are dropped (module docstring).
+    """
     check_tensor("hidden_states", hidden_states, dtypes=FLOAT_DTYPES, ndim=2)
     check_tensor("w13", w13, dtypes=FLOAT_DTYPES, ndim=3)
     check_tensor("w2", w2, dtypes=FLOAT_DTYPES, ndim=3)

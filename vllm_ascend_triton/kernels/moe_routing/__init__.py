@@ -270,7 +270,27 @@ def fused_topk(
     e_score_correction_bias: torch.Tensor | None = None,
     routed_scaling_factor: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k experts per token of `gating_output [M, E]`: `(weights float32 [M, k], ids int32 [M, k])`."""
+    """Top-k experts per token (vLLM's `fused_topk` semantics).
+
+    Args:
+        gating_output: router logits `[M, E]`, fp16/bf16/fp32; scored in fp32.
+        topk: k, 1..min(E, MOE_MAX_TOPK).
+        renormalize: divide the k weights by their sum (before `routed_scaling_factor`).
+        scoring_func: "softmax" (over all experts) or "sigmoid".
+        e_score_correction_bias: optional fp `[E]`: experts are chosen by score + bias, weights are
+            the unbiased scores.
+        routed_scaling_factor: multiplies the final weights.
+
+    Returns:
+        `(weights float32 [M, k], ids int32 [M, k])`, ids in descending order of the selection key;
+        ties go to the lowest expert. M = 0 gives empty outputs without a launch.
+
+    Raises:
+        RoutingArgumentError: (a TypeError and a ValueError) a wrong dtype.
+        ValueError: a wrong shape, `topk`, `scoring_func`, device or a limit (`kernels.limits`).
+
+    Non-finite logits are defined, not errors: NaN counts as -inf, +-inf is clamped (module docstring).
+    """
     return _route(
         "fused_topk",
         gating_output,
@@ -294,7 +314,29 @@ def grouped_topk(
     e_score_correction_bias: torch.Tensor | None = None,
     routed_scaling_factor: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """vLLM's native grouped top-k (DeepSeek-V2/V3 routing); outputs as `fused_topk`."""
+    """vLLM's native grouped top-k (DeepSeek-V2/V3 routing).
+
+    Args:
+        gating_output: router logits `[M, E]`, fp16/bf16/fp32; scored in fp32.
+        topk: k experts per token, at most `topk_group * E / num_expert_group`.
+        renormalize: divide the k weights by their sum (before `routed_scaling_factor`).
+        num_expert_group: groups; must divide E.
+        topk_group: groups kept per token, <= `num_expert_group`.
+        scoring_func: "softmax" or "sigmoid".
+        e_score_correction_bias: optional fp `[E]`: the group score becomes the sum of the group's
+            top-2 score + bias (needs groups of >= 2 experts); experts are chosen by score + bias,
+            weights are the unbiased scores.
+        routed_scaling_factor: multiplies the final weights.
+
+    Returns:
+        `(weights float32 [M, k], ids int32 [M, k])`, as `fused_topk`; ties go to the lowest group,
+        then the lowest expert.
+
+    Raises:
+        RoutingArgumentError: (a TypeError and a ValueError) a wrong dtype.
+        ValueError: groups that do not divide E, `topk_group > num_expert_group`, `topk` larger than
+            the kept groups hold, a bias with one-expert groups, a wrong shape, device or limit.
+    """
     check_positive_int("num_expert_group", num_expert_group)
     check_positive_int("topk_group", topk_group)
     _check("gating_output", gating_output, dtypes=FLOAT_DTYPES, ndim=2)
@@ -340,7 +382,22 @@ def moe_align_block_size(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sort routes by expert, each expert padded to a multiple of `block_size` (vLLM's layout).
 
-    Returns `(sorted_token_ids int32, expert_ids int32, num_tokens_post_pad int32 [1])`.
+    Args:
+        topk_ids: int32/int64 `[M, k]` or `[N]` expert ids of every route.
+        block_size: the GEMM row block each expert is padded to.
+        num_experts: E, <= MOE_MAX_EXPERTS; ids outside `[0, E)` are dropped.
+        expert_map: optional int32/int64 `[E]` global -> local id (-1 = not local): used blocks carry
+            the mapped id.
+        pad_sorted_ids: round the sorted buffer up to a whole block (vLLM's flag).
+
+    Returns:
+        `(sorted_token_ids int32, expert_ids int32, num_tokens_post_pad int32 [1])`: padding entries
+        of `sorted_token_ids` are `topk_ids.numel()`, `expert_ids` is -1 past the used blocks.
+
+    Raises:
+        TypeError: a wrong dtype.
+        ValueError: a wrong shape, size or limit; with input checks on, `expert_map` entries outside
+            `[-1, E)`. With checks off such entries label their blocks -1.
     """
     _check("topk_ids", topk_ids, dtypes=INDEX_DTYPES, ndim=(1, 2))
     check_positive_int("block_size", block_size)

@@ -36,7 +36,14 @@ _LIVE_TILES_WITH_MAP = 6
 
 
 def bin_lanes(num_bins: int) -> int:
-    """Lanes of the bin axis: a power of two, at least 8 (32 bytes of int32, the DMA alignment)."""
+    """Lanes of the bin axis for `num_bins` bins.
+
+    Args:
+        num_bins: bins (experts) of the sort.
+
+    Returns:
+        A power of two >= max(8, num_bins) (8 int32 lanes = 32 bytes, the DMA alignment).
+    """
     return max(8, triton.next_power_of_2(num_bins))
 
 
@@ -68,6 +75,18 @@ class SortPlan:
 def plan_sort(
     numel: int, num_ids: int, num_bins: int, has_map: bool, device: DeviceInfo | None = None
 ) -> SortPlan:
+    """The launch plan the count and scatter share (their grid and runs of route tiles).
+
+    Args:
+        numel: routes to sort (flattened `topk_ids`).
+        num_ids: ids outside `[0, num_ids)` are dropped.
+        num_bins: bins (global experts for align, local experts under a map for permute).
+        has_map: ids go through an expert map (`num_ids` lanes) to their bin.
+        device: plan for this device (default: the current one, e.g. a `plan_for(SKU)` block).
+
+    Returns:
+        A frozen `SortPlan` (tuned `BLOCK_N`, runs = programs = scratch rows, tiles per program).
+    """
     dev = device or current_device()
     widest = max(bin_lanes(num_bins), triton.next_power_of_2(num_ids) if has_map else 1)
     live = _LIVE_TILES_WITH_MAP if has_map else _LIVE_TILES
@@ -82,12 +101,29 @@ def plan_sort(
 def sort_scratch_bytes(
     numel: int, num_bins: int, has_map: bool = False, device: DeviceInfo | None = None
 ) -> int:
-    """Bytes of the sort's scratch (the per-program histograms) for a problem size."""
+    """Bytes of the sort's scratch (one int32 histogram row per program) for a problem size.
+
+    Args:
+        numel: routes. num_bins: bins (ids = bins). has_map: through an expert map. device: as
+        `plan_sort`.
+
+    Returns:
+        `runs * num_bins * 4`.
+    """
     return plan_sort(numel, num_bins, num_bins, has_map, device).scratch_bytes
 
 
 def sort_count(plan: SortPlan, ids: torch.Tensor, expert_map: torch.Tensor | None) -> torch.Tensor:
-    """Launch the histogram; returns the int32 [runs, bins] scratch."""
+    """Launch the histogram (`moe_sort_count`).
+
+    Args:
+        plan: from `plan_sort`.
+        ids: int32/int64 route ids, `plan.numel` of them, on the launch device (validated by the caller).
+        expert_map: the map when `plan.has_map`, else None.
+
+    Returns:
+        The int32 `[plan.runs, plan.num_bins]` scratch the layout and scatter launches read.
+    """
     counts = torch.empty(plan.runs, plan.num_bins, dtype=torch.int32, device=ids.device)
     LaunchSpec(
         name="moe_sort_count",
@@ -119,7 +155,19 @@ def sort_scatter(
     inv_out: torch.Tensor | None,
     block_size: int,
 ) -> None:
-    """Launch the scatter: sorted_out[slot] = route (and inv_out[route] = slot or -1)."""
+    """Launch the scatter (`moe_sort_scatter`), with the plan and counts of `sort_count`.
+
+    Args:
+        plan, ids, expert_map: exactly as given to `sort_count`.
+        counts: its scratch.
+        sorted_out: int32, at least the padded total; `sorted_out[slot] = route` for every kept route
+            (other entries are left as the caller's layout launch filled them).
+        inv_out: optional int32 `[numel]`: `inv_out[route] = slot`, -1 for dropped routes.
+        block_size: every bin's start is padded to a multiple of it (1 for permute).
+
+    Returns:
+        None (writes `sorted_out` and `inv_out` in place).
+    """
     LaunchSpec(
         name="moe_sort_scatter",
         kernel=_sort_scatter_kernel,
@@ -149,8 +197,16 @@ def sort_scatter(
 
 
 def check_expert_map_values(expert_map: torch.Tensor, bound: int) -> None:
-    """Data-dependent check (a device sync on an NPU, so only with checks on): every entry is -1 or
-    a local expert id in [0, bound). With checks off the kernels treat other entries as -1."""
+    """With input checks on (a device sync on an NPU), every `expert_map` entry is -1 or in `[0, bound)`.
+
+    Args:
+        expert_map: int32/int64 global -> local expert ids.
+        bound: local experts.
+
+    Raises:
+        ValueError: an entry outside `[-1, bound)`, saying so when it does not even fit int32. With
+            checks off nothing is checked and the kernels treat such entries as -1.
+    """
     if expert_map.numel() == 0 or not checks_enabled():
         return
     lo, hi = int(expert_map.min()), int(expert_map.max())

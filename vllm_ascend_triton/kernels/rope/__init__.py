@@ -270,7 +270,30 @@ def rotary_embedding(
     is_neox: bool,
     offsets: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """vLLM's rotary embedding, in place on `query` and `key` (see the module docstring)."""
+    """vLLM's rotary embedding (`RotaryEmbedding.forward_static`), in place on `query` and `key`.
+
+    Args:
+        positions: int32/int64 `[T]` or `[B, S]` (flattened to T tokens): the cache row of each token.
+        query: `[T, Hq*D]`, `[T, Hq, D]` or `[B, S, Hq*D]`, fp16/bf16/fp32, last dim contiguous (any token
+            and head stride, e.g. a slice of a fused qkv tensor). Rotated in place.
+        key: like `query` with its own head count, or None (only the query is rotated). In place.
+        head_size: D.
+        cos_sin_cache: `[max_pos, rot_dim]`, the cos half then the sin half of each row;
+            `rot_dim <= head_size` (dims `rot_dim..D` pass through), `rot_dim <= ROPE_MAX_ROTARY_DIM`.
+        is_neox: NeoX pairs (i, i + rot_dim/2); else GPT-J pairs (2i, 2i + 1).
+        offsets: optional, the shape of `positions`: the cache row becomes `positions + offsets`.
+
+    Returns:
+        `(query, key)`, the same tensors, rotated.
+
+    Raises:
+        TypeError: a dtype or Python type is wrong.
+        ValueError: a shape, stride, device or limit is wrong; with input checks on, a position
+            (plus offset) outside `[0, max_pos)`.
+
+    With checks off, a token whose cache row is outside the cache is left unchanged; nothing outside
+    `query`, `key` and the valid cache rows is read or written (see the module docstring).
+    """
     rot_dim = _validate_common(positions, query, key, head_size, cos_sin_cache, is_neox, (1, 2))
     token_shape = tuple(positions.shape)
     num_tokens = positions.numel()
@@ -338,10 +361,27 @@ def mrope_rotary_embedding(
     mrope_section: Sequence[int],
     mrope_interleaved: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """vLLM's `MRotaryEmbedding` rotation, in place on `query` and `key`.
+    """vLLM's `MRotaryEmbedding` rotation (Qwen2-VL / Qwen2.5-VL / Qwen3-VL), in place.
 
-    positions `[3, T]` (T/H/W rows) or `[T]` (text only: plain rope); query/key `[T, H*D]` or
-    `[T, H, D]`; `mrope_section` = [t, h, w] channel counts summing to rot_dim // 2.
+    Args:
+        positions: int32/int64 `[3, T]` (the T/H/W position rows) or `[T]` (text only: plain rope).
+        query: `[T, Hq*D]` or `[T, Hq, D]`, fp16/bf16/fp32, last dim contiguous. Rotated in place.
+        key: like `query`, or None. In place.
+        head_size: D.
+        cos_sin_cache: `[max_pos, rot_dim]`, cos half then sin half.
+        is_neox: NeoX or GPT-J pairing, as in `rotary_embedding`.
+        mrope_section: `[t, h, w]` channel counts, non-negative ints summing to `rot_dim // 2`.
+        mrope_interleaved: the interleaved (Qwen3-VL) channel layout instead of contiguous sections.
+
+    Returns:
+        `(query, key)`, the same tensors, rotated.
+
+    Raises:
+        TypeError: a dtype or Python type is wrong (e.g. `mrope_section` not a list of 3 ints).
+        ValueError: a shape, section sum, device or limit is wrong; with input checks on, a position
+            outside the cache.
+
+    With checks off, a token with any of its three positions outside the cache is left unchanged.
     """
     rot_dim = _validate_common(positions, query, key, head_size, cos_sin_cache, is_neox, (1, 2))
     sections = _check_mrope_section(mrope_section, rot_dim)
