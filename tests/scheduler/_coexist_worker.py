@@ -53,7 +53,7 @@ def main(rank, port, out_path):
     import vllm.v1.engine.core as engine_core
 
     from vllm_ascend_triton.scheduler import BalanceScheduler
-    from vllm_ascend_triton.scheduler.exchange import install_dp_engine_hook
+    from vllm_ascend_triton.scheduler.engine_hook import install_dp_engine_hook
     from vllm_ascend_triton.scheduler.sim.vllm_setup import SchedulerShape, make_scheduler, make_vllm_config
 
     capture = _Capture()  # after vLLM configured its loggers

@@ -24,7 +24,7 @@ def main(rank: int, port: int, out_path: str) -> None:
     from vllm.v1.engine.core import DPEngineCoreProc
 
     from vllm_ascend_triton.scheduler import BalanceScheduler
-    from vllm_ascend_triton.scheduler.exchange import install_dp_engine_hook
+    from vllm_ascend_triton.scheduler.engine_hook import install_dp_engine_hook
     from vllm_ascend_triton.scheduler.plan import BalanceParams
     from vllm_ascend_triton.scheduler.sim.vllm_setup import SchedulerShape, make_scheduler
 

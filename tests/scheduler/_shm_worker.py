@@ -55,7 +55,8 @@ def _rounds(exchange: Any, rank: int, world: int, n: int, first: int = 0) -> int
 def _select(group: Any, rank: int, world: int) -> list[dict[str, Any]]:
     """Every transport choice, one collective make_load_exchange each, each followed by a
     few exchange rounds proving both ranks got the same working transport."""
-    import vllm_ascend_triton.scheduler.exchange as ex
+    import vllm_ascend_triton.scheduler.exchange.choice as ex
+    import vllm_ascend_triton.scheduler.exchange.shm as shm
 
     cases: list[dict[str, Any]] = []
 
@@ -81,16 +82,16 @@ def _select(group: Any, rank: int, world: int) -> list[dict[str, Any]]:
     attempt("bad_env", env="tcp")  # refused before any collective
     attempt("arg_beats_env", env="shm", transport="gloo")
     # Attaching fails on the last rank only: every rank still falls back to gloo together.
-    real_attach = ex._ShmSegment.attach
+    real_attach = shm._ShmSegment.attach
     if rank == world - 1:
 
         def refuse(name: str, world_size: int) -> Any:
             raise OSError(f"injected: cannot attach {name}")
 
-        ex._ShmSegment.attach = refuse  # type: ignore[method-assign]
+        shm._ShmSegment.attach = refuse  # type: ignore[method-assign]
     attempt("attach_fails")
     attempt("attach_fails_shm_forced", env="shm")
-    ex._ShmSegment.attach = real_attach  # type: ignore[method-assign]
+    shm._ShmSegment.attach = real_attach  # type: ignore[method-assign]
     return cases
 
 
@@ -115,7 +116,7 @@ def run(scenario: str, rank: int, world: int, port: int, out_path: str) -> None:
         world_size=world,
         timeout=timedelta(seconds=60),
     )
-    import vllm_ascend_triton.scheduler.exchange as ex
+    import vllm_ascend_triton.scheduler.exchange.choice as ex
 
     logs: list[str] = []
 

@@ -10,8 +10,8 @@ from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.request import RequestStatus
 
 from vllm_ascend_triton.scheduler import BalanceScheduler
-from vllm_ascend_triton.scheduler.exchange import InProcessExchangeGroup
 from vllm_ascend_triton.scheduler.plan import BalanceParams, starvation_bound
+from vllm_ascend_triton.scheduler.sim.inprocess import InProcessExchangeGroup
 from vllm_ascend_triton.scheduler.sim.vllm_setup import SchedulerShape, make_scheduler, make_vllm_config
 
 

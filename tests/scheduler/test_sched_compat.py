@@ -11,8 +11,8 @@ from sched_helpers import add, lockstep, run_two_ranks
 from vllm.v1.core.sched.scheduler import Scheduler
 
 from vllm_ascend_triton.scheduler import BalanceScheduler, compat
-from vllm_ascend_triton.scheduler.exchange import InProcessExchangeGroup
 from vllm_ascend_triton.scheduler.plan import BalanceParams
+from vllm_ascend_triton.scheduler.sim.inprocess import InProcessExchangeGroup
 from vllm_ascend_triton.scheduler.sim.vllm_setup import SchedulerShape, make_scheduler, make_vllm_config
 from vllm_ascend_triton.scheduler.stats import BalanceStats
 
@@ -75,6 +75,27 @@ def test_switches_accept_vllm_ascend_keys(monkeypatch: pytest.MonkeyPatch) -> No
     assert resolve_balance_params(ours).mode == "gate"  # our key wins over vllm-ascend's
     assert compat.balance_enabled(make_vllm_config(SHAPE))  # env
     assert not compat.balance_enabled(make_vllm_config(SHAPE, {"balance_scheduling": {"mode": "off"}}))
+
+
+def test_switches_go_through_the_one_parser(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The env switch and vllm-ascend's keys accept runtime.env's spellings; anything else is
+    # an error naming the switch (it used to read as "off").
+    cfg = make_vllm_config(SHAPE)
+    for raw, on in (("off", False), ("no", False), ("0", False), ("yes", True), ("ON", True), ("", False)):
+        monkeypatch.setenv(compat.ENV_SWITCH, raw)
+        assert compat.balance_enabled(cfg) is on, raw
+    monkeypatch.setenv(compat.ENV_SWITCH, "enabled")
+    with pytest.raises(ValueError, match=compat.ENV_SWITCH):
+        compat.balance_enabled(cfg)
+    monkeypatch.delenv(compat.ENV_SWITCH)
+    bad = make_vllm_config(SHAPE, {"scheduler_config": {"enable_balance_scheduling": "maybe"}})
+    with pytest.raises(ValueError, match="enable_balance_scheduling"):
+        compat.balance_enabled(bad)
+    assert not compat.balance_enabled(make_vllm_config(SHAPE, {"enable_balance_scheduling": "false"}))
+    assert compat.balance_enabled(make_vllm_config(SHAPE, {"balance_scheduling": "yes"}))
+    assert compat.balance_enabled(make_vllm_config(SHAPE, {"balance_scheduling": "Gate"}))
+    with pytest.raises(ValueError, match="balance_scheduling"):
+        compat.balance_enabled(make_vllm_config(SHAPE, {"balance_scheduling": "fast"}))
 
 
 @pytest.mark.timeout(300)

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from vllm_ascend_triton.scheduler import exchange as ex
+from vllm_ascend_triton.scheduler.plan import LOAD_VECTOR_LEN, LoadVector
 
 HERE = Path(__file__).parent
 WORKER = HERE / "_shm_worker.py"
@@ -167,11 +168,11 @@ def test_one_rank_strict_alternation_and_arguments(monkeypatch: pytest.MonkeyPat
     assert isinstance(exchange, ex.ShmLoadExchange)
     for rnd in range(5):  # both slots reused several times
         assert [
-            list(v) for v in exchange.all_gather(ex.LoadVector(*range(rnd, rnd + ex.LOAD_VECTOR_LEN)))
-        ] == [list(range(rnd, rnd + ex.LOAD_VECTOR_LEN))]
-    handle = exchange.start(ex.LoadVector(*[0] * ex.LOAD_VECTOR_LEN))
+            list(v) for v in exchange.all_gather(LoadVector(*range(rnd, rnd + LOAD_VECTOR_LEN)))
+        ] == [list(range(rnd, rnd + LOAD_VECTOR_LEN))]
+    handle = exchange.start(LoadVector(*[0] * LOAD_VECTOR_LEN))
     with pytest.raises(RuntimeError, match="twice"):
-        exchange.start(ex.LoadVector(*[0] * ex.LOAD_VECTOR_LEN))
+        exchange.start(LoadVector(*[0] * LOAD_VECTOR_LEN))
     with pytest.raises(RuntimeError, match="finish"):
         exchange.finish(handle + 1)
     exchange.finish(handle)

@@ -326,14 +326,6 @@ def test_open_loop_verdicts_score_served_throughput() -> None:
     assert "served tok/s" in format_table([default, bal])
 
 
-def test_overhead_measurement_runs_the_balance_path() -> None:
-    from vllm_ascend_triton.scheduler.sim.overhead import measure_overhead
-
-    res = measure_overhead(num_running=16, steps=5, warmup=2)
-    assert res["balance_plan_allowance"] is not None  # a finite allowance: the hook path ran
-    assert res["vllm_schedule_mean_us"] > 0 and res["ratio"] > 0
-
-
 def test_plan_cost_times_every_regime() -> None:
     from vllm_ascend_triton.scheduler.plan import BalanceParams, compute_plan
     from vllm_ascend_triton.scheduler.sim.plancost import _snapshot, measure_plan_cost

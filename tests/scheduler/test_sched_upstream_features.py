@@ -18,8 +18,8 @@ from vllm.v1.core.sched.interface import PauseState
 from vllm.v1.request import Request
 
 from vllm_ascend_triton.scheduler import AsyncBalanceScheduler, BalanceScheduler
-from vllm_ascend_triton.scheduler.exchange import InProcessExchangeGroup
 from vllm_ascend_triton.scheduler.plan import BalanceParams
+from vllm_ascend_triton.scheduler.sim.inprocess import InProcessExchangeGroup
 from vllm_ascend_triton.scheduler.sim.vllm_setup import (
     SchedulerShape,
     make_block_hasher,

@@ -107,7 +107,8 @@ from vllm.v1.request import Request, RequestStatus
 
 from vllm_ascend_triton.scheduler import compat
 from vllm_ascend_triton.scheduler.compat import CONFIG_KEY, ENV_SWITCH, balance_enabled
-from vllm_ascend_triton.scheduler.exchange import LoadExchange, install_dp_engine_hook
+from vllm_ascend_triton.scheduler.engine_hook import install_dp_engine_hook
+from vllm_ascend_triton.scheduler.exchange import LoadExchange
 from vllm_ascend_triton.scheduler.plan import (
     MODES,
     BalanceParams,

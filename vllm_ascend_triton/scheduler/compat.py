@@ -29,9 +29,11 @@ works the same as wrapping upstream's). One log line per process says which mech
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from typing import Any
+
+from vllm_ascend_triton.runtime.env import flag, parse_flag
+from vllm_ascend_triton.scheduler.plan import MODES
 
 logger = logging.getLogger(f"vllm.{__name__}")
 
@@ -129,43 +131,59 @@ def check_balance_hooks(scheduler: Any = None, data_parallel: bool = True) -> No
         )
 
 
-def _truthy(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    return bool(value)
-
-
 def balance_spec(vllm_config: Any) -> Any:
     """The balance switch as set in the config or environment, before parsing.
 
-    Precedence: ``additional_config["balance_scheduling"]`` (ours: bool, mode string or a
-    dict of settings), then vllm-ascend's ``additional_config["scheduler_config"]
+    Precedence: ``additional_config["balance_scheduling"]`` (ours: bool, mode string, on/off
+    spelling or a dict of settings), then vllm-ascend's ``additional_config["scheduler_config"]
     ["enable_balance_scheduling"]`` and ``additional_config["enable_balance_scheduling"]``,
-    then the ``VLLM_ASCEND_BALANCE_SCHEDULING`` environment variable. Returns a bool when
-    only an on/off switch was found."""
+    then the ``VLLM_ASCEND_BALANCE_SCHEDULING`` environment variable. On/off values go through
+    :func:`vllm_ascend_triton.runtime.env.parse_flag` (one parser for every switch of the
+    package), so an unknown spelling is a ValueError naming the key, never a silent "off".
+    Returns a bool when only an on/off switch was found.
+
+    Raises:
+        ValueError: a switch holds a value that is neither a mode nor an on/off spelling.
+    """
     extra = getattr(vllm_config, "additional_config", None)
     if isinstance(extra, dict):
         if CONFIG_KEY in extra:
-            return extra[CONFIG_KEY]
+            value = extra[CONFIG_KEY]
+            if isinstance(value, str) and value.strip().lower() in MODES:
+                return value.strip().lower()
+            if isinstance(value, (str, int)) and not isinstance(value, bool):
+                return parse_flag(value, f"additional_config[{CONFIG_KEY!r}]")
+            return value
         nested = extra.get(ASCEND_NESTED_SECTION)
         if isinstance(nested, dict) and ASCEND_CONFIG_KEY in nested:
-            return _truthy(nested[ASCEND_CONFIG_KEY])
+            name = f"additional_config[{ASCEND_NESTED_SECTION!r}][{ASCEND_CONFIG_KEY!r}]"
+            return parse_flag(nested[ASCEND_CONFIG_KEY], name)
         if ASCEND_CONFIG_KEY in extra:
-            return _truthy(extra[ASCEND_CONFIG_KEY])
-    return _truthy(os.environ.get(ENV_SWITCH, "0"))
+            return parse_flag(extra[ASCEND_CONFIG_KEY], f"additional_config[{ASCEND_CONFIG_KEY!r}]")
+    return flag(ENV_SWITCH, False)
 
 
 def balance_enabled(vllm_config: Any) -> bool:
-    """Whether balance mode (``balance`` or ``gate``) is switched on for this config.
+    """Whether balance mode (``balance``, ``gate`` or ``delay``) is switched on for this config.
 
     For the vLLM plugin: select ``BalanceScheduler`` when this is True and the user set no
-    ``--scheduler-cls``."""
+    ``--scheduler-cls``.
+
+    Args:
+        vllm_config: vLLM's ``VllmConfig`` (only ``additional_config`` is read), or None.
+
+    Returns:
+        True when a switch (see :func:`balance_spec`) asks for a mode other than ``off``.
+
+    Raises:
+        ValueError: a switch holds an unknown spelling.
+    """
     spec = balance_spec(vllm_config)
     if isinstance(spec, dict):
         return spec.get("mode", "balance") != "off"
     if isinstance(spec, str):
-        return spec.strip().lower() != "off"
-    return _truthy(spec)
+        return spec != "off"
+    return bool(spec)
 
 
 @dataclass(frozen=True)

@@ -224,8 +224,8 @@ def run_simulation(
 ) -> RunResult:
     """Run one (workload, policy) pair; see the module docstring."""
     from vllm_ascend_triton.scheduler.balance import BalanceScheduler
-    from vllm_ascend_triton.scheduler.exchange import InProcessExchangeGroup
     from vllm_ascend_triton.scheduler.plan import BalanceParams, compute_plan
+    from vllm_ascend_triton.scheduler.sim.inprocess import InProcessExchangeGroup
 
     shape = shape or SchedulerShape()
     model = step_model or StepModel()

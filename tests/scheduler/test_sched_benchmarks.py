@@ -1,13 +1,30 @@
-"""The exchange measurement (exchange_bench) runs real gloo processes and returns sane data."""
+"""The scheduler benchmarks in benchmarks/ (outside the package): the DP exchange measurement runs
+real gloo processes, the schedule() overhead A/B runs the balance path; both return sane data."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
+import sys
+from pathlib import Path
 
 import pytest
 
-from vllm_ascend_triton.scheduler import exchange_bench
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"vat_benchmarks_{name}", BENCHMARKS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+exchange_bench = _load("dp_exchange")
+overhead_bench = _load("schedule_overhead")
 
 
 def test_bad_arguments_are_refused() -> None:
@@ -51,7 +68,7 @@ def test_two_process_exchange_measured() -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_schedule_overhead_ab_runs_the_plan() -> None:
-    res = exchange_bench.measure_schedule_overhead(num_running=32, steps=30, warmup=5)
+    res = overhead_bench.measure_schedule_overhead(num_running=32, steps=30, warmup=5)
     assert res["measured"] is True and res["num_running"] == 32
     assert res["vllm_schedule_mean_us"] > 0 and res["second_arm_schedule_mean_us"] > 0
     assert 0.5 < res["ratio_mean"] < 2.0  # same work on the same object: close to 1
@@ -62,7 +79,7 @@ def test_schedule_overhead_ab_runs_the_plan() -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_schedule_overhead_across_processes_sets_balance_beside_the_control() -> None:
-    res = exchange_bench.measure_schedule_overhead_runs(repeats=2, num_running=16, steps=20, warmup=2)
+    res = overhead_bench.measure_schedule_overhead_runs(repeats=2, num_running=16, steps=20, warmup=2)
     assert res["measured"] is True and res["processes_per_arm"] == 2
     assert [r["arm"] for r in res["runs"]["balance"]] == ["balance"] * 2
     assert [r["arm"] for r in res["runs"]["control"]] == ["control (upstream vs upstream)"] * 2
@@ -72,4 +89,10 @@ def test_schedule_overhead_across_processes_sets_balance_beside_the_control() ->
         assert s["ratio_min"] == min(ratios) and s["ratio_max"] == max(ratios)
         assert s["ratio_ci95"][0] <= s["ratio_mean"] <= s["ratio_ci95"][1]
     with pytest.raises(ValueError, match="repeats"):
-        exchange_bench.measure_schedule_overhead_runs(repeats=1)
+        overhead_bench.measure_schedule_overhead_runs(repeats=1)
+
+
+def test_schedule_overhead_quick_run_takes_the_planned_path() -> None:
+    # Small and fast (not marked slow): the balance arm must run under a finite allowance.
+    res = overhead_bench.measure_schedule_overhead(num_running=8, steps=4, warmup=1)
+    assert res["arm"] == "balance" and res["num_running"] == 8 and res["ratio_mean"] > 0
