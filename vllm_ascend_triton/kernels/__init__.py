@@ -23,6 +23,8 @@ _EXPORTS = {
     "moe_permute": "fused_moe",
     "moe_unpermute": "fused_moe",
     "fused_experts": "fused_moe",
+    "dynamic_per_token_quant": "fused_moe.w8a8",
+    "fused_experts_w8a8": "fused_moe.w8a8",
     "reshape_and_cache": "attention",
     "unified_attention": "attention",
 }

@@ -21,6 +21,10 @@ MOE_MAX_TOPK = 32
 # exact below 2^24.
 MOE_MAX_SLOTS = 2**24
 
+# W8A8 experts: one int32 accumulator sums K products of int8 values (|a * b| <= 128 * 127), so
+# K <= 2^17 cannot overflow (128 * 127 * 2^17 < 2^31); real hidden/intermediate sizes are <= 8K.
+W8A8_MAX_K = 2**17
+
 # --- attention --------------------------------------------------------------------------------------
 # One head-size limit for the whole family (reshape_and_cache and unified_attention): a head is one
 # tile axis (padded to a power of two) and the attention tiles Q, K, V, S/P and the fp32 accumulator

@@ -1,0 +1,166 @@
+"""The @triton.jit bodies of the W8A8 MoE path (design notes: `kernels.fused_moe.w8a8`)."""
+
+import triton
+import triton.language as tl
+
+from vllm_ascend_triton.runtime import launch as _launch  # noqa: F401  (applies VAT_BACKEND before @triton.jit)
+
+
+@triton.jit
+def _round_half_even(v):
+    """Round fp32 to the nearest integer, ties to even (vLLM's int8 quant rounding), from floor
+    and exact float operations only: v - floor(v) is exact for every finite float, so no tie is
+    misjudged (floor(v + 0.5) misrounds 0.49999997 to 1)."""
+    r = tl.floor(v)
+    frac = v - r
+    odd = (r - 2.0 * tl.floor(r * 0.5)) != 0.0
+    up = (frac > 0.5) | ((frac == 0.5) & odd)
+    return tl.where(up, r + 1.0, r)
+
+
+@triton.jit
+def _per_token_quant_kernel(
+    src_ptr,
+    idx_ptr,
+    q_ptr,
+    scale_ptr,
+    num_rows,
+    hidden,
+    topk,
+    HAS_IDX: tl.constexpr,
+    GATHER: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+):
+    """Symmetric dynamic per-row int8: scale = absmax / 127, q = rne(x * (1 / scale)) clamped to
+    [-128, 127]; an all-zero row gets scale 0 and zeros; a row holding NaN gets a NaN scale (its
+    outputs become NaN downstream) and q = 0 where x is NaN.
+
+    HAS_IDX: rows p with idx[p] < 0 (slots no local expert keeps) are not written: no kernel reads
+    them. GATHER (with HAS_IDX): row p quantizes source row idx[p] // topk, the MoE permute fused
+    with the quant (one scalar index per row, the row as contiguous tiles); else source row p."""
+    pid = tl.program_id(0)
+    h_offs = tl.arange(0, BLOCK_H)
+    for p in range(pid, num_rows, tl.num_programs(0)):
+        if HAS_IDX:
+            slot = tl.load(idx_ptr + p)
+            valid = slot >= 0
+            if GATHER:
+                token = tl.maximum(slot, 0) // topk
+            else:
+                token = p
+        else:
+            valid = p >= 0
+            token = p
+        if valid:
+            # Row bases are scalar int64 products: rows x hidden may pass 2^31 elements.
+            src_row = src_ptr + tl.cast(token, tl.int64) * hidden
+            q_row = q_ptr + tl.cast(p, tl.int64) * hidden
+            amax = tl.zeros([BLOCK_H], dtype=tl.float32)
+            nans = tl.zeros([BLOCK_H], dtype=tl.float32)
+            for h0 in range(0, hidden, BLOCK_H):
+                h = h0 + h_offs
+                x = tl.load(src_row + h, mask=h < hidden, other=0.0).to(tl.float32)
+                is_num = x == x
+                amax = tl.maximum(amax, tl.where(is_num, tl.abs(x), 0.0))
+                nans = tl.maximum(nans, tl.where(is_num, 0.0, 1.0))
+            row_max = tl.max(amax, axis=0)
+            scale = row_max / 127.0
+            has_scale = scale > 0.0
+            inv = tl.where(has_scale, 1.0 / tl.where(has_scale, scale, 1.0), 0.0)
+            for h0 in range(0, hidden, BLOCK_H):
+                h = h0 + h_offs
+                hmask = h < hidden
+                x = tl.load(src_row + h, mask=hmask, other=0.0).to(tl.float32)
+                v = _round_half_even(x * inv)
+                v = tl.minimum(tl.maximum(v, -128.0), 127.0)
+                # NaN (and inf * 0) lanes store 0; the row's scale carries the NaN.
+                v = tl.where(v == v, v, 0.0)
+                tl.store(q_row + h, v.to(tl.int8), mask=hmask)
+            scale = tl.where(tl.max(nans, axis=0) > 0.0, float("nan"), scale)
+            tl.store(scale_ptr + p, scale)
+
+
+@triton.jit
+def _w8a8_grouped_gemm_kernel(
+    a_ptr,
+    a_scale_ptr,
+    b_ptr,
+    b_scale_ptr,
+    offsets_ptr,
+    c_ptr,
+    n_out,
+    k_dim,
+    num_local,
+    max_row_tiles,
+    GATED: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+):
+    """Per expert e, on its permuted rows [offsets[e], offsets[e+1]), int8 x int8 -> int32 on the
+    cube, dequantized in the epilogue as (acc * a_scale[row]) * b_scale[e, col] in fp32:
+    GATED: c = silu(deq(a @ b[e, :n_out].T)) * deq(a @ b[e, n_out:2n_out].T)  (b [L, 2*n_out, K])
+    else:  c = deq(a @ b[e].T)                                                (b [L, n_out, K])
+    a int8 [R, K] with a_scale fp32 [R]; b_scale fp32 [L, rows of b]; c [R, n_out]."""
+    pid = tl.program_id(0)
+    e_offs = tl.arange(0, BLOCK_E)
+    emask = e_offs < num_local
+    start = tl.load(offsets_ptr + e_offs, mask=emask, other=0)
+    end = tl.load(offsets_ptr + 1 + e_offs, mask=emask, other=0)
+    tiles = ((end - start + BLOCK_M - 1) // BLOCK_M).to(tl.float32)
+    tiles_end = tl.cumsum(tiles, axis=0)  # row tiles of experts 0..e
+    total_tiles = tl.sum(tiles, axis=0).to(tl.int32)
+    n_tiles = tl.cdiv(n_out, BLOCK_N)
+    b_rows = 2 * n_out if GATED else n_out
+    m_offs = tl.arange(0, BLOCK_M)
+    n_offs = tl.arange(0, BLOCK_N)
+    k_offs = tl.arange(0, BLOCK_K)
+    for w in range(pid, max_row_tiles * n_tiles, tl.num_programs(0)):
+        m_tile = w // n_tiles
+        n_tile = w % n_tiles
+        if m_tile < total_tiles:
+            expert = tl.sum((tiles_end <= m_tile).to(tl.float32), axis=0).to(tl.int32)
+            first_tile = tl.sum(tl.where(e_offs == expert, tiles_end - tiles, 0.0), axis=0).to(tl.int32)
+            row_start = tl.load(offsets_ptr + expert) + (m_tile - first_tile) * BLOCK_M
+            row_end = tl.load(offsets_ptr + expert + 1)
+            rmask = row_start + m_offs < row_end
+            # Scalar int64 tile bases (rows x width may pass 2^31); int32 offsets inside the tile.
+            a_tile = a_ptr + row_start.to(tl.int64) * k_dim
+            c_tile = c_ptr + row_start.to(tl.int64) * n_out
+            cols = n_tile * BLOCK_N + n_offs
+            cmask = cols < n_out
+            b_expert = b_ptr + expert.to(tl.int64) * b_rows * k_dim
+            acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)
+            acc_up = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)
+            for k0 in range(0, k_dim, BLOCK_K):
+                ks = k0 + k_offs
+                kmask = ks < k_dim
+                a = tl.load(
+                    a_tile + m_offs[:, None] * k_dim + ks[None, :],
+                    mask=rmask[:, None] & kmask[None, :],
+                    other=0,
+                )
+                # Weight rows are contiguous along K: [BLOCK_N, BLOCK_K] tiles (contiguous DMA
+                # tail axis), transposed on chip.
+                bmask = cmask[:, None] & kmask[None, :]
+                b = tl.load(b_expert + cols[:, None] * k_dim + ks[None, :], mask=bmask, other=0)
+                acc = tl.dot(a, tl.trans(b), acc)
+                if GATED:
+                    b_up = tl.load(
+                        b_expert + (cols[:, None] + n_out) * k_dim + ks[None, :], mask=bmask, other=0
+                    )
+                    acc_up = tl.dot(a, tl.trans(b_up), acc_up)
+            a_s = tl.load(a_scale_ptr + row_start + m_offs, mask=rmask, other=0.0)
+            bs_row = b_scale_ptr + expert.to(tl.int64) * b_rows
+            b_s = tl.load(bs_row + cols, mask=cmask, other=0.0)
+            val = acc.to(tl.float32) * a_s[:, None] * b_s[None, :]
+            if GATED:
+                b_s_up = tl.load(bs_row + n_out + cols, mask=cmask, other=0.0)
+                up = acc_up.to(tl.float32) * a_s[:, None] * b_s_up[None, :]
+                val = val / (1.0 + tl.exp(-val)) * up
+            tl.store(
+                c_tile + m_offs[:, None] * n_out + cols[None, :],
+                val.to(c_ptr.dtype.element_ty),
+                mask=rmask[:, None] & cmask[None, :],
+            )
