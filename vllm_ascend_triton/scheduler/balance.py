@@ -1,94 +1,20 @@
 """BalanceScheduler: vLLM 0.32's v1 scheduler with a data-parallel balance mode.
 
-Why. With DP + expert parallelism every DP rank steps in lockstep and vLLM pads every
-rank's batch to the largest one, so a step costs what the busiest rank costs. A rank that
-prefills a long prompt alone makes every other rank's decode step as slow as that prefill.
+What: under DP + expert parallelism every rank steps in lockstep and is padded to the largest
+batch, so one rank's long prefill makes every rank's step as slow. Once per step every rank
+publishes a :class:`~vllm_ascend_triton.scheduler.plan.LoadVector`, the vectors are
+all-gathered at the step boundary (:mod:`~vllm_ascend_triton.scheduler.engine_hook`,
+:mod:`~vllm_ascend_triton.scheduler.exchange`), every rank computes the same plan
+(:func:`~vllm_ascend_triton.scheduler.plan.compute_plan`), and this class enforces the rank's
+prefill allowance from inside vLLM's own ``schedule()`` through the
+``_reserve_prefill_lookahead`` hook (prefill chunks cut to the allowance; decodes untouched),
+so preemption, prefix caching, KV connectors, structured output and encoder inputs stay
+upstream's code. With balance off, DP=1 or no snapshot for a step, ``schedule()`` is exactly
+vLLM's. Modes ``gate`` and ``delay`` reproduce vllm-ascend's and SGLang's policies for
+comparison. Switches: :func:`~vllm_ascend_triton.scheduler.compat.balance_spec`.
 
-Algorithm (balance mode). Once per step every rank publishes a small
-:class:`~vllm_ascend_triton.scheduler.plan.LoadVector`: decode tokens it will run, prompt
-tokens still to prefill for its running requests and for the waiting requests that fit
-its free slots, running/waiting counts, free slots, a starvation counter, the context
-its running requests attend to and its arrivals over the last 64 steps. The vectors are
-all-gathered at the end of the step (shared memory when every rank is on one host, else
-the engine core's gloo ``dp_group``; see :mod:`~vllm_ascend_triton.scheduler.exchange`
-for why there and not inside ``schedule()``), and every rank computes the same plan from the
-same snapshot (:func:`~vllm_ascend_triton.scheduler.plan.compute_plan`):
-
-1. each rank's *demand* is the prefill it would schedule unconstrained,
-   ``min(budget - decode, pending prefill)``;
-2. the step's *token level* is the rank total (decode + demand) that a quorum of ranks
-   (7/8 by default) reaches, capped by the token budget. The step costs what the
-   largest rank batch costs, so filling every rank up to that level is nearly free,
-   while going above it for a minority of ranks makes the whole cluster wait;
-3. each rank has a *floor*, a function of what actually starves: its deferral age (the
-   consecutive steps the plan has held prefill that vLLM would have run there, i.e. the
-   age of the oldest request it deferred) and its pending prefill. Three regimes:
-
-   * not saturated (no rank queues beyond its free slots): while the cluster's recent
-     arrival rate makes another prefill likely within ``hold_steps`` (3) steps, fresh
-     prefill first waits that long for a step that other ranks prefill in too (below
-     that rate it runs at once, as vLLM would); then the backlog is spread over the steps
-     left to a deadline of ``escalate_steps`` (6), at least ``min_chunk`` per step; a rank
-     whose backlog fills whole steps while the quorum's is 4x smaller (skew: no quorum
-     will match it) runs at once;
-   * saturated (some rank queues beyond its free slots): small prompts (up to
-     ``min_chunk``) go at once, longer prefill fills the quorum level, and the floor
-     doubles from ``min_chunk`` every ``saturated_escalate_steps`` (16) held steps;
-   * over capacity (every rank has a backlog beyond ``backlog_share`` (1/4) of
-     ``max_num_seqs``): every rank will have prefill within a few steps, so the level is
-     the smallest rank total (no rank pads a step the others prefill in) and long prefill
-     waits for it, at most ``backlog_hold_steps`` (30) steps; small prompts go at once.
-
-   Whatever a floor forces one rank to run, every rank pays through padding, so the level
-   is raised to the largest ``decode + min(floor, demand)`` and every rank with pending
-   prefill fills that step; each rank's *prefill allowance* is
-   ``max(level - its decode tokens, its floor)``. Prefill work is *chunked* to the
-   allowance (running chunks first, then admissions, in vLLM's order), never deferred
-   all-or-nothing;
-4. no starvation: past its deadline a rank is not limited at all. A waiting request that
-   vLLM would admit is admitted at most
-   :func:`~vllm_ascend_triton.scheduler.plan.starvation_bound` steps after the plan first
-   deferred it: ``escalate_steps + 1`` (7) when not saturated, ``backlog_hold_steps + 1``
-   (31) over capacity, ``saturated_escalate_steps * (ceil(log2(budget / min_chunk)) + 1)
-   + 1`` (81 with an 8192-token budget) when saturated; the bound is the largest of the
-   three (see docs/scheduler.md).
-
-The allowance is enforced from inside vLLM's own ``schedule()`` through the
-``_reserve_prefill_lookahead`` hook, which upstream calls on every running and waiting
-request right before it allocates KV slots: decodes pass through unchanged, prefill
-chunks are cut to the remaining allowance. The override is installed on the instance
-only for a step whose allowance could actually cut this rank's pending prefill (a bound
-checked in O(pending requests)), so a decode-only or under-allowance step runs
-upstream's ``schedule()`` untouched and costs what vLLM's costs.
-
-Cost at the step boundary: the load vector is kept incremental (the running requests
-still prefilling are tracked from each step's admissions; decodes are counted as
-``running - prefilling``; KV in use is read from the block pool), so it costs
-O(prefilling + free slots), not a scan of the running list; the plan is computed right
-after the exchange, outside ``schedule()``. Everything else (preemption, pause states,
-prefix caching, KV connectors, structured output, encoder cache, Mamba alignment) stays
-upstream's code. Requests with encoder inputs, Mamba block-aligned splits or chunked
-prefill disabled are cut all-or-nothing, since a partial chunk would break their
-alignment. With balance off, DP=1, or no snapshot for this step (first step of a wave, no
-hook), ``schedule()`` is exactly vLLM's.
-
-``gate`` mode reproduces vllm-ascend's balance scheduling (no rank admits waiting
-requests while any rank runs ``max_num_seqs`` requests) for comparisons.
-
-Switches: ``VLLM_ASCEND_BALANCE_SCHEDULING=1`` (mode ``balance``), or
-``additional_config={"balance_scheduling": true | "balance" | "gate" | {"mode": ...,
-"min_chunk": ..., "quorum": ..., "escalate_steps": ..., "hold_steps": ...}}``, or vllm-ascend's keys
-``additional_config.scheduler_config.enable_balance_scheduling`` /
-``additional_config.enable_balance_scheduling``, or the constructor keyword ``balance``
-(same forms; it wins over the config, which wins over the env); see
-:func:`~vllm_ascend_triton.scheduler.compat.balance_spec`.
-
-With balance on, construction checks every vLLM hook balance mode relies on and refuses
-an unsupported vLLM (:mod:`~vllm_ascend_triton.scheduler.compat`); beside vllm-ascend,
-ours is the one balance mechanism when this class is selected (same module). Every
-``VLLM_LOG_STATS_INTERVAL`` seconds the scheduler logs the plan's effect
-(:mod:`~vllm_ascend_triton.scheduler.stats`); ``balance_stats()`` returns the counters
-and ``make_stats()`` attaches them to vLLM's ``SchedulerStats`` (field ``balance``).
+The algorithm, its bounds, the switches, the cost per step and the observability are
+explained once, in docs/scheduler.md.
 """
 
 from __future__ import annotations

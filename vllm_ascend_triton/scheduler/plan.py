@@ -1,18 +1,13 @@
 """The DP balance plan: a pure, deterministic function of the exchanged load vectors.
 
 Every DP rank calls :func:`compute_plan` with the same snapshot (the all-gathered
-:class:`LoadVector` of every rank) and the same :class:`BalanceParams`, so every rank
-derives the same plan without a second round of communication. Only integer arithmetic
-and stable sorts are used, so the result does not depend on the rank that computes it.
-
-This module does not import vLLM: the simulator, the tests and the scheduler share it.
-See :mod:`vllm_ascend_triton.scheduler.balance` for the algorithm in prose.
-
-Modes: ``off`` (exactly vLLM), ``balance`` (ours), and two anchors the simulator compares
-against: ``gate`` (vllm-ascend's balance scheduling: nobody admits while any rank is
-full) and ``delay`` (SGLang's ``PrefillDelayer`` for DP attention: when some but not all
-ranks have prefill to run, nobody prefills, for at most ``delay_passes`` passes; a rank
-below the KV token-usage low watermark forces prefill).
+:class:`LoadVector` of every rank, ``LOAD_VECTOR_LEN`` = 9 int64 each) and the same
+:class:`BalanceParams`, so every rank derives the same plan without a second round of
+communication; only integer arithmetic and stable sorts are used. No vLLM import: the
+simulator, the tests and the scheduler share it. Modes: ``off`` (exactly vLLM), ``balance``,
+and the anchors ``gate`` (vllm-ascend) and ``delay`` (SGLang's prefill delayer). The
+algorithm (token level, floors, the three regimes, the starvation bound) is explained once,
+in docs/scheduler.md ("The algorithm").
 """
 
 from __future__ import annotations

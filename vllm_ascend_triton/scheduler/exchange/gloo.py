@@ -14,7 +14,7 @@ from vllm_ascend_triton.scheduler.plan import LOAD_VECTOR_LEN, LoadVector
 class GlooLoadExchange(LoadExchange):
     """Over a torch.distributed CPU (gloo) group, e.g. the engine core's ``dp_group``.
 
-    One ``all_gather`` of an 8-int64 vector per rank into preallocated tensors: a ring
+    One ``all_gather`` of the ``LOAD_VECTOR_LEN``-int64 vector per rank into preallocated tensors: a ring
     all-gather takes ``world - 1`` hops where a SUM all-reduce of the zero-padded matrix
     (the first version) takes ``2 * (world - 1)``; the exchange is latency-bound (64 bytes
     per rank), so hops are what cost (measured: ``exchange_bench``)."""
