@@ -27,10 +27,13 @@ _EXPORTS = {
     "fused_experts_w8a8": "fused_moe.w8a8",
     "reshape_and_cache": "attention",
     "unified_attention": "attention",
+    "concat_and_cache_mla": "mla",
+    "mla_decode": "mla",
+    "mla_prefill": "mla",
 }
 
 # Kernel families, for tools that walk all of them (`vat check`, lowering reports, tests).
-FAMILIES = ("rope", "moe_routing", "fused_moe", "attention")
+FAMILIES = ("rope", "moe_routing", "fused_moe", "attention", "mla")
 
 __all__ = sorted(_EXPORTS)
 

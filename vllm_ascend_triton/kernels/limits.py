@@ -43,3 +43,23 @@ ATTENTION_MAX_KV_SPLITS = 64
 # (modelled): MQA with 64 heads x 256 fp32 (64 KB Q block) uses 96 KB single-buffered and fits
 # 192 KB double-buffered; 128 heads x 256 fp32 (128 KB) needs 160 KB and does not.
 ATTENTION_MAX_Q_TILE_UB_FRACTION = 1 / 3
+
+# --- MLA (multi-head latent attention) ------------------------------------------------------------
+# The latent (kv_lora_rank) is one axis of the cache row and of the decode output; its score part
+# is chunked (KC) but the value chunk (DV) and the reduction's row are LORA_PAD wide: DeepSeek-V3,
+# Kimi-K2 and GLM-5-class models use 512.
+MLA_MAX_KV_LORA_RANK = 512
+# The rope part of the latent cache row is one tile axis (DeepSeek-V3: 64).
+MLA_MAX_ROPE_DIM = 128
+# Prefill heads: the qk head (nope + rope, 192 on DeepSeek-V3) is split into a power-of-two part
+# and the rest, each one tile axis; the v head is one tile axis.
+MLA_MAX_PREFILL_HEAD_SIZE = 256
+# Decode KV tiles never straddle cache blocks and the cube wants >= 16 keys per tile.
+MLA_MIN_BLOCK_SIZE_MULTIPLE = 16
+# Positions are compared as fp32 in the kernels (Ascend vectorizes float compares): exact below 2^24.
+MLA_MAX_POSITION = 2**24
+# Split-KV segments are one tile axis of the reduction kernel (SEG_PAD = next power of two).
+MLA_MAX_KV_SPLITS = 64
+# Query tokens per sequence in one decode call (speculative decoding: 1 + draft tokens); they share
+# a tile with the head group, so the tile's rows are query_len x heads.
+MLA_MAX_QUERY_LEN = 16
