@@ -3,7 +3,7 @@
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: env test test-fast bench lint clean
+.PHONY: env test test-fast bench lint clean balance-ab
 
 env:
 	@bash scripts/setup_env.sh
@@ -32,6 +32,14 @@ lint: env
 	.venv/bin/lint-imports
 	.venv/bin/ruff check vllm_ascend_triton tests
 	.venv/bin/ruff format --check vllm_ascend_triton tests
+
+# Balance mode against vLLM's DP prefill policies in the real engine (DP=2 API server on loopback,
+# vLLM's own serving benchmark; MEASURED on this host, ~20 min on 2 cores). Writes $(AB_OUT)/ab.json.
+AB_OUT ?= out/balance-ab
+AB_ARGS ?= --reps 3 --num-prompts 150 --rate 2.5
+balance-ab: env
+	$(PY) benchmarks/engine_ab.py probe --out $(AB_OUT)
+	$(PY) benchmarks/engine_ab.py ab --out $(AB_OUT) $(AB_ARGS)
 
 clean:
 	rm -rf .venv .pytest_cache
