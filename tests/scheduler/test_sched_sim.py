@@ -69,6 +69,21 @@ def test_workloads_are_seeded() -> None:
     assert len(start) == 2 * 2 * 8 and all(3150 <= x.prompt_len <= 3850 for x in start)
 
 
+def test_burst_workload_lands_long_prompts_on_half_the_ranks_at_once() -> None:
+    w = make_workload("burst", 8, 128, seed=2)
+    arrivals = w.pop_until(40.0)
+    longs = [a for a in arrivals if a.rank is not None]
+    assert sorted({a.rank for a in longs}) == [0, 1, 2, 3]
+    assert all(15000 <= a.prompt_len < 16000 and a.prompt_len + a.output_len <= 16384 for a in longs)
+    # Four bursts by t=40 s (at 5, 15, 25, 35 s), each one prompt per hot rank within 0.2 s.
+    times = sorted(a.time for a in longs)
+    assert len(times) == 16
+    for k in range(4):
+        group = times[4 * k : 4 * k + 4]
+        assert group[-1] - group[0] <= 0.2 and abs(group[0] - (5 + 10 * k)) <= 0.2
+    assert sum(a.rank is None for a in arrivals) > 8 * 1.5 * 40 * 0.7  # the Poisson chat background
+
+
 @pytest.mark.parametrize(
     ("name", "prompt_median", "output_median", "rate_per_rank"),
     [("code", 1500, 15, 2.5), ("conv", 1020, 150, 1.6), ("low", 1020, 150, 0.3)],

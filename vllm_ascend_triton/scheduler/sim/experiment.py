@@ -26,7 +26,7 @@ from vllm_ascend_triton.scheduler.sim.runner import Policy
 from vllm_ascend_triton.scheduler.sim.stepmodel import StepModel
 
 DEFAULT_POLICIES = "default,cadence:2,cadence:4,gate,delay,balance"
-DEFAULT_WORKLOADS = "a,b,c,code,conv,low"
+DEFAULT_WORKLOADS = "a,b,c,code,conv,low,burst"
 # Simulated seconds per workload: (horizon, warm-up); metrics over [warm-up, horizon), the
 # same window for every policy. vLLM's schedule() + update_from_output dominate the wall
 # time (~1.3 ms per rank-step at 128 running on this 2-core machine). (a) needs more than
@@ -39,6 +39,7 @@ SIM_SECONDS = {
     "code": (300, 30),
     "conv": (300, 30),
     "low": (600, 30),
+    "burst": (300, 30),
 }
 # --quick: shorter windows so DP 64 runs in minutes; still past (a)'s first lifetime.
 QUICK_SECONDS = {
@@ -48,6 +49,7 @@ QUICK_SECONDS = {
     "code": (120, 20),
     "conv": (120, 20),
     "low": (200, 20),
+    "burst": (120, 20),
 }
 
 

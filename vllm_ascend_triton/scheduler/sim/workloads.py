@@ -12,6 +12,8 @@
   a burst of 4 long prompts per hot rank (6K-8K tokens, 128-384 output) pinned to the first
   quarter of the ranks (as a prefix-cache- or session-affine router would send one
   tenant's documents), so load is skewed onto some ranks.
+* ``burst``: a Poisson background of chat turns (1.5/s per rank) plus, every 10 s, one prompt
+  of 15K-16K tokens (128-384 output) on each of the first half of the ranks at the same time.
 
 Workloads shaped by public production-trace statistics (the traces themselves are not
 bundled or downloaded; lengths are drawn from log-normals matched to the published
@@ -48,7 +50,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-WORKLOADS = ("a", "b", "c", "code", "conv", "low")
+WORKLOADS = ("a", "b", "c", "code", "conv", "low", "burst")
 
 
 @dataclass(order=True)
@@ -172,6 +174,41 @@ class SkewedBursts(Workload):
             tb += burst_every_s
 
 
+class HalfRankBursts(Workload):
+    """Poisson chat load plus, every ``burst_every_s``, one ~16K-token prompt on each of the first
+    half of the ranks at once (the shape of issue 24's held-out burst gap)."""
+
+    name = "burst"
+    description = "chat background + a ~16K prompt on half the ranks at once every 10 s"
+
+    def __init__(
+        self,
+        dp: int,
+        max_num_seqs: int,
+        seed: int,
+        rate_per_rank: float = 1.5,
+        burst_every_s: float = 10.0,
+        horizon_s: float = 3600.0,
+    ):
+        super().__init__(dp, max_num_seqs, seed)
+        t = 0.0
+        rate = rate_per_rank * dp
+        while True:
+            t += self.rng.exponential(1.0 / rate)
+            if t > horizon_s:
+                break
+            self._push(t, _lognormal(self.rng, 256, 0.9, 8192), _lognormal(self.rng, 192, 0.8, 2048))
+        hot = max(1, dp // 2)
+        tb = burst_every_s / 2
+        while tb <= horizon_s:
+            for r in range(hot):
+                # Prompt + output stay within the simulator's 16384-token max_model_len.
+                p = int(self.rng.integers(15000, 16000))
+                o = int(self.rng.integers(128, 385))
+                self._push(tb + float(self.rng.uniform(0, 0.2)), p, o, rank=r)
+            tb += burst_every_s
+
+
 class TraceShaped(Workload):
     """Gamma-renewal arrivals with log-normal prompt and output lengths (see module doc)."""
 
@@ -218,6 +255,7 @@ DESCRIPTIONS = {
     "code": "Azure-coding-shaped: ~1.5K in / ~15 out, bursty, 2.5 req/s per rank",
     "conv": "Azure-conversation-shaped: ~1K in / ~150 out, bursty, 1.6 req/s per rank",
     "low": "conversation shape at 0.3 req/s per rank (far below capacity)",
+    "burst": "chat 1.5 req/s per rank + a ~16K prompt on half the ranks at once every 10 s",
 }
 
 
@@ -228,6 +266,8 @@ def make_workload(name: str, dp: int, max_num_seqs: int, seed: int) -> Workload:
         return PoissonShareGPT(dp, max_num_seqs, seed)
     if name == "c":
         return SkewedBursts(dp, max_num_seqs, seed)
+    if name == "burst":
+        return HalfRankBursts(dp, max_num_seqs, seed)
     if name in TRACE_SHAPES:
         rate, prompt, output = TRACE_SHAPES[name]
         return TraceShaped(name, dp, max_num_seqs, seed, rate_per_rank=rate, prompt=prompt, output=output)
