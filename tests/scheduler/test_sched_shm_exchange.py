@@ -167,9 +167,9 @@ def test_one_rank_strict_alternation_and_arguments(monkeypatch: pytest.MonkeyPat
     exchange = ex.make_load_exchange(_OneRank(), "shm")
     assert isinstance(exchange, ex.ShmLoadExchange)
     for rnd in range(5):  # both slots reused several times
-        assert [
-            list(v) for v in exchange.all_gather(LoadVector(*range(rnd, rnd + LOAD_VECTOR_LEN)))
-        ] == [list(range(rnd, rnd + LOAD_VECTOR_LEN))]
+        assert [list(v) for v in exchange.all_gather(LoadVector(*range(rnd, rnd + LOAD_VECTOR_LEN)))] == [
+            list(range(rnd, rnd + LOAD_VECTOR_LEN))
+        ]
     handle = exchange.start(LoadVector(*[0] * LOAD_VECTOR_LEN))
     with pytest.raises(RuntimeError, match="twice"):
         exchange.start(LoadVector(*[0] * LOAD_VECTOR_LEN))

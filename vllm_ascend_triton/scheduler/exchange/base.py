@@ -37,4 +37,3 @@ class LoadExchange(abc.ABC):
     @abc.abstractmethod
     def all_gather(self, local: LoadVector) -> Sequence[LoadVector]:
         """Every rank's vector, indexed by DP rank (identical on every rank)."""
-

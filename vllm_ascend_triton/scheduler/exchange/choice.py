@@ -46,7 +46,6 @@ def host_identity() -> int:
     return int.from_bytes(digest, "little", signed=True)
 
 
-
 def make_load_exchange(
     group: Any,
     transport: str | None = None,
@@ -108,4 +107,3 @@ def make_load_exchange(
         why,
     )
     return exchange
-

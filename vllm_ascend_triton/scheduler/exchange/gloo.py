@@ -49,7 +49,6 @@ class GlooLoadExchange(LoadExchange):
         return self.finish(self.start(local))
 
 
-
 def _allgather_int64(group: Any, values: Sequence[int]) -> np.ndarray:
     """One gloo all-gather of a small int64 vector per rank: shape (world, len(values))."""
     import torch
@@ -58,4 +57,3 @@ def _allgather_int64(group: Any, values: Sequence[int]) -> np.ndarray:
     rows = [torch.empty_like(mine) for _ in range(group.size())]
     group.allgather([rows], [mine]).wait()
     return torch.stack(rows).numpy()
-

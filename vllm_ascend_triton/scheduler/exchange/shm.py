@@ -291,7 +291,6 @@ class ShmLoadExchange(LoadExchange):
         self._segment.close()
 
 
-
 def _setup_shm(group: Any, timeout_s: float) -> tuple[ShmLoadExchange | None, str]:
     """Collective: rank 0 creates the segment, the others attach, rank 0 unlinks the name once
     every rank has answered. Returns the exchange, or None and why (then on every rank)."""
@@ -329,4 +328,3 @@ def _setup_shm(group: Any, timeout_s: float) -> tuple[ShmLoadExchange | None, st
         )
     assert segment is not None
     return ShmLoadExchange(group, segment, timeout_s=timeout_s), ""
-

@@ -72,4 +72,3 @@ class InProcessExchange(LoadExchange):
 
     def all_gather(self, local: LoadVector) -> Sequence[LoadVector]:
         return self.group._post(self.rank, local)
-
