@@ -22,7 +22,6 @@ SKU = "Ascend910B3"
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch, tmp_path):
     monkeypatch.delenv(configs.TUNED_CONFIG_FOLDER_ENV, raising=False)
-    monkeypatch.delenv(configs.LEGACY_CONFIG_DIR_ENV, raising=False)
     monkeypatch.setattr(configs, "PACKAGED_CONFIG_DIR", tmp_path / "shipped")  # nothing shipped
     configs.clear_caches()
     yield

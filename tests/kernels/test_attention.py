@@ -134,22 +134,25 @@ def test_sixty_four_sequences_tiny():
     torch.testing.assert_close(out, ref, atol=1e-2, rtol=0)
 
 
-def test_tuned_config_with_tiles_inside_blocks(tmp_path, monkeypatch):
-    """A tuned config (through VAT_CONFIG_DIR) with KV tiles smaller than a cache block and a
+def test_tuned_config_with_tiles_inside_blocks(tmp_path, monkeypatch, request):
+    """A tuned config (through VAT_TUNED_CONFIG_FOLDER) with KV tiles smaller than a cache block and a
     taller query tile: the per-tile block lookup must find the offset inside the block."""
     import json
 
+    from vllm_ascend_triton.runtime import configs
     from vllm_ascend_triton.runtime.device import current_device
 
     sku = current_device().sku.name
     key = {"head_size": 64, "block_size": 64, "qpk": 2, "dtype": "float32", "decode": False}
-    folder = tmp_path / sku
-    folder.mkdir()
-    (folder / "unified_attention.json").write_text(
-        json.dumps({"kernel": "unified_attention", "sku": sku, "source": "modelled", "key_names": list(key),
+    path = configs.config_file_path(tmp_path, sku, "unified_attention", key)
+    path.parent.mkdir(parents=True)
+    path.write_text(
+        json.dumps({"kernel": "unified_attention", "sku": sku, "method": "model", "shape_key": key,
                     "configs": [{"key": key, "config": {"BLOCK_M": 32, "TILE_N": 16}}]})
     )  # fmt: skip
-    monkeypatch.setenv("VAT_CONFIG_DIR", str(tmp_path))
+    monkeypatch.setenv(configs.TUNED_CONFIG_FOLDER_ENV, str(tmp_path))
+    configs.clear_caches()  # the folder variable is read once
+    request.addfinalizer(configs.clear_caches)
     from vllm_ascend_triton.kernels.attention import _attention_launch_config
 
     cfg = _attention_launch_config(sku, 64, 64, torch.float32, 2, decode=False)

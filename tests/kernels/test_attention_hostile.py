@@ -12,7 +12,6 @@ their tensors and run in-process.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from vllm_ascend_triton.kernels.attention.reference import (
     reshape_and_cache_reference,
     unified_attention_reference,
 )
+from vllm_ascend_triton.runtime import launch
 from vllm_ascend_triton.runtime.launch import CHECK_ENV
 
 CANARY = 7777.0
@@ -33,17 +33,8 @@ WILD = 1 << 30  # what poisoned metadata memory holds: a block id / length far o
 NAN = float("nan")
 
 
-@contextlib.contextmanager
 def checks_off():
-    old = os.environ.get(CHECK_ENV)
-    os.environ[CHECK_ENV] = "0"
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(CHECK_ENV, None)
-        else:
-            os.environ[CHECK_ENV] = old
+    return launch.input_checks(False)
 
 
 def inside(t: torch.Tensor, fill: float) -> tuple[torch.Tensor, torch.Tensor, tuple[slice, ...]]:
@@ -326,7 +317,7 @@ def test_reshape_and_cache_copies_nan_and_inf_as_they_are(dtype) -> None:
 
 
 def test_hostile_metadata_raises_with_checks_on(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(CHECK_ENV, "1")
+    monkeypatch.setattr(launch, "INPUT_CHECKS", True)
     c = paged([2, 1], [40, 20], extra_blocks=0)
     args = dict(
         q=c["q"], k_cache=c["k_cache"], v_cache=c["v_cache"], out=torch.zeros_like(c["q"]),

@@ -12,7 +12,6 @@ a crash fails that property's test only.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
@@ -28,7 +27,7 @@ from vllm_ascend_triton.kernels.attention.reference import (
     reshape_and_cache_reference,
     unified_attention_reference,
 )
-from vllm_ascend_triton.runtime.launch import CHECK_ENV
+from vllm_ascend_triton.runtime import launch
 
 CANARY = 7777.0
 NAN = float("nan")
@@ -37,17 +36,8 @@ SETTINGS = settings(
 )
 
 
-@contextlib.contextmanager
 def input_checks(on: bool):
-    old = os.environ.get(CHECK_ENV)
-    os.environ[CHECK_ENV] = "1" if on else "0"
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(CHECK_ENV, None)
-        else:
-            os.environ[CHECK_ENV] = old
+    return launch.input_checks(on)
 
 
 def inside(t: torch.Tensor, fill: float):

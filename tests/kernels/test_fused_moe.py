@@ -158,30 +158,26 @@ def test_fused_experts_nan_stays_in_its_token_and_empty_batch():
     assert empty.shape == (0, 32)
 
 
-def test_fused_experts_with_tuned_small_tiles(tmp_path, monkeypatch):
-    """A tuned-config file (VAT_CONFIG_DIR) is honoured: 16-wide tiles give many row, N and K tiles."""
+def test_fused_experts_with_tuned_small_tiles(tmp_path, monkeypatch, request):
+    """A tuned-config file (VAT_TUNED_CONFIG_FOLDER) is honoured: 16-wide tiles give many row, N
+    and K tiles."""
     import json
 
-    from vllm_ascend_triton.runtime.configs import CONFIG_DIR_ENV
+    from vllm_ascend_triton.runtime import configs
     from vllm_ascend_triton.runtime.device import current_device
 
     m, e, k, h, i = 21, 4, 2, 48, 40
     sku = current_device().sku.name
-    (tmp_path / sku).mkdir()
     for kernel in ("moe_gemm_gate_up", "moe_gemm_down"):
-        entry = {
-            "key": {"n": 1, "k": 1, "dtype": "torch.float32"},
-            "config": {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16},
-        }
-        doc = {
-            "kernel": kernel,
-            "sku": sku,
-            "source": "modelled",
-            "key_names": ["n", "k", "dtype"],
-            "configs": [entry],
-        }
-        (tmp_path / sku / f"{kernel}.json").write_text(json.dumps(doc))
-    monkeypatch.setenv(CONFIG_DIR_ENV, str(tmp_path))
+        shape_key = {"n": 1, "k": 1, "dtype": "float32"}
+        entry = {"key": shape_key, "config": {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16}}
+        doc = {"kernel": kernel, "sku": sku, "method": "model", "shape_key": shape_key, "configs": [entry]}
+        path = configs.config_file_path(tmp_path, sku, kernel, shape_key)
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps(doc))
+    monkeypatch.setenv(configs.TUNED_CONFIG_FOLDER_ENV, str(tmp_path))
+    configs.clear_caches()  # the folder variable is read once
+    request.addfinalizer(configs.clear_caches)
     assert fm._gemm_config("moe_gemm_down", h, i, torch.float32, fm.DEFAULT_GEMM2_CONFIG)["BLOCK_K"] == 16
     weights, ids = _routing(m, e, k, seed=5)
     x = torch.randn(m, h)

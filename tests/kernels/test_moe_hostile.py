@@ -42,7 +42,8 @@ from vllm_ascend_triton.kernels.fused_moe.reference import (
     moe_unpermute_ref,
 )
 from vllm_ascend_triton.kernels.moe_routing.reference import grouped_topk_ref, moe_align_block_size_ref
-from vllm_ascend_triton.runtime.launch import CHECK_ENV, record_launches
+from vllm_ascend_triton.runtime import launch
+from vllm_ascend_triton.runtime.launch import record_launches
 
 PAD = 512  # poisoned bytes on each side of every tensor's storage
 POISONS = ((0x00, 0xFF), (0x5A, 0x5A))  # (integer storages, float storages): zeros/NaN, then 0x5A
@@ -182,7 +183,7 @@ def run_isolated(case: Callable[[], list[str]], timeout: float = 300.0) -> None:
 
 @pytest.fixture(autouse=True)
 def _checks_off(monkeypatch):
-    monkeypatch.setenv(CHECK_ENV, "0")
+    monkeypatch.setattr(launch, "INPUT_CHECKS", False)
 
 
 # ------------------------------------------------------------------------------------------

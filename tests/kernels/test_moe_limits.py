@@ -15,7 +15,7 @@ from vllm_ascend_triton.kernels import (
     moe_unpermute,
 )
 from vllm_ascend_triton.kernels.limits import MOE_MAX_EXPERTS, MOE_MAX_SLOTS, MOE_MAX_TOPK
-from vllm_ascend_triton.runtime.launch import CHECK_ENV
+from vllm_ascend_triton.runtime import launch
 
 
 def _ids(m: int, k: int, e: int) -> torch.Tensor:
@@ -91,7 +91,7 @@ def test_slot_limit():
 @pytest.mark.parametrize("api", ["align", "permute", "permute_explicit_l", "fused_experts"])
 def test_expert_map_values_past_int32_are_an_error(monkeypatch, api):
     """With checks on, an int64 map entry that does not fit int32 is a clear error, not a wrap."""
-    monkeypatch.setenv(CHECK_ENV, "1")
+    monkeypatch.setattr(launch, "INPUT_CHECKS", True)
     emap = torch.tensor([0, 1, -1, 2**32 + 1], dtype=torch.int64)  # would wrap to 1
     ids = _ids(3, 2, 4)
     with pytest.raises(ValueError, match="expert_map"):
@@ -107,7 +107,7 @@ def test_expert_map_values_past_int32_are_an_error(monkeypatch, api):
 
 
 def test_expert_map_int32_message_says_so(monkeypatch):
-    monkeypatch.setenv(CHECK_ENV, "1")
+    monkeypatch.setattr(launch, "INPUT_CHECKS", True)
     emap = torch.tensor([0, 2**40], dtype=torch.int64)
     with pytest.raises(ValueError, match="int32"):
         moe_align_block_size(_ids(2, 1, 2), 4, 2, emap)

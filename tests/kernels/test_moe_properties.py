@@ -9,9 +9,6 @@ reference of the contract."""
 
 from __future__ import annotations
 
-import os
-from unittest import mock
-
 import pytest
 import torch
 from hypothesis import HealthCheck, event, given, settings
@@ -31,7 +28,7 @@ from vllm_ascend_triton.kernels.fused_moe.reference import (
     moe_unpermute_ref,
 )
 from vllm_ascend_triton.kernels.moe_routing.reference import grouped_topk_ref, moe_align_block_size_ref
-from vllm_ascend_triton.runtime.launch import CHECK_ENV
+from vllm_ascend_triton.runtime import launch
 
 FEW = settings(max_examples=8, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 # The sort is cheap on the interpreter: more examples there.
@@ -40,7 +37,7 @@ checks_mode = st.sampled_from(["1", "0"])
 
 
 def _checks(mode: str):
-    return mock.patch.dict(os.environ, {CHECK_ENV: mode})
+    return launch.input_checks(mode == "1")
 
 
 def _gen(seed: int) -> torch.Generator:

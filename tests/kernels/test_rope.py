@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vllm_ascend_triton.kernels.rope import mrope_rotary_embedding, rotary_embedding
-from vllm_ascend_triton.runtime.launch import CHECK_ENV
+from vllm_ascend_triton.runtime import launch
 
 vllm_rope = pytest.importorskip("vllm.model_executor.layers.rotary_embedding")
 from vllm.model_executor.layers.rotary_embedding.base import RotaryEmbedding  # noqa: E402
@@ -255,7 +255,7 @@ def test_empty_batch_is_a_no_op() -> None:
 
 @pytest.mark.parametrize("bad", [MAX_POS, -1, 1 << 40], ids=["max_pos", "negative", "huge"])
 def test_out_of_range_position_raises_with_checks_on(monkeypatch: pytest.MonkeyPatch, bad: int) -> None:
-    monkeypatch.setenv(CHECK_ENV, "1")
+    monkeypatch.setattr(launch, "INPUT_CHECKS", True)
     positions = torch.tensor([0, bad, 3])
     query = torch.randn(3, 64)
     with pytest.raises(ValueError, match="positions"):
@@ -263,7 +263,7 @@ def test_out_of_range_position_raises_with_checks_on(monkeypatch: pytest.MonkeyP
 
 
 def test_out_of_range_offsets_raise_with_checks_on(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(CHECK_ENV, "1")
+    monkeypatch.setattr(launch, "INPUT_CHECKS", True)
     positions = torch.tensor([0, MAX_POS - 1])
     with pytest.raises(ValueError, match="offsets"):
         rotary_embedding(
@@ -275,7 +275,7 @@ def test_out_of_range_offsets_raise_with_checks_on(monkeypatch: pytest.MonkeyPat
 def test_out_of_range_positions_are_masked_with_checks_off(
     monkeypatch: pytest.MonkeyPatch, neox: bool
 ) -> None:
-    monkeypatch.setenv(CHECK_ENV, "0")
+    monkeypatch.setattr(launch, "INPUT_CHECKS", False)
     # The cache is a view inside a NaN-filled buffer: any read outside it would poison a result.
     backing = torch.full((MAX_POS + 8, 64), float("nan"))
     backing[4 : 4 + MAX_POS] = _cache(64, torch.float32)
@@ -296,10 +296,10 @@ def test_mrope_out_of_range_masked_or_raised(monkeypatch: pytest.MonkeyPatch) ->
     cache = _cache(64, torch.float32)
     positions = torch.tensor([[1, 2], [3, MAX_POS], [5, 6]])
     query = torch.randn(2, 64)
-    monkeypatch.setenv(CHECK_ENV, "1")
+    monkeypatch.setattr(launch, "INPUT_CHECKS", True)
     with pytest.raises(ValueError, match="positions"):
         mrope_rotary_embedding(positions, query.clone(), None, 64, cache, True, [8, 12, 12])
-    monkeypatch.setenv(CHECK_ENV, "0")
+    monkeypatch.setattr(launch, "INPUT_CHECKS", False)
     q0 = query.clone()
     mrope_rotary_embedding(positions, query, None, 64, cache, True, [8, 12, 12])
     assert torch.equal(query[1], q0[1])  # token with an H position outside the cache: unchanged

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from vllm_ascend_triton.kernels import mrope_rotary_embedding, rotary_embedding
 from vllm_ascend_triton.kernels.limits import ROPE_MAX_ROTARY_DIM
 from vllm_ascend_triton.kernels.rope.reference import mrope_reference, rope_reference
-from vllm_ascend_triton.runtime.launch import CHECK_ENV
+from vllm_ascend_triton.runtime import launch
 
 CANARY = 12345.0
 PAD = 16  # elements of canary / poison on each side of every tensor
@@ -57,7 +57,7 @@ def _expected(positions, q0, k0, head_size, cache, neox):
 )
 def test_rope_property(tokens, heads, head_rot, neox, dtype, checks, data):
     with pytest.MonkeyPatch.context() as mp:  # hypothesis runs many examples per test call
-        mp.setenv(CHECK_ENV, "1" if checks else "0")
+        mp.setattr(launch, "INPUT_CHECKS", checks)
         _rope_property_case(tokens, heads, head_rot, neox, dtype, checks, data)
 
 
@@ -91,7 +91,7 @@ def _rope_property_case(tokens, heads, head_rot, neox, dtype, checks, data):
 
 
 def test_non_finite_data_stays_in_its_token(monkeypatch):
-    monkeypatch.setenv(CHECK_ENV, "0")
+    monkeypatch.setattr(launch, "INPUT_CHECKS", False)
     head_size, max_pos = 64, 16
     _, cache = _cache(head_size, max_pos, torch.float32)
     cache[3, 5] = float("nan")  # cos of pair 5 at position 3
@@ -113,7 +113,7 @@ def test_non_finite_data_stays_in_its_token(monkeypatch):
 
 
 def test_mrope_hostile_positions_with_canaries(monkeypatch):
-    monkeypatch.setenv(CHECK_ENV, "0")
+    monkeypatch.setattr(launch, "INPUT_CHECKS", False)
     _, cache = _cache(64, 16, torch.float32)
     positions = torch.tensor([[1, -5, 2, 3], [1, 2, 1 << 35, 3], [1, 2, 2, 16]])
     qb, q = _inside((4, 64), CANARY, torch.float32)

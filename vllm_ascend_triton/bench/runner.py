@@ -8,8 +8,10 @@ Every figure says what it is (the `LABELS` of each column, written into the JSON
 - `modelled_us`, `modelled_roofline_share`: the roofline cost model for the SKU
   (`runtime.perf_model.estimate_op`: the op's minimum bytes and FLOPs over the SKU's bandwidth and
   peak, plus each launch's fixed and per-tile costs), never measured;
-- `host_us`: host-side time of one call through the runtime without launching (validation, config
-  lookup, launch specs: a dry run), measured on this machine;
+- `host_us` / `host_us_checks_on`: host-side time of one call of our own code without launching
+  (validation, cached launch plans, launch specs: a dry run, so Triton's launcher is excluded),
+  with data-dependent input checks off (the NPU default) and on; the median of
+  `HOST_COST_CALLS` calls, measured on this machine (docs/serving.md);
 - on a compiled backend only (`npu`, `cuda`): `measured_us` (`triton.testing.do_bench`, median),
   `measured_gbps` / `measured_tflops` (the op's minimum HBM bytes and useful FLOPs over that time),
   `measured_hbm_share` (of the device's HBM bandwidth), `launch_us` (host time to issue one call
@@ -26,15 +28,17 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from vllm_ascend_triton.workloads.shapes import ShapeSet, load_shapes
-from vllm_ascend_triton.workloads.ops import Workload, workloads
 from vllm_ascend_triton.runtime.backend import Backend, current_backend, device_type
-from vllm_ascend_triton.runtime.launch import record_launches
+from vllm_ascend_triton.runtime.launch import input_checks, record_launches
 from vllm_ascend_triton.runtime.sku import get_sku
+from vllm_ascend_triton.workloads.ops import Workload, workloads
+from vllm_ascend_triton.workloads.shapes import ShapeSet, load_shapes
 
 # HBM bandwidth of GPUs the cuda comparison may run on (vendor datasheets, GB/s; approximate).
 GPU_HBM_GBPS = {"H200": 4800.0, "H100 80GB HBM3": 3350.0, "H100": 3350.0, "A100": 2039.0, "L40S": 864.0}
 
+# Calls timed per host-cost figure (their median is reported).
+HOST_COST_CALLS = 200
 # The error against the reference is taken up to this batch size (references run on the host).
 CHECK_MAX_TOKENS = 256
 # How many experts' weights the interpreter keeps (the GEMM shapes stay the model's).
@@ -42,7 +46,8 @@ INTERPRETER_MAX_EXPERTS = 8
 
 COLUMNS = (
     "kernel", "model", "tokens", "backend", "max_abs_err", "atol", "ok", "config_source", "stage", "launches",
-    "ub_bytes", "sku_ub_bytes", "fits_ub", "modelled_us", "modelled_roofline_share", "host_us", "measured_us",
+    "ub_bytes", "sku_ub_bytes", "fits_ub", "modelled_us", "modelled_roofline_share", "host_us",
+    "host_us_checks_on", "measured_us",
     "measured_gbps", "measured_tflops", "measured_hbm_share", "launch_us", "torch_us", "speedup_vs_torch",
     "torch_impl", "error",
 )  # fmt: skip
@@ -56,7 +61,14 @@ def labels(sku: str, where: str, compiled: bool) -> dict[str, str]:
         "ub_bytes": f"static: on-chip buffer bytes with multibuffering, from the adapter IR for {sku}",
         "modelled_us": f"modelled: roofline cost model of {sku} (runtime/perf_model.py), not measured",
         "modelled_roofline_share": f"modelled: roofline time / modelled time on {sku}",
-        "host_us": f"measured on {where}: host-side time per call through the runtime, dry run (no launch)",
+        "host_us": (
+            f"measured on {where}: host time per call of our code, input checks off, dry run "
+            f"(no launch; median of {HOST_COST_CALLS})"
+        ),
+        "host_us_checks_on": (
+            f"measured on {where}: host time per call of our code, input checks on, dry run "
+            f"(no launch; median of {HOST_COST_CALLS})"
+        ),
     }
     if compiled:
         out.update(
@@ -121,14 +133,31 @@ def _dry_specs(w: Workload, sku: str, prepared_run: Callable[[], Any]) -> tuple[
     return list(specs), list(lookups)
 
 
-def _host_us(run: Callable[[], Any], repeat: int = 20) -> float:
-    """Mean host time of a call as a dry run: validation, config lookup, spec building."""
-    with record_launches(execute=False):
-        run()  # warm (first lookups read files)
-        start = time.perf_counter()
-        for _ in range(repeat):
+def host_us(run: Callable[[], Any], checks: bool, calls: int | None = None) -> float:
+    """Median host time (us) of one call as a dry run, with input checks on or off.
+
+    Args:
+        run: the call (a workload's prepared run).
+        checks: data-dependent input checks on (True) or off (False, the NPU default).
+        calls: timed calls (default `HOST_COST_CALLS`), after warm-up calls that fill the per-shape
+            plan caches (the first call of a shape reads config files).
+
+    Returns:
+        The median of the per-call times, in microseconds.
+    """
+    import statistics
+
+    calls = calls or HOST_COST_CALLS
+    times = []
+    with input_checks(checks), record_launches(execute=False) as specs:
+        for _ in range(5):
             run()
-        return (time.perf_counter() - start) / repeat * 1e6
+        for _ in range(calls):
+            start = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - start)
+            specs.clear()
+    return statistics.median(times) * 1e6
 
 
 def _launch_us(run: Callable[[], Any], calls: int = 30) -> float:
@@ -238,7 +267,8 @@ def run_bench(
                 est = estimate_op(specs, sku_info, prepared.hbm_bytes, prepared.flops)
                 row.update(modelled_us=est.seconds * 1e6, modelled_roofline_share=est.share_of_roofline)
                 planned.extend((len(rows), w, s) for s in specs)
-            row["host_us"] = _host_us(prepared.run)
+            row["host_us"] = host_us(prepared.run, checks=False)
+            row["host_us_checks_on"] = host_us(prepared.run, checks=True)
             if prepared.check is not None and w.tokens <= CHECK_MAX_TOKENS:
                 err = prepared.check()
                 row.update(max_abs_err=err, ok=err <= prepared.atol)

@@ -6,9 +6,10 @@ platforms the platform decides (see the README).
 
 KV cache: vLLM 0.32 hands the backend one tensor per layer in logical
 ``[num_blocks, num_kv_heads, block_size, 2 * head_size]`` order (K then V along the last axis),
-with whatever physical layout the engine chose. ``kv_cache.transpose(1, 2).split(head_size, -1)``
-gives the ``[num_blocks, block_size, num_kv_heads, head_size]`` K and V views our kernels take
-(strided views, no copies).
+with whatever physical layout the engine chose. The backend passes it whole to the
+``vat::kv_cache_update`` / ``vat::paged_attention`` custom ops, which take the
+``[num_blocks, block_size, num_kv_heads, head_size]`` K and V views our kernels read
+(``custom_ops.split_kv_cache``: strided views, no copies).
 
 Covered: decoder self-attention with a mixed batch of prefills, chunked prefills and decodes;
 GQA/MQA; sliding window; logits soft-capping; ALiBi; attention sinks; fp16/bf16/fp32 with an
@@ -35,8 +36,7 @@ from vllm.v1.attention.backend import (
     MultipleOf,
 )
 
-from vllm_ascend_triton.plugin import counters
-from vllm_ascend_triton.plugin import mutate
+from vllm_ascend_triton.plugin import counters, custom_ops
 
 logger = logging.getLogger(f"vllm.{__name__}")
 
@@ -198,10 +198,7 @@ class VatAttentionImpl(AttentionImpl[VatAttentionMetadata]):
                 f"sinks must have one value per query head ({num_heads}), got {tuple(sinks.shape)}"
             )
         self.attn_type = attn_type
-
-    def _kv_views(self, kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # Logical [B, H, N, 2*D] -> ([B, N, H, D], [B, N, H, D]) strided views.
-        return kv_cache.transpose(1, 2).split(self.head_size, dim=-1)
+        custom_ops.register_all()
 
     def do_kv_cache_update(
         self,
@@ -211,12 +208,7 @@ class VatAttentionImpl(AttentionImpl[VatAttentionMetadata]):
         kv_cache: torch.Tensor,
         slot_mapping: torch.Tensor,
     ) -> None:
-        from vllm_ascend_triton.kernels import reshape_and_cache
-
-        key_cache, value_cache = self._kv_views(kv_cache)
-        n = slot_mapping.shape[0]
-        reshape_and_cache(key[:n], value[:n], key_cache, value_cache, slot_mapping)
-        counters.bump("reshape_and_cache")
+        torch.ops.vat.kv_cache_update(key, value, kv_cache, slot_mapping)
 
     def forward(
         self,
@@ -234,17 +226,13 @@ class VatAttentionImpl(AttentionImpl[VatAttentionMetadata]):
             raise NotImplementedError(f"{BACKEND_NAME} has no fused output quantization")
         if attn_metadata is None:  # profiling run
             return output.fill_(0)
-        from vllm_ascend_triton.kernels import unified_attention
-
         n = attn_metadata.num_actual_tokens
-        key_cache, value_cache = self._kv_views(kv_cache)
         if self.alibi_slopes is not None and self.alibi_slopes.device != query.device:
             self.alibi_slopes = self.alibi_slopes.to(query.device)
         out = output[:n].view(n, self.num_heads, self.head_size)
-        unified_attention(
+        torch.ops.vat.paged_attention(
             query[:n].view(n, self.num_heads, self.head_size),
-            key_cache,
-            value_cache,
+            kv_cache,
             out,
             attn_metadata.query_start_loc,
             attn_metadata.max_query_len,
@@ -252,12 +240,11 @@ class VatAttentionImpl(AttentionImpl[VatAttentionMetadata]):
             attn_metadata.max_seq_len,
             self.scale,
             attn_metadata.causal,
-            self.sliding_window,
+            self.sliding_window[0],
+            self.sliding_window[1],
             attn_metadata.block_table,
             self.logits_soft_cap,
-            alibi_slopes=self.alibi_slopes,
-            sinks=self.sinks,
+            self.alibi_slopes,
+            self.sinks,
         )
-        counters.bump("unified_attention")
-        mutate.apply("attention", out)
         return output

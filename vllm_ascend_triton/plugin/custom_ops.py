@@ -57,7 +57,7 @@ from vllm_ascend_triton.plugin import counters, mutate
 
 NAMESPACE = "vat"
 # Plugin modules of other families, each with a ``register_custom_ops()`` function.
-FAMILY_MODULES: tuple[str, ...] = ()
+FAMILY_MODULES: tuple[str, ...] = ("vllm_ascend_triton.plugin.mla_backend",)
 
 # Every backend's tensors (CPU for the interpreter, PrivateUse1 for torch_npu, CUDA) reach the
 # same Python impl; the fake impl serves meta/fake tensors while tracing.
@@ -249,7 +249,7 @@ def _fused_experts(
         topk_ids,
         activation=activation,
         expert_map=expert_map,
-        global_num_experts=global_num_experts,
+        global_num_experts=global_num_experts if global_num_experts > 0 else None,  # -1: the default
     )
     counters.bump("fused_experts")
     if mutate.ACTIVE:

@@ -12,7 +12,9 @@ itself), and it runs
    (DeepSeek-V3 / GLM-4.5 style: sigmoid or softmax scores, correction bias, routed scaling
    factor), else :func:`~vllm_ascend_triton.kernels.fused_topk`;
 2. experts: :func:`~vllm_ascend_triton.kernels.fused_experts` (permute, grouped GEMMs with
-   SiLU-and-mul, weighted combine), with the layer's ``expert_map`` under expert parallelism.
+   SiLU-and-mul, weighted combine), with the layer's ``expert_map`` under expert parallelism;
+
+each through its ``vat::`` custom op (``custom_ops.py``), one opaque node under vLLM's compile mode.
 
 Layers this does not cover keep vLLM's own code path completely (one log line per layer, decided
 before the first forward): non-SiLU or biased experts, LoRA, custom routing functions, router
@@ -28,8 +30,7 @@ from typing import Any
 
 import torch
 
-from vllm_ascend_triton.plugin import counters
-from vllm_ascend_triton.plugin import mutate
+from vllm_ascend_triton.plugin import counters, custom_ops
 
 logger = logging.getLogger(f"vllm.{__name__}")
 
@@ -80,6 +81,7 @@ def make_method_class() -> type:
     global _METHOD_CLS
     if _METHOD_CLS is not None:
         return _METHOD_CLS
+    custom_ops.register_all()
     from vllm.model_executor.layers.fused_moe.unquantized_fused_moe_method import (
         UnquantizedFusedMoEMethod,
     )
@@ -129,44 +131,38 @@ def make_method_class() -> type:
         ) -> torch.Tensor:
             if not self._vat_active:
                 return super().apply_monolithic(layer, x, router_logits, input_ids)
-            from vllm_ascend_triton.kernels import fused_experts, fused_topk, grouped_topk
-
             num_groups = layer.num_expert_group or 1
+            scale = float(layer.routed_scaling_factor)
             if layer.use_grouped_topk and num_groups > 1:
-                weights, ids = grouped_topk(
+                weights, ids = torch.ops.vat.grouped_topk(
                     router_logits,
                     layer.top_k,
                     layer.renormalize,
                     num_groups,
                     layer.topk_group or num_groups,
-                    scoring_func=layer.scoring_func,
-                    e_score_correction_bias=layer.e_score_correction_bias,
-                    routed_scaling_factor=layer.routed_scaling_factor,
+                    layer.scoring_func,
+                    layer.e_score_correction_bias,
+                    scale,
                 )
-                counters.bump("grouped_topk")
             else:
-                weights, ids = fused_topk(
+                weights, ids = torch.ops.vat.fused_topk(
                     router_logits,
                     layer.top_k,
                     layer.renormalize,
-                    scoring_func=layer.scoring_func,
-                    e_score_correction_bias=layer.e_score_correction_bias,
-                    routed_scaling_factor=layer.routed_scaling_factor,
+                    layer.scoring_func,
+                    layer.e_score_correction_bias,
+                    scale,
                 )
-                counters.bump("fused_topk")
-            out = fused_experts(
+            return torch.ops.vat.fused_experts(
                 x,
                 layer.w13_weight,
                 layer.w2_weight,
                 weights,
                 ids,
-                activation="silu",
-                expert_map=layer.expert_map,
-                global_num_experts=layer.global_num_experts,
+                "silu",
+                layer.expert_map,
+                layer.global_num_experts if layer.global_num_experts is not None else -1,
             )
-            counters.bump("fused_experts")
-            mutate.apply("moe", out)
-            return out
 
     _METHOD_CLS = VatUnquantizedFusedMoEMethod
     return _METHOD_CLS

@@ -15,9 +15,14 @@ Covered (all rotate with a precomputed cos/sin cache, which is what our kernel r
 Not covered (their forward is not a plain cache rotation): Phi-3 long rope, dual-chunk, Gemma-4,
 Fourier, Llama-4 vision, DeepSeek-V4, ``MRotaryEmbeddingInterleaved`` and Bailing MRoPE.
 
+Each call goes through the ``vat::rotary_embedding`` / ``vat::mrope_rotary_embedding`` custom
+ops (``custom_ops.py``), so vLLM's compile mode traces one opaque node per call.
+
 A call our kernel cannot take (dtype, layout, an ``offsets`` argument MRoPE does not support)
-falls back to vLLM's ``forward_native`` for that layer, with one log line per layer; a
-ValueError/TypeError from our input validation does the same, never a crash at a request.
+falls back to vLLM's ``forward_native`` for that layer, with one log line per layer: these are
+static properties, decided the same way in eager and compiled runs. In eager runs a
+ValueError/TypeError from our input validation does the same, never a crash at a request; under
+compile the op raises it (a traced graph cannot switch implementations at run time).
 """
 
 from __future__ import annotations
@@ -27,8 +32,7 @@ from typing import Any
 
 import torch
 
-from vllm_ascend_triton.plugin import counters
-from vllm_ascend_triton.plugin import mutate
+from vllm_ascend_triton.plugin import custom_ops
 
 logger = logging.getLogger(f"vllm.{__name__}")
 
@@ -81,20 +85,22 @@ class _VatRopeMixin:
 
     def _vat_run(
         self,
-        kernel: Any,
+        op: Any,
         native_args: tuple,
         positions: torch.Tensor,
         query: torch.Tensor,
         key: torch.Tensor | None,
         *rest: Any,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Rotate in place through `kernel`; a call it refuses keeps vLLM's native rope."""
+        """Rotate in place through the custom op `op`; in eager runs a call it refuses keeps
+        vLLM's native rope."""
+        if torch.compiler.is_compiling():
+            op(positions, query, key, *rest)
+            return query, key
         try:
-            kernel(positions, query, key, *rest)
+            op(positions, query, key, *rest)
         except (ValueError, TypeError) as exc:
             return self._vat_fallback(f"{type(exc).__name__}: {exc}", *native_args)
-        counters.bump(kernel.__name__)
-        mutate.apply("rope", query, key)
         return query, key
 
     def forward_oot(
@@ -110,10 +116,8 @@ class _VatRopeMixin:
         reason = _unsupported(query, key)
         if reason is not None:
             return self._vat_fallback(reason, *native_args)
-        from vllm_ascend_triton.kernels import rotary_embedding
-
         return self._vat_run(
-            rotary_embedding,
+            torch.ops.vat.rotary_embedding,
             native_args,
             positions,
             query,
@@ -145,10 +149,8 @@ class _VatMRopeMixin(_VatRopeMixin):
         reason = _unsupported(query, key)
         if reason is not None:
             return self._vat_fallback(reason, *native_args)
-        from vllm_ascend_triton.kernels import mrope_rotary_embedding
-
         return self._vat_run(
-            mrope_rotary_embedding,
+            torch.ops.vat.mrope_rotary_embedding,
             native_args,
             positions,
             query,
@@ -170,6 +172,7 @@ def replacement_class(vllm_name: str) -> type:
     cached = _REPLACEMENTS.get(vllm_name)
     if cached is not None:
         return cached
+    custom_ops.register_all()
     from vllm.model_executor.layers import rotary_embedding as vllm_rope
 
     base = getattr(vllm_rope, vllm_name)

@@ -14,12 +14,12 @@ Files
                   "config": {"BLOCK_H": 32}, ...}, ...]}
 
 The shape key holds the key fields that do not vary with the batch (everything but token counts);
-the entries inside hold the full keys, one per tuned batch size. A single file per (SKU, kernel),
-`<folder>/<SKU>/<kernel>.json` with the same `configs` list (the first layout of this project,
-with `source` for `method`), is read too.
+the entries inside hold the full keys, one per tuned batch size. A dtype in a key is spelled
+without the `torch.` prefix (`"float16"`, :func:`dtype_key`), in the entries and the file names.
 
-Folders, in order: `VAT_TUNED_CONFIG_FOLDER` (the user's), then `VAT_CONFIG_DIR` (its former
-name, still honoured), then the configs shipped in `vllm_ascend_triton/runtime/tuned_configs/`.
+Folders, in order: `VAT_TUNED_CONFIG_FOLDER` (the user's), then the configs shipped in
+`vllm_ascend_triton/runtime/tuned_configs/`. The variable is read once, at the first lookup
+(`clear_caches()` reads it again).
 
 Lookup
 ------
@@ -57,16 +57,15 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from vllm_ascend_triton.runtime.device import planning_sku
+
 logger = logging.getLogger(__name__)
 
 TUNED_CONFIG_FOLDER_ENV = "VAT_TUNED_CONFIG_FOLDER"
-LEGACY_CONFIG_DIR_ENV = "VAT_CONFIG_DIR"  # the former name; still honoured, after the new one
-CONFIG_DIR_ENV = TUNED_CONFIG_FOLDER_ENV  # the variable tests and tools should set
 PACKAGED_CONFIG_DIR = Path(__file__).resolve().parent / "tuned_configs"
 
 FORMAT_VERSION = 2
 METHODS = ("measured", "model")  # best first
-_LEGACY_METHODS = {"modelled": "model", "modeled": "model", "model": "model", "measured": "measured"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,14 +93,23 @@ class ConfigLookup:
 # Folders and file names
 
 
+_folders: list[tuple[Path, ...]] = []  # [folders] once resolved
+
+
 def config_folders() -> tuple[Path, ...]:
-    """Folders searched, first wins: the user's (VAT_TUNED_CONFIG_FOLDER, VAT_CONFIG_DIR), then the
-    shipped configs."""
-    folders = [
-        Path(os.environ[v]) for v in (TUNED_CONFIG_FOLDER_ENV, LEGACY_CONFIG_DIR_ENV) if os.environ.get(v)
-    ]
-    folders.append(PACKAGED_CONFIG_DIR)
-    return tuple(dict.fromkeys(folders))
+    """Folders searched, first wins: the user's (``VAT_TUNED_CONFIG_FOLDER``), then the shipped
+    configs. Resolved once per process (``clear_caches()`` resolves them again)."""
+    if not _folders:
+        user = os.environ.get(TUNED_CONFIG_FOLDER_ENV)
+        folders = [Path(user)] if user else []
+        folders.append(PACKAGED_CONFIG_DIR)
+        _folders.append(tuple(dict.fromkeys(folders)))
+    return _folders[0]
+
+
+def dtype_key(dtype: Any) -> str:
+    """The one spelling of a dtype in config keys and file names: ``torch.float16`` -> ``"float16"``."""
+    return str(dtype).removeprefix("torch.")
 
 
 def _slug(value: Any) -> str:
@@ -120,11 +128,6 @@ def config_file_path(root: Path, sku: str, kernel: str, shape_key: Mapping[str, 
     return Path(root) / sku / kernel / shape_file_name(shape_key)
 
 
-def config_path(sku: str, kernel: str, root: Path | None = None) -> Path:
-    """The single-file layout `<root>/<SKU>/<kernel>.json` (read as well as the per-shape files)."""
-    return (root or PACKAGED_CONFIG_DIR) / sku / f"{kernel}.json"
-
-
 # ---------------------------------------------------------------------------------------------------
 # Reading files
 
@@ -140,8 +143,8 @@ def parse_config_document(data: Any, path: str = "<memory>") -> tuple[str, list[
     for field in ("kernel", "configs"):
         if field not in data:
             raise CorruptConfigError(f"{path}: lacks the field {field!r}")
-    method = _LEGACY_METHODS.get(str(data.get("method", data.get("source", "model"))))
-    if method is None:
+    method = str(data.get("method", "model"))
+    if method not in METHODS:
         raise CorruptConfigError(f"{path}: unknown method {data.get('method')!r}; expected one of {METHODS}")
     entries = data["configs"]
     if not isinstance(entries, list):
@@ -159,14 +162,10 @@ def parse_config_document(data: Any, path: str = "<memory>") -> tuple[str, list[
 
 
 def _kernel_files(root: Path, sku: str, kernel: str) -> list[Path]:
-    files = []
-    single = config_path(sku, kernel, root)
-    if single.is_file():
-        files.append(single)
     folder = root / sku / kernel
-    if folder.is_dir():
-        files.extend(sorted(p for p in folder.glob("*.json") if not p.name.startswith(".")))
-    return files
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.glob("*.json") if not p.name.startswith("."))
 
 
 @functools.cache
@@ -189,7 +188,10 @@ def _load_table(folders: tuple[Path, ...], sku: str, kernel: str) -> tuple[Tuned
                 _warn_corrupt_once(str(path), str(exc))
                 continue
             for e in raw:  # an entry may carry its own method (a file mixing measured and modelled)
-                entry_method = _LEGACY_METHODS.get(str(e.get("method", method)), method)
+                entry_method = str(e.get("method", method))
+                if entry_method not in METHODS:
+                    _warn_corrupt_once(str(path), f"unknown method {entry_method!r} in an entry")
+                    continue
                 entries.append(TunedEntry(e["key"], e["config"], entry_method, str(path), rank))
     return tuple(entries)
 
@@ -219,10 +221,61 @@ def clear_caches() -> None:
     with _lock:
         _tables.clear()
         _sku_known.clear()
+        _folders.clear()
+        for cache in _shape_caches:
+            cache.clear()
     _best_entry.cache_clear()
     _warn_default_once.cache_clear()
     _warn_untuned_sku_once.cache_clear()
     _warn_corrupt_once.cache_clear()
+
+
+_shape_caches: list[ShapeCache] = []
+
+
+class ShapeCache:
+    """One host API's launch decisions per shape key (configs, grids, constexprs), so the serving
+    path computes once what depends only on shapes, dtypes and the device, never on tensor
+    contents.
+
+    ``get`` answers None (and ``put`` keeps nothing) while the tuner's hooks are active
+    (`override_configs`, `record_lookups`) or while planning for a named SKU (`plan_for`): those
+    always see fresh lookups. ``clear_caches()`` empties every cache; a full cache starts over.
+    Values are shared between calls: callers must not change them.
+    """
+
+    __slots__ = ("name", "maxsize", "_entries")
+
+    def __init__(self, name: str, maxsize: int = 4096) -> None:
+        self.name = name
+        self.maxsize = maxsize
+        self._entries: dict[Any, Any] = {}
+        _shape_caches.append(self)
+
+    @staticmethod
+    def usable() -> bool:
+        """Whether decisions may be cached now (no tuner hook, no named planning SKU)."""
+        return _overrides.get() is None and not _lookup_logs.get() and planning_sku() is None
+
+    def get(self, key: Any) -> Any:
+        """The decision cached for ``key``, or None."""
+        if not self.usable():
+            return None
+        return self._entries.get(key)
+
+    def put(self, key: Any, value: Any) -> Any:
+        """Keep ``value`` for ``key`` (when caching is usable); returns ``value``."""
+        if self.usable():
+            if len(self._entries) >= self.maxsize:
+                self._entries.clear()
+            self._entries[key] = value
+        return value
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 # ---------------------------------------------------------------------------------------------------

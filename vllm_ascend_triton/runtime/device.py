@@ -109,6 +109,11 @@ def current_device() -> DeviceInfo:
     return _detect(os.environ.get(SKU_ENV) or None, selected_backend() or decide_backend())
 
 
+def planning_sku() -> str | None:
+    """The SKU named by an enclosing `plan_for` block, or None."""
+    return _planning_sku.get()
+
+
 @contextlib.contextmanager
 def plan_for(sku: str) -> Iterator[DeviceInfo]:
     """Plan launches (grids, tiles, tuned configs) for `sku` inside the block, on any host: how

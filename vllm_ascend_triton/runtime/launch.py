@@ -20,7 +20,6 @@ import contextlib
 import contextvars
 import dataclasses
 import inspect
-import os
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -28,6 +27,7 @@ import torch
 
 from vllm_ascend_triton.runtime.backend import Backend, apply_requested_backend, current_backend, device_type
 from vllm_ascend_triton.runtime.device import DeviceInfo, current_device
+from vllm_ascend_triton.runtime.env import flag_or_none
 
 CHECK_ENV = "VAT_CHECK_INPUTS"
 
@@ -40,6 +40,7 @@ apply_requested_backend()
 # Compile options of triton-ascend that a config may carry next to its constexprs. The
 # interpreter does not take them (they only shape the NPU binary).
 COMPILE_OPTIONS = ("multibuffer",)
+_OPTION_NAMES = frozenset(COMPILE_OPTIONS)
 
 
 def kernel_ref(jit_fn: Any) -> str:
@@ -49,13 +50,45 @@ def kernel_ref(jit_fn: Any) -> str:
     return f"{fn.__module__}:{fn.__name__}"
 
 
-def kernel_params(jit_fn: Any) -> list[Any]:
-    """Triton's own view of a kernel's parameters (`KernelParam`: name, constexpr or not, type
-    annotation), for either flavour of kernel object."""
+@dataclasses.dataclass(frozen=True)
+class KernelFacts:
+    """What depends only on the kernel: its parameters as Triton sees them, computed once."""
+
+    params: tuple[Any, ...]  # Triton's `KernelParam`s, in order
+    runtime: frozenset[str]  # names of the runtime (non-constexpr) parameters
+    constexprs: frozenset[str]  # names of the constexpr parameters
+    ref: str  # 'module:name'
+
+
+# id(kernel) -> (kernel, facts): the kernel is kept alive, so its id is never reused.
+_facts: dict[int, tuple[Any, KernelFacts]] = {}
+
+
+def kernel_facts(jit_fn: Any) -> KernelFacts:
+    """The :class:`KernelFacts` of a @triton.jit kernel (either flavour), built on first use."""
+    hit = _facts.get(id(jit_fn))
+    if hit is not None:
+        return hit[1]
     from triton.runtime.jit import KernelParam
 
     fn = getattr(jit_fn, "fn", jit_fn)
-    return [KernelParam(i, p, False, False) for i, p in enumerate(inspect.signature(fn).parameters.values())]
+    params = tuple(
+        KernelParam(i, p, False, False) for i, p in enumerate(inspect.signature(fn).parameters.values())
+    )
+    facts = KernelFacts(
+        params=params,
+        runtime=frozenset(p.name for p in params if not p.is_constexpr),
+        constexprs=frozenset(p.name for p in params if p.is_constexpr),
+        ref=kernel_ref(jit_fn),
+    )
+    _facts[id(jit_fn)] = (jit_fn, facts)
+    return facts
+
+
+def kernel_params(jit_fn: Any) -> list[Any]:
+    """Triton's own view of a kernel's parameters (`KernelParam`: name, constexpr or not, type
+    annotation), for either flavour of kernel object."""
+    return list(kernel_facts(jit_fn).params)
 
 
 def _signature_type(param: Any, value: Any) -> str:
@@ -82,37 +115,36 @@ class LaunchSpec:
     uses_cube: bool = False  # a tl.dot kernel: the grid counts cube cores
 
     def __post_init__(self) -> None:
-        params = kernel_params(self.kernel)
-        runtime = [p.name for p in params if not p.is_constexpr]
-        constant = [p.name for p in params if p.is_constexpr]
-        if sorted(self.args) != sorted(runtime):
+        facts = kernel_facts(self.kernel)
+        if self.args.keys() != facts.runtime:
             raise ValueError(
-                f"{self.name}: runtime arguments {sorted(self.args)} != the kernel's {sorted(runtime)}"
+                f"{self.name}: runtime arguments {sorted(self.args)} != the kernel's {sorted(facts.runtime)}"
             )
-        if sorted(self.constexprs) != sorted(constant):
-            raise ValueError(
-                f"{self.name}: constexprs {sorted(self.constexprs)} != the kernel's {sorted(constant)}"
-            )
+        if self.constexprs.keys() != facts.constexprs:
+            want = sorted(facts.constexprs)
+            raise ValueError(f"{self.name}: constexprs {sorted(self.constexprs)} != the kernel's {want}")
         # A tuned config may carry compile options (`multibuffer`) beside its block sizes: they go
         # with the launch, so what was tuned is what the NPU runs and what codegen lowers.
-        carried = {k: self.config[k] for k in COMPILE_OPTIONS if k in self.config}
-        if carried:
-            object.__setattr__(self, "options", {**carried, **self.options})
-        unknown = set(self.options) - set(COMPILE_OPTIONS)
-        if unknown:
+        if self.config:
+            carried = {k: self.config[k] for k in COMPILE_OPTIONS if k in self.config}
+            if carried:
+                object.__setattr__(self, "options", {**carried, **self.options})
+        if self.options and not self.options.keys() <= _OPTION_NAMES:
+            unknown = set(self.options) - _OPTION_NAMES
             raise ValueError(f"{self.name}: unknown compile options {sorted(unknown)} ({COMPILE_OPTIONS})")
-        if not self.grid or any(not isinstance(g, int) or g < 1 for g in self.grid):
-            raise ValueError(f"{self.name}: grid must hold positive ints, got {self.grid}")
-        if self.grid[0] > 65535:
-            raise ValueError(f"{self.name}: grid {self.grid} exceeds Ascend's coreDim limit of 65535")
+        grid = self.grid
+        if not grid or not all(type(g) is int and g >= 1 for g in grid):
+            raise ValueError(f"{self.name}: grid must hold positive ints, got {grid}")
+        if grid[0] > 65535:
+            raise ValueError(f"{self.name}: grid {grid} exceeds Ascend's coreDim limit of 65535")
 
     @property
     def kernel_ref(self) -> str:
-        return kernel_ref(self.kernel)
+        return kernel_facts(self.kernel).ref
 
     def signature(self) -> dict[str, str]:
         """Triton signature of the runtime arguments, as Triton's launcher derives it."""
-        params = [p for p in kernel_params(self.kernel) if not p.is_constexpr]
+        params = [p for p in kernel_facts(self.kernel).params if not p.is_constexpr]
         return {p.name: _signature_type(p, self.args[p.name]) for p in params}
 
     def key(self) -> dict[str, Any]:
@@ -176,13 +208,37 @@ def expected_device_type() -> str:
     return device_type()
 
 
+# The process-wide input-check switch: None means VAT_CHECK_INPUTS (read once, at the first
+# call), else the backend's default. Tests and benchmarks set it (or use `input_checks`).
+INPUT_CHECKS: bool | None = None
+_env_checks: list[bool | None] = []  # [VAT_CHECK_INPUTS] once read
+
+
 def checks_enabled() -> bool:
-    """Data-dependent input checks (e.g. positions within the cache) cost a device sync on an
-    NPU, so they are on by default only on the interpreter; VAT_CHECK_INPUTS=0/1 overrides."""
-    value = os.environ.get(CHECK_ENV, "").strip()
-    if value:
-        return value not in ("0", "false", "False", "no")
+    """Whether data-dependent input checks (e.g. positions within the cache) run. They cost a
+    device sync on an NPU, so they are on by default only on the interpreter; VAT_CHECK_INPUTS
+    overrides (read once per process, through `runtime.env`), and `INPUT_CHECKS` overrides that."""
+    if INPUT_CHECKS is not None:
+        return INPUT_CHECKS
+    if not _env_checks:
+        _env_checks.append(flag_or_none(CHECK_ENV))
+    env = _env_checks[0]
+    if env is not None:
+        return env
     return current_backend() is Backend.INTERPRETER
+
+
+@contextlib.contextmanager
+def input_checks(enabled: bool | None) -> Iterator[None]:
+    """Inside the block, data-dependent input checks are on (True), off (False) or as configured
+    (None). Not thread-local: for tests and benchmarks."""
+    global INPUT_CHECKS
+    saved = INPUT_CHECKS
+    INPUT_CHECKS = enabled
+    try:
+        yield
+    finally:
+        INPUT_CHECKS = saved
 
 
 class Bf16Shim:

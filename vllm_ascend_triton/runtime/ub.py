@@ -21,7 +21,8 @@ _USABLE_FRACTION = 0.75
 
 
 def dtype_bytes(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
+    """Bytes per element of `dtype`."""
+    return dtype.itemsize
 
 
 def ub_budget_bytes(device: DeviceInfo | None = None, multibuffer: bool = True) -> int:

@@ -169,7 +169,7 @@ from vllm_ascend_triton.runtime.checks import (
     check_same_device,
     check_tensor,
 )
-from vllm_ascend_triton.runtime.configs import lookup_config
+from vllm_ascend_triton.runtime.configs import ShapeCache, dtype_key, lookup_config
 from vllm_ascend_triton.runtime.device import current_device, plan_for
 from vllm_ascend_triton.runtime.launch import LaunchSpec, bf16_shim, checks_enabled, persistent_grid
 from vllm_ascend_triton.runtime.ub import dtype_bytes, tile_elements, ub_budget_bytes
@@ -233,7 +233,7 @@ def _attention_launch_config(
         "head_size": head_size,
         "block_size": block_size,
         "qpk": qpk,
-        "dtype": str(dtype).removeprefix("torch."),
+        "dtype": dtype_key(dtype),
         "decode": decode,
     }
     cfg = lookup_config(sku, "unified_attention", key, default)
@@ -345,29 +345,20 @@ def reshape_and_cache(
             )
     if num_tokens == 0:
         return
-    head_pad = triton.next_power_of_2(head_size)
-    dev = current_device()
-    # Tiles hold the wider of the input and cache dtypes (the cast happens in registers).
-    elem = max(dtype_bytes(key.dtype), dtype_bytes(key_cache.dtype))
-    tile = tile_elements(_RC_LIVE_TILES, elem, device=dev)
-    cfg = lookup_config(
-        dev.sku.name,
-        "reshape_and_cache",
-        {"head_size": head_size, "num_kv_heads": num_heads},
-        {"BLOCK_H": max(1, min(triton.next_power_of_2(num_heads), tile // head_pad))},
-    )
-    block_h = cfg.get("BLOCK_H")
-    if not isinstance(block_h, int) or block_h < 1 or block_h & (block_h - 1):
-        raise ValueError(
-            f"reshape_and_cache config for {dev.sku.name} needs a power-of-two BLOCK_H, got {block_h!r}"
+    plan_key = ("reshape_and_cache", head_size, num_heads, key.dtype, key_cache.dtype, num_tokens)
+    plan = _PLANS.get(plan_key)
+    if plan is None:
+        plan = _PLANS.put(
+            plan_key, _plan_cache_write(head_size, num_heads, key.dtype, key_cache.dtype, num_tokens)
         )
+    head_pad, block_h, cfg, grid = plan
     with bf16_shim() as shim:
         k_in, v_in = shim.input(key[:num_tokens]), shim.input(value[:num_tokens])
         kc, vc = shim.output(key_cache), shim.output(value_cache)
         LaunchSpec(
             name="reshape_and_cache",
             kernel=_reshape_and_cache_kernel,
-            grid=persistent_grid(num_tokens, device=dev),
+            grid=grid,
             args=dict(
                 key_ptr=k_in, value_ptr=v_in, kc_ptr=kc, vc_ptr=vc, slot_ptr=slot_mapping,
                 num_tokens=num_tokens, num_heads=num_heads, block_size=block_size,
@@ -380,6 +371,33 @@ def reshape_and_cache(
             constexprs=dict(HEAD_SIZE=head_size, HEAD_PAD=head_pad, BLOCK_H=block_h),
             config=cfg,
         ).launch()  # fmt: skip
+
+
+_PLANS = ShapeCache("attention")
+
+
+def _plan_cache_write(
+    head_size: int, num_heads: int, dtype: torch.dtype, cache_dtype: torch.dtype, num_tokens: int
+) -> tuple[int, int, dict, tuple[int]]:
+    """(HEAD_PAD, BLOCK_H, config, grid) of a `reshape_and_cache` launch."""
+    key_dtype = dtype
+    head_pad = triton.next_power_of_2(head_size)
+    dev = current_device()
+    # Tiles hold the wider of the input and cache dtypes (the cast happens in registers).
+    elem = max(dtype_bytes(key_dtype), dtype_bytes(cache_dtype))
+    tile = tile_elements(_RC_LIVE_TILES, elem, device=dev)
+    cfg = lookup_config(
+        dev.sku.name,
+        "reshape_and_cache",
+        {"head_size": head_size, "num_kv_heads": num_heads},
+        {"BLOCK_H": max(1, min(triton.next_power_of_2(num_heads), tile // head_pad))},
+    )
+    block_h = cfg.get("BLOCK_H")
+    if not isinstance(block_h, int) or block_h < 1 or block_h & (block_h - 1):
+        raise ValueError(
+            f"reshape_and_cache config for {dev.sku.name} needs a power-of-two BLOCK_H, got {block_h!r}"
+        )
+    return head_pad, block_h, cfg, persistent_grid(num_tokens, device=dev)
 
 
 def _check_query_group_fits(qpk: int, head_size: int, dtype: torch.dtype, sku: str, ub_bytes: int) -> None:
@@ -599,13 +617,19 @@ def unified_attention(
     num_tokens, num_q_heads, head_size = q.shape
     _, block_size, num_kv_heads, _ = k_cache.shape
     qpk = num_q_heads // num_kv_heads
-    device = current_device()
-    _check_query_group_fits(qpk, head_size, q.dtype, device.sku.name, device.ub_bytes)
+    decode = max_seqlen_q == 1
+    plan_key = ("unified_attention", head_size, block_size, q.dtype, qpk, decode)
+    plan = _PLANS.get(plan_key)
+    if plan is None:
+        device = current_device()
+        _check_query_group_fits(qpk, head_size, q.dtype, device.sku.name, device.ub_bytes)
+        if num_tokens == 0 or num_seqs == 0 or max_seqlen_q == 0:
+            return out
+        cfg = _attention_launch_config(device.sku.name, head_size, block_size, q.dtype, qpk, decode=decode)
+        plan = _PLANS.put(plan_key, (device, cfg))
+    device, cfg = plan
     if num_tokens == 0 or num_seqs == 0 or max_seqlen_q == 0:
         return out
-    cfg = _attention_launch_config(
-        device.sku.name, head_size, block_size, q.dtype, qpk, decode=max_seqlen_q == 1
-    )
     splits = num_kv_splits or _choose_splits(
         num_seqs, num_kv_heads, max_seqlen_q, max_seqlen_k, cfg["TILE_N"], device.cube_cores
     )

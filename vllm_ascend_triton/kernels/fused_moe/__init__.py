@@ -90,6 +90,7 @@ Ascend design
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import torch
 import triton
@@ -109,7 +110,7 @@ from vllm_ascend_triton.kernels.fused_moe.reference import (
 from vllm_ascend_triton.kernels.limits import MOE_MAX_EXPERTS, MOE_MAX_SLOTS, MOE_MAX_TOPK
 from vllm_ascend_triton.kernels.moe_sort import bin_lanes, check_expert_map_values, plan_sort, sort_count, sort_scatter
 from vllm_ascend_triton.runtime.checks import FLOAT_DTYPES, INDEX_DTYPES, check_positive_int, check_tensor
-from vllm_ascend_triton.runtime.configs import lookup_config
+from vllm_ascend_triton.runtime.configs import ShapeCache, dtype_key, lookup_config
 from vllm_ascend_triton.runtime.device import current_device
 from vllm_ascend_triton.runtime.launch import LaunchSpec, bf16_shim, checks_enabled, persistent_grid
 from vllm_ascend_triton.runtime.ub import tile_elements, ub_budget_bytes
@@ -236,8 +237,7 @@ def _route(
     # Ids and map in their own dtypes: the kernels range-check before narrowing, nothing wraps.
     ids = topk_ids.contiguous().view(-1)
     emap = expert_map.contiguous() if expert_map is not None else None
-    dev = current_device()
-    plan = plan_sort(num_slots, num_experts, num_local, has_map=emap is not None, device=dev)
+    plan, layout_grid = _route_plan(num_slots, num_experts, num_local, emap is not None)
     logger.debug(
         "moe sort: %d slots, E=%d, L=%d, %d runs, scratch %d bytes", num_slots, num_experts, num_local,
         plan.runs, plan.scratch_bytes,
@@ -247,7 +247,7 @@ def _route(
     LaunchSpec(
         name="moe_permute_layout",
         kernel=_permute_layout_kernel,
-        grid=persistent_grid(triton.cdiv(num_slots, _LAYOUT_FILL), device=dev),
+        grid=layout_grid,
         args=dict(
             counts_ptr=counts, permuted_idx_ptr=permuted_idx, tokens_per_expert_ptr=tokens_per_expert,
             offsets_ptr=offsets, num_runs=plan.runs, num_local=num_local, numel=num_slots,
@@ -260,6 +260,30 @@ def _route(
     return tokens_per_expert, offsets, inv_idx, permuted_idx
 
 
+_PLANS = ShapeCache("fused_moe")
+
+
+def _route_plan(num_slots: int, num_experts: int, num_local: int, has_map: bool) -> tuple[Any, tuple[int]]:
+    """The sort plan and the layout grid of `_route` (cached per problem size)."""
+    plan_key = ("route", num_slots, num_experts, num_local, has_map)
+    cached = _PLANS.get(plan_key)
+    if cached is not None:
+        return cached
+    dev = current_device()
+    plan = plan_sort(num_slots, num_experts, num_local, has_map=has_map, device=dev)
+    grid = persistent_grid(triton.cdiv(num_slots, _LAYOUT_FILL), device=dev)
+    return _PLANS.put(plan_key, (plan, grid))
+
+
+def _rows_plan(hidden: int, dtype: torch.dtype, kernel: str, rows: int) -> tuple[dict, tuple[int]]:
+    """Config and grid of a row-parallel launch (cached per problem size)."""
+    plan_key = (kernel, hidden, dtype, rows)
+    cached = _PLANS.get(plan_key)
+    if cached is not None:
+        return cached
+    return _PLANS.put(plan_key, (_rows_config(hidden, dtype, kernel), persistent_grid(rows)))
+
+
 def _default_rows_config() -> dict:
     # A row tile and the fp32 accumulator of the combine: two live tiles.
     return {"BLOCK_H": min(_MAX_ROW_TILE, tile_elements(2, 4))}
@@ -267,7 +291,10 @@ def _default_rows_config() -> dict:
 
 def _rows_config(hidden: int, dtype: torch.dtype, kernel: str) -> dict:
     cfg = lookup_config(
-        current_device().sku.name, kernel, {"hidden": hidden, "dtype": str(dtype)}, _default_rows_config()
+        current_device().sku.name,
+        kernel,
+        {"hidden": hidden, "dtype": dtype_key(dtype)},
+        _default_rows_config(),
     )
     cfg["BLOCK_H"] = min(cfg["BLOCK_H"], max(16, triton.next_power_of_2(hidden)))
     return cfg
@@ -321,11 +348,11 @@ def _launch_gather_rows(
     """`dtype`: the caller's data dtype (configs are looked up by it, not by the interpreter's
     fp32 stand-in for bf16, so a dry run and a real launch choose the same config)."""
     num_rows, hidden = dst.shape
-    cfg = _rows_config(hidden, dtype, "moe_permute_rows")
+    cfg, grid = _rows_plan(hidden, dtype, "moe_permute_rows", num_rows)
     LaunchSpec(
         name="moe_permute_rows",
         kernel=_gather_rows_kernel,
-        grid=persistent_grid(num_rows),
+        grid=grid,
         args=dict(
             src_ptr=src, permuted_idx_ptr=permuted_idx, dst_ptr=dst, num_rows=num_rows, hidden=hidden,
             topk=topk,
@@ -405,11 +432,11 @@ def _launch_unpermute(
     y: torch.Tensor, weights: torch.Tensor, inv_idx: torch.Tensor, out: torch.Tensor, dtype: torch.dtype
 ) -> None:
     num_tokens, hidden = out.shape
-    cfg = _rows_config(hidden, dtype, "moe_unpermute")
+    cfg, grid = _rows_plan(hidden, dtype, "moe_unpermute", num_tokens)
     LaunchSpec(
         name="moe_unpermute",
         kernel=_unpermute_kernel,
-        grid=persistent_grid(num_tokens),
+        grid=grid,
         args=dict(
             y_ptr=y, weights_ptr=weights, inv_idx_ptr=inv_idx, out_ptr=out, num_tokens=num_tokens,
             num_rows=y.shape[0], hidden=hidden, topk=weights.shape[1],
@@ -437,9 +464,9 @@ def _default_gemm_config(default: dict, gated: bool, elem_bytes: int) -> dict:
 
 def _gemm_config(kernel: str, n_out: int, k_dim: int, dtype: torch.dtype, default: dict) -> dict:
     gated = kernel == "moe_gemm_gate_up"
-    base = _default_gemm_config(default, gated, torch.empty((), dtype=dtype).element_size())
+    base = _default_gemm_config(default, gated, dtype.itemsize)
     cfg = lookup_config(
-        current_device().sku.name, kernel, {"n": n_out, "k": k_dim, "dtype": str(dtype)}, base
+        current_device().sku.name, kernel, {"n": n_out, "k": k_dim, "dtype": dtype_key(dtype)}, base
     )
     # tl.dot needs every tile side >= 16; don't pad tiny problems beyond the next power of two.
     cfg["BLOCK_N"] = max(16, min(cfg["BLOCK_N"], triton.next_power_of_2(n_out)))
@@ -460,9 +487,14 @@ def _launch_grouped_gemm(
     num_rows, k_dim = a.shape
     n_out = c.shape[1]
     num_local = b.shape[0]
-    cfg = _gemm_config(kernel, n_out, k_dim, dtype, default)
-    max_row_tiles = triton.cdiv(num_rows, cfg["BLOCK_M"]) + min(num_local, num_rows)
-    work = max_row_tiles * triton.cdiv(n_out, cfg["BLOCK_N"])
+    plan_key = (kernel, n_out, k_dim, dtype, num_rows, num_local)
+    cached = _PLANS.get(plan_key)
+    if cached is None:
+        cfg = _gemm_config(kernel, n_out, k_dim, dtype, default)
+        max_row_tiles = triton.cdiv(num_rows, cfg["BLOCK_M"]) + min(num_local, num_rows)
+        work = max_row_tiles * triton.cdiv(n_out, cfg["BLOCK_N"])
+        cached = _PLANS.put(plan_key, (cfg, max_row_tiles, work, persistent_grid(work, uses_cube=True)))
+    cfg, max_row_tiles, work, grid = cached
     logger.debug(
         "%s: %d rows x %d x %d, %d work items (upper bound), config %s",
         kernel,
@@ -475,7 +507,7 @@ def _launch_grouped_gemm(
     LaunchSpec(
         name=kernel,
         kernel=_grouped_gemm_kernel,
-        grid=persistent_grid(work, uses_cube=True),
+        grid=grid,
         args=dict(
             a_ptr=a, b_ptr=b, offsets_ptr=offsets, c_ptr=c, n_out=n_out, k_dim=k_dim, num_local=num_local,
             max_row_tiles=max_row_tiles,

@@ -95,6 +95,7 @@ Ascend design
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import torch
 import triton
@@ -114,7 +115,7 @@ from vllm_ascend_triton.runtime.checks import (
     check_same_device,
     check_tensor,
 )
-from vllm_ascend_triton.runtime.configs import lookup_config
+from vllm_ascend_triton.runtime.configs import ShapeCache, lookup_config
 from vllm_ascend_triton.runtime.device import current_device
 from vllm_ascend_triton.runtime.launch import LaunchSpec, bf16_shim, checks_enabled, persistent_grid
 from vllm_ascend_triton.runtime.ub import tile_elements
@@ -162,7 +163,18 @@ def _topk_block_m(block_e: int) -> int:
     return max(1, min(64, tile_elements(_TOPK_LIVE_TILES, 4) // block_e))
 
 
+_PLANS = ShapeCache("moe_routing")
+
+
 def _topk_config(kernel: str, num_tokens: int, num_experts: int, topk: int) -> tuple[dict, tuple[int], int]:
+    plan_key = (kernel, num_tokens, num_experts, topk)
+    plan = _PLANS.get(plan_key)
+    if plan is not None:
+        return plan
+    return _PLANS.put(plan_key, _plan_topk(kernel, num_tokens, num_experts, topk))
+
+
+def _plan_topk(kernel: str, num_tokens: int, num_experts: int, topk: int) -> tuple[dict, tuple[int], int]:
     block_e = triton.next_power_of_2(num_experts)
     # No more rows per tile than there are tokens: padding rows would cost full reductions.
     default = {"BLOCK_M": min(_topk_block_m(block_e), triton.next_power_of_2(num_tokens))}
@@ -367,6 +379,28 @@ def grouped_topk(
 
 
 def _align_layout_config(num_experts: int) -> dict:
+    plan_key = ("moe_align_layout", num_experts)
+    plan = _PLANS.get(plan_key)
+    if plan is not None:
+        return plan
+    return _PLANS.put(plan_key, _plan_align_layout(num_experts))
+
+
+def _align_plan(numel: int, num_experts: int, num_blocks: int, size: int) -> tuple[Any, dict, tuple[int]]:
+    """Sort plan, layout config and layout grid of `moe_align_block_size` (cached per size)."""
+    plan_key = ("moe_align", numel, num_experts, num_blocks, size)
+    cached = _PLANS.get(plan_key)
+    if cached is not None:
+        return cached
+    dev = current_device()
+    # Bins are the global experts; the map only relabels blocks (vLLM's wrapper does the same).
+    plan = plan_sort(numel, num_experts, num_experts, has_map=False, device=dev)
+    cfg = _align_layout_config(num_experts)
+    block_work = max(triton.cdiv(num_blocks, cfg["BLOCK_B"]), triton.cdiv(size, cfg["BLOCK_S"]))
+    return _PLANS.put(plan_key, (plan, cfg, persistent_grid(block_work, device=dev)))
+
+
+def _plan_align_layout(num_experts: int) -> dict:
     block_e = bin_lanes(num_experts)
     # [BLOCK_B blocks, BLOCK_E experts] compare tiles; BLOCK_S int32 sentinel lanes per fill store.
     default = {"BLOCK_B": max(8, min(256, tile_elements(_ALIGN_LIVE_TILES, 4) // block_e)), "BLOCK_S": 1024}
@@ -428,10 +462,7 @@ def moe_align_block_size(
         return sorted_ids, expert_ids, num_post_pad
 
     flat = topk_ids.reshape(-1).contiguous()
-    dev = current_device()
-    # Bins are the global experts; the map only relabels blocks (vLLM's wrapper does the same).
-    plan = plan_sort(numel, num_experts, num_experts, has_map=False, device=dev)
-    cfg = _align_layout_config(num_experts)
+    plan, cfg, layout_grid = _align_plan(numel, num_experts, num_blocks, size)
     logger.debug(
         "moe_align_block_size: %d routes, E=%d, %d runs of %d tiles, scratch %d bytes, config=%s",
         numel,
@@ -442,11 +473,10 @@ def moe_align_block_size(
         cfg,
     )
     counts = sort_count(plan, flat, None)
-    block_work = max(triton.cdiv(num_blocks, cfg["BLOCK_B"]), triton.cdiv(size, cfg["BLOCK_S"]))
     LaunchSpec(
         name="moe_align_layout",
         kernel=_align_layout_kernel,
-        grid=persistent_grid(block_work, device=dev),
+        grid=layout_grid,
         args=dict(
             counts_ptr=counts,
             expert_map_ptr=expert_map if expert_map is not None else counts,  # read only with HAS_MAP

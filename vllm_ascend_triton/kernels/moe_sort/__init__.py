@@ -24,7 +24,7 @@ import torch
 import triton
 
 from vllm_ascend_triton.kernels.moe_sort.jit import _sort_count_kernel, _sort_scatter_kernel
-from vllm_ascend_triton.runtime.configs import lookup_config
+from vllm_ascend_triton.runtime.configs import ShapeCache, lookup_config
 from vllm_ascend_triton.runtime.device import DeviceInfo, current_device
 from vllm_ascend_triton.runtime.launch import LaunchSpec, checks_enabled, persistent_grid
 from vllm_ascend_triton.runtime.ub import tile_elements
@@ -33,6 +33,8 @@ from vllm_ascend_triton.runtime.ub import tile_elements
 # their product, a temporary); an expert map adds a one-hot over the id lanes and its product.
 _LIVE_TILES = 4
 _LIVE_TILES_WITH_MAP = 6
+# Sort plans per problem size, for the current device (see `runtime.configs.ShapeCache`).
+_PLANS = ShapeCache("moe_sort")
 
 
 def bin_lanes(num_bins: int) -> int:
@@ -87,6 +89,11 @@ def plan_sort(
     Returns:
         A frozen `SortPlan` (tuned `BLOCK_N`, runs = programs = scratch rows, tiles per program).
     """
+    plan_key = (numel, num_ids, num_bins, has_map)
+    if device is None:
+        plan = _PLANS.get(plan_key)
+        if plan is not None:
+            return plan
     dev = device or current_device()
     widest = max(bin_lanes(num_bins), triton.next_power_of_2(num_ids) if has_map else 1)
     live = _LIVE_TILES_WITH_MAP if has_map else _LIVE_TILES
@@ -95,7 +102,8 @@ def plan_sort(
     config = lookup_config(dev.sku.name, "moe_sort_count", key, default)
     num_tiles = triton.cdiv(max(numel, 1), config["BLOCK_N"])
     (runs,) = persistent_grid(num_tiles, device=dev)
-    return SortPlan(numel, num_ids, num_bins, has_map, config, runs, triton.cdiv(num_tiles, runs))
+    plan = SortPlan(numel, num_ids, num_bins, has_map, config, runs, triton.cdiv(num_tiles, runs))
+    return _PLANS.put(plan_key, plan) if device is None else plan
 
 
 def sort_scratch_bytes(

@@ -87,7 +87,7 @@ from vllm_ascend_triton.runtime.checks import (
     check_same_device,
     check_tensor,
 )
-from vllm_ascend_triton.runtime.configs import lookup_config
+from vllm_ascend_triton.runtime.configs import ShapeCache, lookup_config
 from vllm_ascend_triton.runtime.device import current_device
 from vllm_ascend_triton.runtime.launch import LaunchSpec, bf16_shim, checks_enabled, persistent_grid
 from vllm_ascend_triton.runtime.ub import dtype_bytes, tile_elements
@@ -207,7 +207,20 @@ def _warn_block_h_cut(kernel: str, sku: str, block_h: int, cap: int, dtype: str)
     )  # fmt: skip
 
 
+_PLANS = ShapeCache("rope")
+
+
 def _launch_config(
+    kernel: str, head_size: int, rot_dim: int, num_heads: int, num_tokens: int, dtype: torch.dtype
+) -> tuple[dict, tuple[int]]:
+    plan_key = (kernel, head_size, rot_dim, num_heads, num_tokens, dtype)
+    plan = _PLANS.get(plan_key)
+    if plan is not None:
+        return plan
+    return _PLANS.put(plan_key, _plan_launch(kernel, head_size, rot_dim, num_heads, num_tokens, dtype))
+
+
+def _plan_launch(
     kernel: str, head_size: int, rot_dim: int, num_heads: int, num_tokens: int, dtype: torch.dtype
 ) -> tuple[dict, tuple[int]]:
     dev = current_device()
