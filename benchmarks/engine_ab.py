@@ -395,6 +395,44 @@ def cmd_ab(args: argparse.Namespace) -> int:
     return 0
 
 
+RECORDER = "benchmarks.step_recorder.RecordingScheduler"
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    """One repetition per policy with the step recorder (``step_recorder.py``) as the scheduler
+    class: the engine's step times and the arrival trace, for the calibration."""
+    out = Path(args.out)
+    model = write_model(out / "model")
+    make_dataset(out / "data_0.json", 100, args.num_prompts)
+    results: dict[str, Any] = {}
+    for policy in [p for p in args.policies.split(",") if p]:
+        steps = out / f"steps_{policy.replace(':', '_')}"
+        steps.mkdir(parents=True, exist_ok=True)
+        for f in steps.glob("*.jsonl"):
+            f.unlink()
+        log = out / f"record_{policy.replace(':', '_')}.log"
+        server = Server(model, policy, log, "--scheduler-cls", RECORDER, env={"VAT_STEP_LOG_DIR": str(steps)})
+        try:
+            server.wait_ready()
+            run_bench(server, out / "data_0.json", out / "warmup.json", args.rate, 1, 8)
+            for f in steps.glob("*.jsonl"):
+                f.write_text("")  # the warm-up is not part of the trace
+            name = f"record_{policy.replace(':', '_')}.json"
+            results[policy] = run_bench(
+                server, out / "data_0.json", out / name, args.rate, 100, args.num_prompts
+            )
+        finally:
+            server.stop()
+        print(
+            f"[record] {policy}: {results[policy]['output_throughput']:.1f} tok/s",
+            file=sys.stderr,
+            flush=True,
+        )
+    (out / "record.json").write_text(json.dumps({"rate": args.rate, "num_prompts": args.num_prompts,
+                                                 "results": results}, indent=2))  # fmt: skip
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -406,8 +444,13 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--reps", type=int, default=3)
     a.add_argument("--rate", type=float, default=2.0, help="Poisson request rate (req/s, both ranks)")
     a.add_argument("--num-prompts", type=int, default=120)
+    r = sub.add_parser("record", help="one repetition per policy with the step recorder (calibration)")
+    r.add_argument("--out", required=True)
+    r.add_argument("--policies", default="default,balance")
+    r.add_argument("--rate", type=float, default=2.5)
+    r.add_argument("--num-prompts", type=int, default=150)
     args = parser.parse_args(argv)
-    return {"probe": cmd_probe, "ab": cmd_ab}[args.cmd](args)
+    return {"probe": cmd_probe, "ab": cmd_ab, "record": cmd_record}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -96,3 +96,33 @@ def test_schedule_overhead_quick_run_takes_the_planned_path() -> None:
     # Small and fast (not marked slow): the balance arm must run under a finite allowance.
     res = overhead_bench.measure_schedule_overhead(num_running=8, steps=4, warmup=1)
     assert res["arm"] == "balance" and res["num_running"] == 8 and res["ratio_mean"] > 0
+
+
+def test_calibration_fit_recovers_a_known_step_model(tmp_path) -> None:
+    # Two ranks' step records with end times in lockstep and durations from a known model:
+    # the clustering pairs them and the least-squares fit gets the coefficients back.
+    import random
+
+    calibrate = _load("calibrate")
+    rng = random.Random(0)
+    t = 1000.0
+    lines = {0: [], 1: []}
+    for _ in range(300):
+        tok = [rng.randint(1, 1024), rng.choice([0, rng.randint(1, 1024)])]
+        ctx = [rng.randint(100, 20000), rng.randint(100, 20000) if tok[1] else 0]  # idle: no context
+        t += 0.020 + 0.0002 * max(tok) + 1e-6 * max(ctx)
+        for rank in (0, 1):
+            if tok[rank]:
+                end = t + rng.uniform(0, 0.002)
+                lines[rank].append(
+                    {"kind": "step", "t": end, "rank": rank, "tokens": tok[rank], "context": ctx[rank]}
+                )
+    for rank, recs in lines.items():
+        (tmp_path / f"steps-{rank}-1.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    steps, arrivals = calibrate.load(tmp_path)
+    rows = calibrate.lockstep_steps(steps)
+    assert arrivals == [] and 290 <= len(rows) <= 299
+    res = calibrate.fit(rows, ["max_tokens", "max_ctx"])
+    fixed, per_token, per_ctx = res["coef"]
+    assert abs(fixed - 0.020) < 0.002 and abs(per_token - 0.0002) < 2e-5 and abs(per_ctx - 1e-6) < 2e-7
+    assert res["r2"] > 0.95
