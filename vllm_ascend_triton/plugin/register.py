@@ -8,13 +8,14 @@ What :func:`register` does, once per process (vLLM runs general plugins in the f
 engine cores and the workers), depends on the platform vLLM resolved:
 
 - our interpreter platform (``VAT_PLATFORM=interpreter``): registers everything below;
-- an Ascend platform (vllm-ascend's, ``device_type == "npu"``): registers the parts whose
-  vLLM names vllm-ascend does not register itself (it asserts on duplicates: see
-  ``ASCEND_OWNED``), so its own rope/MoE/attention win there;
+- vllm-ascend's ``NPUPlatform`` (found by class in the MRO, so a stand-in exercises the same
+  path): nothing at all unless ``VAT_ASCEND=1`` (one log line says how to opt in); with it,
+  ``ascend.activate`` (our subclass of its platform; see ``ascend.py``);
 - any other platform (stock CPU, CUDA, ...): no op or backend (our kernels would need the
   interpreter or an NPU there), only the scheduler default and the env-var names.
 
-Parts, each with a switch (``0``/``false``/``off`` disables it; default on):
+Parts, each with a switch (read by ``runtime.env.flag``: ``0``/``false``/``no``/``off`` disables
+it; default on):
 
 - ``VAT_PLUGIN_ROPE``: ``CustomOp.register_oot`` of the cos/sin-cache rotary family and MRoPE
   (``ops.py``);
@@ -37,6 +38,8 @@ import os
 import threading
 from typing import Any
 
+from vllm_ascend_triton.runtime.env import flag
+
 logger = logging.getLogger("vllm.vllm_ascend_triton.plugin")
 
 PLATFORM_ENV = "VAT_PLATFORM"
@@ -51,41 +54,21 @@ SWITCHES = {
 }
 # The VLLM_* variables this package reads; made known to vLLM's environment validation.
 OUR_VLLM_ENV_VARS = (BALANCE_ENV,)
-# Names vllm-ascend registers with CustomOp.register_oot itself (vllm_ascend/utils.py,
-# register_ascend_customop, run in its NPU worker); registering one first would trip vLLM's
-# duplicate assertion there, so on an Ascend platform these stay vllm-ascend's.
-ASCEND_OWNED = frozenset(
-    {
-        "RotaryEmbedding",
-        "MRotaryEmbedding",
-        "YaRNScalingRotaryEmbedding",
-        "DeepseekScalingRotaryEmbedding",
-        "FusedMoE",
-        "SharedFusedMoE",
-    }
-)
 
 _lock = threading.Lock()
 _done = False
 _registered: dict[str, list[str]] = {}
 
 
-def _flag(name: str, default: bool = True) -> bool:
-    raw = os.environ.get(name, "").strip().lower()
-    if not raw:
-        return default
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    if raw in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"{name}={raw!r}: expected 1/0, true/false, yes/no or on/off")
-
-
 def part_enabled(part: str) -> bool:
-    """Whether the plugin part ``part`` (rope, moe, attention, scheduler) is switched on."""
+    """Whether the plugin part ``part`` (rope, moe, attention, scheduler) is switched on.
+
+    Raises:
+        ValueError: an unknown part, or its switch has an unknown spelling.
+    """
     if part not in SWITCHES:
         raise ValueError(f"unknown plugin part {part!r}; known: {', '.join(SWITCHES)}")
-    return _flag(SWITCHES[part])
+    return flag(SWITCHES[part], True)
 
 
 def balance_switch_on(vllm_config: Any = None) -> bool:
@@ -116,6 +99,16 @@ def interpreter_platform() -> str | None:
     """
     if not interpreter_requested():
         return None
+    from vllm_ascend_triton.plugin.ascend import vllm_ascend_installed
+
+    if vllm_ascend_installed():
+        # vLLM activates one platform plugin only ("Only one platform plugin can be activated").
+        logger.error(
+            "%s=interpreter ignored: vllm-ascend's platform plugin is installed and vLLM runs one "
+            "platform plugin; beside vllm-ascend use VAT_ASCEND=1 (docs/vllm.md)",
+            PLATFORM_ENV,
+        )
+        return None
     forced = os.environ.get("VAT_BACKEND", "").strip().lower()
     if forced and forced != "interpreter":
         logger.error("%s=interpreter needs VAT_BACKEND unset or 'interpreter', got %r", PLATFORM_ENV, forced)
@@ -128,9 +121,11 @@ def interpreter_platform() -> str | None:
 
 
 def _platform_kind(platform: Any) -> str | None:
+    from vllm_ascend_triton.plugin.ascend import is_vllm_ascend_platform
+
     if type(platform).__module__ == "vllm_ascend_triton.plugin.platform":
         return "interpreter"
-    if getattr(platform, "device_type", None) == "npu":
+    if is_vllm_ascend_platform(platform):
         return "ascend"
     return None
 
@@ -142,13 +137,10 @@ def _make_env_vars_known() -> None:
         envs.environment_variables.setdefault(name, lambda name=name: os.environ.get(name))
 
 
-def _register_ops(kind: str, parts: dict[str, list[str]]) -> None:
+def _register_ops(parts: dict[str, list[str]]) -> None:
     from vllm.model_executor.custom_op import CustomOp, op_registry_oot
 
     def _add(name: str, cls: type, part: str) -> None:
-        if kind == "ascend" and name in ASCEND_OWNED:
-            parts.setdefault("left_to_vllm_ascend", []).append(name)
-            return
         existing = op_registry_oot.get(name)
         if existing is cls:
             parts.setdefault(part, []).append(name)
@@ -168,6 +160,10 @@ def _register_ops(kind: str, parts: dict[str, list[str]]) -> None:
         from vllm_ascend_triton.plugin.moe import MOE_OP_NAME, make_method_class
 
         _add(MOE_OP_NAME, make_method_class(), "moe")
+        # Compressed-tensors W8A8 int8 MoE layers on our int8 expert kernels (plugin/moe_w8a8.py).
+        from vllm_ascend_triton.plugin.moe_w8a8 import install as install_w8a8_moe
+
+        parts["moe_w8a8"] = install_w8a8_moe()
 
 
 def _register_attention_backend(parts: dict[str, list[str]]) -> None:
@@ -177,7 +173,12 @@ def _register_attention_backend(parts: dict[str, list[str]]) -> None:
 
     if BACKEND_NAME not in AttentionBackendEnum._member_map_:
         register_backend(BACKEND_NAME, "vllm_ascend_triton.plugin.attention_backend.VatAttentionBackend")
-    parts["attention"] = [BACKEND_NAME]
+    from vllm_ascend_triton.plugin.mla_backend import BACKEND_NAME as MLA_BACKEND_NAME
+    from vllm_ascend_triton.plugin.mla_backend import BACKEND_PATH as MLA_BACKEND_PATH
+
+    if MLA_BACKEND_NAME not in AttentionBackendEnum._member_map_:
+        register_backend(MLA_BACKEND_NAME, MLA_BACKEND_PATH)
+    parts["attention"] = [BACKEND_NAME, MLA_BACKEND_NAME]
 
 
 def choose_scheduler(vllm_config: Any) -> str | None:
@@ -226,10 +227,24 @@ def register() -> None:
         if _done:
             return
         _done = True
-        _make_env_vars_known()
         from vllm.platforms import current_platform
 
         kind = _platform_kind(current_platform)
+        _registered.clear()
+        if kind == "ascend":
+            from vllm_ascend_triton.plugin import ascend
+
+            if not ascend.opted_in():
+                logger.info(
+                    "vllm-ascend-triton: vllm-ascend's platform %s detected and %s is off: this "
+                    "package changes nothing; set %s=1 to run its attention, rope, MoE and "
+                    "scheduler beside vllm-ascend (docs/vllm.md)",
+                    type(current_platform).__name__,
+                    ascend.ASCEND_ENV,
+                    ascend.ASCEND_ENV,
+                )
+                return
+        _make_env_vars_known()
         parts: dict[str, list[str]] = {}
         if kind is not None:
             from vllm_ascend_triton.plugin import counters, custom_ops, mutate
@@ -238,17 +253,24 @@ def register() -> None:
             counters.configure()
             mutate.configure()
             parts["custom_ops"] = [f"{custom_ops.NAMESPACE}::{n}" for n in custom_ops.register_all()]
-            _register_ops(kind, parts)
+        if kind == "ascend":
+            from vllm_ascend_triton.plugin import ascend
+
+            parts.update(ascend.activate(current_platform))
+            _registered.update(parts)
+            logger.info(
+                "vllm-ascend-triton registered beside vllm-ascend (%s=1): %s", ascend.ASCEND_ENV, parts
+            )
+            return
+        if kind is not None:
+            _register_ops(parts)
             if part_enabled("attention"):
                 _register_attention_backend(parts)
-        if kind == "ascend":
-            parts["scheduler"] = ["not set: vllm-ascend reads the same balance switch; pass --scheduler-cls"]
-        elif kind is None and part_enabled("scheduler"):
+        if kind is None and part_enabled("scheduler"):
             _install_scheduler_default()
             parts["scheduler"] = ["BalanceScheduler when the balance switch is on"]
         elif kind == "interpreter" and part_enabled("scheduler"):
             parts["scheduler"] = ["BalanceScheduler when the balance switch is on"]
-        _registered.clear()
         _registered.update(parts)
         if kind is None:
             logger.info(
