@@ -51,6 +51,10 @@ class InterpreterPlatform(CpuPlatform):
         from vllm_ascend_triton.plugin.attention_backend import BACKEND_NAME, unsupported_reason
 
         if plugin_register.part_enabled("attention"):
+            if getattr(attn_selector_config, "use_mla", False):
+                mla = _mla_backend_path(attn_selector_config)
+                if mla is not None:
+                    return mla
             reason = unsupported_reason(attn_selector_config)
             if reason is None:
                 if selected_backend is not None and getattr(selected_backend, "name", None) != BACKEND_NAME:
@@ -85,8 +89,31 @@ class InterpreterPlatform(CpuPlatform):
         plugin_register.choose_scheduler(vllm_config)
 
     @classmethod
+    def get_mla_prefill_backend_cls(cls, mla_selector_config: Any) -> Any:
+        """Our MLA prefill backend (``mla_backend.VatMLAPrefillBackend``) where it serves the model."""
+        if plugin_register.part_enabled("attention"):
+            from vllm_ascend_triton.plugin.mla_backend import VatMLAPrefillBackend, prefill_supported
+
+            if prefill_supported(mla_selector_config):
+                return VatMLAPrefillBackend
+        return super().get_mla_prefill_backend_cls(mla_selector_config)
+
+    @classmethod
     def get_device_communicator_cls(cls) -> str:
         return "vllm_ascend_triton.plugin.communicator.GlooCpuCommunicator"
+
+
+def _mla_backend_path(attn_selector_config: Any) -> str | None:
+    """``VAT_TRITON_MLA`` for an MLA layer it serves; None (with one log line) otherwise."""
+    from vllm_ascend_triton.plugin.mla_backend import BACKEND_PATH, mla_unsupported_reason
+
+    reason = mla_unsupported_reason(attn_selector_config)
+    if reason is None:
+        return BACKEND_PATH
+    if f"mla:{reason}" not in _fallback_logged:
+        _fallback_logged.add(f"mla:{reason}")
+        logger.warning("vllm-ascend-triton: MLA layer keeps vLLM's CPU MLA backend: %s", reason)
+    return None
 
 
 def enabled_op_names() -> list[str]:
