@@ -45,11 +45,12 @@ def probe(llm) -> dict:
     from vllm_ascend import standin_counts
 
     try:
-        from vllm_ascend_triton.plugin import counters
+        from vllm_ascend_triton.plugin import counters, register
 
         ours = counters.snapshot()
+        plugin = {"ran": register._done, "registered": register.registered()}
     except ImportError:
-        ours = {}
+        ours, plugin = {}, None
     return {
         "op_registry_oot": {k: _name(v) for k, v in sorted(op_registry_oot.items())},
         "attention_backends": attention,
@@ -63,6 +64,7 @@ def probe(llm) -> dict:
         "balance_env_known": "VLLM_ASCEND_BALANCE_SCHEDULING" in envs.environment_variables,
         "standin_counts": dict(standin_counts.counts),
         "our_counts": ours,
+        "our_plugin": plugin,
     }
 
 

@@ -212,3 +212,22 @@ def test_update_config_keeps_other_worker_classes_and_user_scheduler(monkeypatch
     )
     ascend.update_config(theirs)
     assert theirs.scheduler_config.scheduler_cls == "vllm_ascend.core.X"
+
+
+def test_vat_info_beside_vllm_ascend(standin):
+    vat = [sys.executable, "-c", "import sys; from vllm_ascend_triton.cli import main; sys.exit(main())"]
+    off = subprocess.run([*vat, "info", "--json"], env=standin_env(standin), capture_output=True, text=True)
+    assert off.returncode == 0, off.stderr
+    plan = json.loads(off.stdout)["vllm"]
+    assert plan["vllm_ascend_installed"] and not plan["opted_in"]
+    assert not any(p["active"] for p in plan["parts"].values())
+    on = subprocess.run(
+        [*vat, "info"], env=standin_env(standin, VAT_ASCEND="1", VAT_PLUGIN_SCHEDULER="0"),
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert on.returncode == 0, on.stderr
+    assert "vllm-ascend installed, VAT_ASCEND on" in on.stdout
+    assert (
+        "attention    : active" in on.stdout
+        and "scheduler    : inactive (VAT_PLUGIN_SCHEDULER=0)" in on.stdout
+    )

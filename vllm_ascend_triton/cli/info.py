@@ -1,4 +1,5 @@
-"""`vat info`: the device, backend, planning SKU and its properties, and the stack's versions."""
+"""`vat info`: the device, backend, planning SKU and its properties, the stack's versions, and which
+of our parts vLLM would run beside vllm-ascend on this host (and why)."""
 
 from __future__ import annotations
 
@@ -24,13 +25,35 @@ def format_info(info: dict) -> str:
         f"triton-ascend  : {support}",
     ]
     lines += [f"{name:<15}: {version or 'not installed'}" for name, version in info["versions"].items()]
+    lines += format_vllm(info["vllm"])
     return "\n".join(lines)
+
+
+def format_vllm(plan: dict) -> list[str]:
+    """The ``vllm`` section of :func:`vllm_plan` as text lines."""
+    if not plan["vllm_ascend_installed"]:
+        head = "vllm-ascend not installed (VAT_PLATFORM=interpreter: the CPU test platform; docs/vllm.md)"
+    else:
+        switch = "on" if plan["opted_in"] else "off: vllm-ascend runs exactly as without this package"
+        head = f"vllm-ascend installed, VAT_ASCEND {switch}"
+    lines = [f"{'with vLLM':<15}: {head}"]
+    for part, state in plan["parts"].items():
+        lines.append(f"  {part:<13}: {'active' if state['active'] else 'inactive'} ({state['why']})")
+    return lines
+
+
+def vllm_plan() -> dict:
+    """Which of our parts a vLLM process would run on this host beside vllm-ascend, and why."""
+    from vllm_ascend_triton.plugin.ascend import integration_plan
+
+    return integration_plan()
 
 
 def run(args: argparse.Namespace) -> int:
     from vllm_ascend_triton.cli import emit_json
 
     info = collect_info()
+    info["vllm"] = vllm_plan()
     if args.json:
         emit_json(info)
     else:
@@ -39,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("info", help="device, backend, SKU properties and versions")
+    parser = subparsers.add_parser(
+        "info", help="device, backend, SKU properties, versions, parts active beside vllm-ascend"
+    )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.set_defaults(func=run)
