@@ -28,9 +28,13 @@ def test_shapes_file_covers_the_models_and_ops():
     assert {"Llama-3-8B", "Qwen3-30B-A3B", "DeepSeek-V3", "Qwen2.5-VL-7B", "GLM-4.5"} <= labels
     ops = {w.op for w in workloads(shapes, "bench")}
     assert ops == set(OPS)
-    # DeepSeek-V3's routing is grouped (8 groups, top-4 groups); its MLA cache is not benched as GQA.
+    # DeepSeek-V3's routing is grouped (8 groups, top-4 groups); its MLA cache is not benched as GQA
+    # but by the MLA ops (latent cache write, decode, prefill).
     ds = [w for w in workloads(shapes, "quick") if w.model.name == "deepseek_v3"]
-    assert {w.op for w in ds} == {"rope", "grouped_topk", "moe_align_block_size", "fused_experts"}
+    assert {w.op for w in ds} == {
+        "rope", "grouped_topk", "moe_align_block_size", "fused_experts",
+        "concat_and_cache_mla", "mla_decode", "mla_prefill",
+    }  # fmt: skip
 
 
 def test_bad_shapes_file_is_a_clear_error(tmp_path):

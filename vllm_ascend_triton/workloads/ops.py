@@ -377,6 +377,108 @@ def _build_cache_write(w: Workload, device: str, fill: bool) -> Prepared:
     return Prepared(run, check, baseline, "torch index_copy_", hbm, 0.0, 0.0)
 
 
+# --- MLA ------------------------------------------------------------------------------------------
+
+
+def _mla_dims(w: Workload) -> tuple[int, int, int]:
+    m = w.model
+    return m.get("num_heads"), m.get("kv_lora_rank"), m.get("qk_rope_head_dim")
+
+
+def _build_mla_decode(w: Workload, device: str, fill: bool) -> Prepared:
+    """MQA over the latent cache, one query token per sequence (tokens = sequences), `context`
+    cached tokens each. Memory bound on the latent cache: (L + R) * elem bytes per cached token
+    (DeepSeek-V3 / Kimi-K2 in fp16: 576 * 2 = 1152 B), read once per sequence in the minimum."""
+    heads, lora, rope = _mla_dims(w)
+    seqs = w.tokens
+    g = torch.Generator().manual_seed(6)
+    per_seq = -(-w.context // w.block_size)
+    cache = _data((seqs * per_seq, w.block_size, lora + rope), device, fill, g)
+    q = _data((seqs, heads, lora + rope), device, fill, g)
+    perm = torch.randperm(seqs * per_seq, generator=g).to(torch.int32)
+    table = perm.reshape(seqs, per_seq).to(device)
+    lens = torch.full((seqs,), w.context, dtype=torch.int32, device=device)
+    out = torch.empty(seqs, heads, lora, dtype=DTYPE, device=device)
+    scale = (lora + rope) ** -0.5
+
+    def run():
+        return _api("mla_decode")(q, cache, out, table, lens, w.context, scale, lora)
+
+    def check() -> float:
+        run()
+        ref = _reference("mla", "mla_decode_reference")
+        want, _ = ref(q.cpu(), cache.cpu(), table.cpu(), lens.cpu(), scale, lora)
+        return _err(out.double(), want)
+
+    def baseline():
+        keys = cache[table.long()].flatten(1, 2)[:, : w.context]  # [S, ctx, L + R]
+        probs = torch.softmax((q.float() @ keys.float().transpose(1, 2)) * scale, dim=-1)
+        return (probs @ keys[..., :lora].float()).to(q.dtype)
+
+    elem = q.element_size()
+    hbm = seqs * w.context * (lora + rope) * elem + seqs * heads * (2 * lora + rope) * elem
+    flops = 2.0 * seqs * heads * w.context * (2 * lora + rope)
+    return Prepared(run, check, baseline, "gather + torch matmuls", hbm, flops, 2e-2)
+
+
+def _build_mla_prefill(w: Workload, device: str, fill: bool) -> Prepared:
+    """Causal prefill of one sequence of `tokens` new tokens over decompressed heads (qk = nope +
+    rope, v), as vLLM's MLA prefill backend runs it; each tensor read or written once."""
+    m = w.model
+    heads, dv = m.get("num_heads"), m.get("v_head_dim")
+    dqk = m.get("qk_nope_head_dim") + m.get("qk_rope_head_dim")
+    t = w.tokens
+    g = torch.Generator().manual_seed(7)
+    q, k = _data((t, heads, dqk), device, fill, g), _data((t, heads, dqk), device, fill, g)
+    v = _data((t, heads, dv), device, fill, g)
+    cu = torch.tensor([0, t], dtype=torch.int32, device=device)
+    out = torch.empty(t, heads, dv, dtype=DTYPE, device=device)
+    scale = dqk**-0.5
+
+    def run():
+        return _api("mla_prefill")(q, k, v, out, cu, cu, t, t, scale, True)
+
+    def check() -> float:
+        run()
+        ref = _reference("mla", "mla_prefill_reference")
+        want, _ = ref(q.cpu(), k.cpu(), v.cpu(), cu.cpu(), cu.cpu(), scale, True)
+        return _err(out.double(), want)
+
+    def baseline():
+        return torch.nn.functional.scaled_dot_product_attention(
+            q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), is_causal=True, scale=scale
+        ).transpose(0, 1)
+
+    elem = q.element_size()
+    hbm = t * heads * (2 * dqk + 2 * dv) * elem
+    flops = 2.0 * heads * (t * (t + 1) / 2) * (dqk + dv)
+    return Prepared(run, check, baseline, "torch SDPA", hbm, flops, 2e-2)
+
+
+def _build_mla_cache_write(w: Workload, device: str, fill: bool) -> Prepared:
+    _, lora, rope = _mla_dims(w)
+    g = torch.Generator().manual_seed(8)
+    blocks = -(-w.tokens // w.block_size) + 2
+    kv_c, k_pe = _data((w.tokens, lora), device, fill, g), _data((w.tokens, 1, rope), device, fill, g)
+    cache = torch.zeros(blocks, w.block_size, lora + rope, dtype=DTYPE, device=device)
+    slots = torch.randperm(blocks * w.block_size, generator=g)[: w.tokens].to(torch.int64).to(device)
+
+    def run():
+        return _api("concat_and_cache_mla")(kv_c, k_pe, cache, slots)
+
+    def check() -> float:
+        run()
+        want = torch.zeros_like(cache).cpu()
+        _reference("mla", "concat_and_cache_mla_reference")(kv_c.cpu(), k_pe.cpu(), want, slots.cpu())
+        return _err(cache, want)
+
+    def baseline():
+        cache.view(-1, lora + rope).index_copy_(0, slots, torch.cat([kv_c, k_pe[:, 0]], dim=-1))
+
+    hbm = 2.0 * w.tokens * (lora + rope) * kv_c.element_size() + w.tokens * 8
+    return Prepared(run, check, baseline, "torch cat + index_copy_", hbm, 0.0, 0.0)
+
+
 # --- the table ------------------------------------------------------------------------------------
 
 # op -> (family, required model fields, builder)
@@ -392,6 +494,13 @@ OPS: dict[str, tuple[str, tuple[str, ...], Callable[[Workload, str, bool], Prepa
     ),
     "reshape_and_cache": ("attention", ("num_kv_heads", "head_size"), _build_cache_write),
     "unified_attention": ("attention", ("num_heads", "num_kv_heads", "head_size"), _build_attention),
+    "concat_and_cache_mla": ("mla", ("kv_lora_rank", "qk_rope_head_dim"), _build_mla_cache_write),
+    "mla_decode": ("mla", ("num_heads", "kv_lora_rank", "qk_rope_head_dim"), _build_mla_decode),
+    "mla_prefill": (
+        "mla",
+        ("num_heads", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"),
+        _build_mla_prefill,
+    ),
 }
 
 
@@ -429,7 +538,9 @@ def workloads(
         models = [m for m in shapes.models if _applies(op, m)]
         # Decode attention: tokens are sequences, each with a paged cache of `ctx` tokens.
         counts = (
-            [t for t in all_counts if t <= MAX_ATTENTION_SEQS] if op == "unified_attention" else all_counts
+            [t for t in all_counts if t <= MAX_ATTENTION_SEQS]
+            if op in ("unified_attention", "mla_decode")
+            else all_counts
         )
         for model in models[:1] if one_model_per_op else models:
             out.extend(
