@@ -300,6 +300,43 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     return out
 
 
+def paired_vs_default(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Per policy and metric: the relative difference to vLLM's default on the same repetition
+    (same dataset and seed), its mean over repetitions and a Student t 95% interval. Pairing
+    removes the dataset's own variation, which dominates the unpaired spread here."""
+    from vllm_ascend_triton.scheduler.sim.runner import t_interval95
+
+    base = runs.get("default")
+    if not base:
+        return {}
+    out: dict[str, Any] = {}
+    for policy, reps in runs.items():
+        if policy == "default":
+            continue
+        row: dict[str, Any] = {}
+        for m in METRICS:
+            diffs = np.array(
+                [r[m] / b[m] - 1 for r, b in zip(reps, base, strict=False) if r.get(m) and b.get(m)],
+                dtype=np.float64,
+            )
+            if len(diffs) == 0:
+                continue
+            lo, hi = t_interval95(diffs) if len(diffs) > 1 else (float("nan"), float("nan"))
+            row[m] = {"mean": float(diffs.mean()), "ci95": [lo, hi], "values": diffs.tolist()}
+        out[policy] = row
+    return out
+
+
+def cmd_summarize(args: argparse.Namespace) -> int:
+    """Recompute the summary (unpaired and paired) of a saved ab.json / ab.partial.json."""
+    data = json.loads(Path(args.file).read_text())
+    data["summary"] = summarize(data["runs"])
+    data["paired_vs_default"] = paired_vs_default(data["runs"])
+    Path(args.file).write_text(json.dumps(data, indent=2))
+    print(json.dumps({"summary": data["summary"], "paired_vs_default": data["paired_vs_default"]}, indent=2))
+    return 0
+
+
 def cmd_probe(args: argparse.Namespace) -> int:
     """Step-time check: TTFT of a lone 1K-token prompt (one prefill step) against the TPOT of a
     lone decode, on the default policy's server."""
@@ -389,7 +426,12 @@ def cmd_ab(args: argparse.Namespace) -> int:
         (out / "ab.partial.json").write_text(json.dumps({"meta": meta, "runs": runs}, indent=2))
     meta["finished_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     meta["load_avg_after"] = os.getloadavg()
-    result = {"meta": meta, "summary": summarize(runs), "runs": runs}
+    result = {
+        "meta": meta,
+        "summary": summarize(runs),
+        "paired_vs_default": paired_vs_default(runs),
+        "runs": runs,
+    }
     (out / "ab.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result["summary"], indent=2))
     return 0
@@ -449,8 +491,12 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--policies", default="default,balance")
     r.add_argument("--rate", type=float, default=2.5)
     r.add_argument("--num-prompts", type=int, default=150)
+    m = sub.add_parser("summarize", help="recompute the summary of a saved ab.json")
+    m.add_argument("file")
     args = parser.parse_args(argv)
-    return {"probe": cmd_probe, "ab": cmd_ab, "record": cmd_record}[args.cmd](args)
+    return {"probe": cmd_probe, "ab": cmd_ab, "record": cmd_record, "summarize": cmd_summarize}[args.cmd](
+        args
+    )
 
 
 if __name__ == "__main__":
