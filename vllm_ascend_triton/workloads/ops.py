@@ -300,6 +300,57 @@ def _build_experts(w: Workload, device: str, fill: bool) -> Prepared:
     return Prepared(run, check, baseline, "torch matmuls per expert", hbm, flops, 2e-2)
 
 
+def _build_experts_w8a8(w: Workload, device: str, fill: bool) -> Prepared:
+    """W8A8 experts (issue 23): int8 weights with per-channel fp32 scales, fp16 activations quantized
+    per token inside the op; the same routing and shapes as `_build_experts`."""
+    m = w.model
+    h, inter, k = m.get("hidden_size"), m.get("moe_intermediate_size"), m.get("topk")
+    e = min(m.get("num_experts"), w.max_experts or m.get("num_experts"))
+    g = torch.Generator().manual_seed(3)
+    x = _data((w.tokens, h), device, fill, g)
+
+    def int8(shape: tuple[int, ...]) -> torch.Tensor:
+        if not fill:
+            return torch.empty(shape, dtype=torch.int8, device=device)
+        return torch.randint(-127, 128, shape, generator=g, dtype=torch.int8).to(device)
+
+    w13, w2 = int8((e, 2 * inter, h)), int8((e, h, inter))
+    s13 = torch.full((e, 2 * inter, 1), 0.05 / 127 / h**0.5, device=device)
+    s2 = torch.full((e, h, 1), 0.05 / 127 / inter**0.5, device=device)
+    if fill:
+        x.mul_(0.5)
+    ids = torch.stack([torch.randperm(e, generator=g)[: min(k, e)] for _ in range(w.tokens)]).to(torch.int32)
+    weights = torch.rand(ids.shape, generator=g).float()
+    ids, weights = ids.to(device), weights.to(device)
+
+    def run():
+        return _api("fused_experts_w8a8")(x, w13, w2, s13, s2, weights, ids)
+
+    def check() -> float:
+        if torch.device(device).type != "cpu":
+            return _err(run(), baseline())
+        want = _reference("fused_moe.w8a8", "fused_experts_w8a8_ref")(x, w13, w2, s13, s2, weights, ids)
+        return _err(run(), want)
+
+    def baseline():
+        # Dequantized weights and float matmuls per expert (no activation quantization).
+        out = torch.zeros(w.tokens, h, dtype=torch.float32, device=x.device)
+        for expert in ids.unique().tolist():
+            rows, slot = (ids == expert).nonzero(as_tuple=True)
+            gate_up = x[rows].float() @ (w13[expert].float() * s13[expert]).t()
+            act = (torch.nn.functional.silu(gate_up[:, :inter]) * gate_up[:, inter:]).to(x.dtype).float()
+            y = act @ (w2[expert].float() * s2[expert]).t()
+            out.index_add_(0, rows, y * weights[rows, slot, None])
+        return out.to(x.dtype)
+
+    touched = min(e, w.tokens * ids.shape[1])
+    elem = x.element_size()
+    # int8 weights (1 byte) and their fp32 scales; activations read and written once.
+    hbm = touched * (3 * inter * h + 4 * (2 * inter + h)) + w.tokens * h * elem * 2
+    flops = 2.0 * w.tokens * ids.shape[1] * 3 * inter * h
+    return Prepared(run, check, baseline, "torch matmuls on dequantized weights", hbm, flops, 3e-2)
+
+
 # --- attention ------------------------------------------------------------------------------------
 
 
@@ -492,6 +543,11 @@ OPS: dict[str, tuple[str, tuple[str, ...], Callable[[Workload, str, bool], Prepa
         ("hidden_size", "moe_intermediate_size", "num_experts", "topk"),
         _build_experts,
     ),
+    "fused_experts_w8a8": (
+        "fused_moe",
+        ("hidden_size", "moe_intermediate_size", "num_experts", "topk", "quant"),
+        _build_experts_w8a8,
+    ),
     "reshape_and_cache": ("attention", ("num_kv_heads", "head_size"), _build_cache_write),
     "unified_attention": ("attention", ("num_heads", "num_kv_heads", "head_size"), _build_attention),
     "concat_and_cache_mla": ("mla", ("kv_lora_rank", "qk_rope_head_dim"), _build_mla_cache_write),
@@ -508,6 +564,8 @@ def _applies(op: str, model: ModelShape) -> bool:
     family, fields, _ = OPS[op]
     if not model.has(*fields):
         return False
+    if (op == "fused_experts_w8a8") != (model.get("quant") == "w8a8_dynamic"):
+        return False  # a quantized model's entry is benched by its quantized op only
     if op == "fused_topk" and model.has("num_expert_group"):
         return False  # grouped routing models run grouped_topk
     if op in ("reshape_and_cache", "unified_attention") and model.get("mla"):

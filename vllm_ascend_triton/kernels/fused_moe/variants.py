@@ -103,3 +103,74 @@ VARIANTS = (
         "fused_moe", "e8_k2_experts_fp32", _experts_call(torch.float32, 8, 2, 128, 128), (torch.float32,)
     ),
 )
+
+
+# --- W8A8 (issue 23): dynamic per-token int8 activations, per-channel int8 weights -----------------
+# Real expert counts and top-k (they set BLOCK_E and the sort's constexprs); hidden 512 and
+# intermediate 256 are the smallest widths at which no default tile is clamped (BLOCK_K 256 on both
+# GEMMs, BLOCK_N 64 / 128), so the lowered tiles are those of the real models' shapes.
+_W8A8_HIDDEN, _W8A8_INTER = 512, 256
+
+
+def _w8a8_experts_call(dtype, experts, topk, local=None):
+    def call():
+        from vllm_ascend_triton.kernels.fused_moe.w8a8 import fused_experts_w8a8
+
+        dev = device()
+        weights, ids = _routing(experts, topk, dev, _EXPERT_TOKENS)
+        num_local = local or experts
+        h, i = _W8A8_HIDDEN, _W8A8_INTER
+        x = torch.zeros(_EXPERT_TOKENS, h, dtype=dtype, device=dev)
+        w13 = torch.zeros(num_local, 2 * i, h, dtype=torch.int8, device=dev)
+        w2 = torch.zeros(num_local, h, i, dtype=torch.int8, device=dev)
+        s13 = torch.ones(num_local, 2 * i, 1, dtype=torch.float32, device=dev)
+        s2 = torch.ones(num_local, h, 1, dtype=torch.float32, device=dev)
+        emap = _expert_map(experts, local, dev) if local else None
+        fused_experts_w8a8(x, w13, w2, s13, s2, weights, ids, expert_map=emap)
+
+    return call
+
+
+def _w8a8_quant_call(dtype, hidden):
+    def call():
+        from vllm_ascend_triton.kernels.fused_moe.w8a8 import dynamic_per_token_quant
+
+        dynamic_per_token_quant(torch.zeros(_TOKENS, hidden, dtype=dtype, device=device()))
+
+    return call
+
+
+VARIANTS = VARIANTS + (
+    # DeepSeek-V3 (256 experts, top-8; hidden 7168, expert 2048 in the model), served W8A8 on A2.
+    Variant(
+        "fused_moe",
+        "dsv3_256x8_w8a8_experts_bf16",
+        _w8a8_experts_call(torch.bfloat16, 256, 8),
+        (torch.bfloat16,),
+    ),
+    # DeepSeek-V3 under EP (32 local experts of 256).
+    Variant(
+        "fused_moe",
+        "dsv3_256x8_ep32_w8a8_experts_fp16",
+        _w8a8_experts_call(torch.float16, 256, 8, 32),
+        (torch.float16,),
+    ),
+    # Qwen3-235B-A22B and Qwen3-30B-A3B: 128 experts top-8 (hidden 4096 / 2048, expert 1536 / 768).
+    Variant(
+        "fused_moe",
+        "qwen3_128x8_w8a8_experts_bf16",
+        _w8a8_experts_call(torch.bfloat16, 128, 8),
+        (torch.bfloat16,),
+    ),
+    Variant(
+        "fused_moe",
+        "qwen3_128x8_ep16_w8a8_experts_fp16",
+        _w8a8_experts_call(torch.float16, 128, 8, 16),
+        (torch.float16,),
+    ),
+    Variant(
+        "fused_moe", "e8_k2_w8a8_experts_fp32", _w8a8_experts_call(torch.float32, 8, 2), (torch.float32,)
+    ),
+    # The standalone per-token quant at DeepSeek-V3's hidden size.
+    Variant("fused_moe", "w8a8_quant_7168_bf16", _w8a8_quant_call(torch.bfloat16, 7168), (torch.bfloat16,)),
+)
