@@ -200,3 +200,44 @@ def test_input_checks_run_inside_the_compiled_op(monkeypatch):
     bad[2] = 40
     with pytest.raises(ValueError, match="positions"):
         compiled(bad, q.clone(), k.clone(), cache)
+
+
+def test_hot_path_reads_no_environment(monkeypatch):
+    """With the shapes planned once, a call of each op (checks off, Triton's launcher excluded by a
+    dry run) reads no environment variable: the switches were read once."""
+    import os
+
+    from vllm_ascend_triton.plugin import counters, mutate
+    from vllm_ascend_triton.runtime.launch import record_launches
+
+    monkeypatch.setattr(launch, "INPUT_CHECKS", False)
+    pos, q, k, cache = _rope_inputs()
+    logits = torch.randn(4, 8)
+    x, w13, w2 = torch.randn(4, 16), torch.randn(8, 32, 16), torch.randn(8, 16, 16)
+    c = _paged()
+    key, value, slots = torch.randn(2, 2, 16), torch.randn(2, 2, 16), torch.tensor([1, 2])
+
+    def calls():
+        vat.rotary_embedding(pos, q, k, 16, cache, True)
+        w, ids = vat.fused_topk(logits, 2, True)
+        vat.grouped_topk(logits, 2, True, 4, 2)
+        vat.fused_experts(x, w13, w2, w, ids)
+        vat.reshape_and_cache(key, value, c["k_cache"], c["v_cache"], slots)
+        out = torch.empty_like(c["q"])
+        vat.unified_attention(
+            c["q"], c["k_cache"], c["v_cache"], out, c["cu_seqlens_q"], 3, c["seqused_k"], 33, 0.25,
+            True, -1, -1, c["block_table"], 0.0,
+        )  # fmt: skip
+
+    with record_launches(execute=False) as specs:
+        calls()  # plans every shape (reads config files and, once, the switches)
+        planned = len(specs)
+
+        def no_env(self, name):
+            raise AssertionError(f"environment read on the hot path: {name}")
+
+        monkeypatch.setattr(type(os.environ), "__getitem__", no_env)
+        assert counters._folder is None and not mutate.ACTIVE
+        calls()
+    monkeypatch.undo()
+    assert len(specs) == 2 * planned

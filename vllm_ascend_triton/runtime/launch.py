@@ -25,7 +25,13 @@ from typing import Any
 
 import torch
 
-from vllm_ascend_triton.runtime.backend import Backend, apply_requested_backend, current_backend, device_type
+from vllm_ascend_triton.runtime.backend import (
+    Backend,
+    apply_requested_backend,
+    current_backend,
+    device_type,
+    selected_backend,
+)
 from vllm_ascend_triton.runtime.device import DeviceInfo, current_device
 from vllm_ascend_triton.runtime.env import flag_or_none
 
@@ -204,8 +210,16 @@ def persistent_grid(work_items: int, uses_cube: bool = False, device: DeviceInfo
 
 
 def expected_device_type() -> str:
-    """Tensors must live here for this process's backend."""
-    return device_type()
+    """Tensors must live here for this process's backend (fixed once a backend is selected)."""
+    if _device_type:
+        return _device_type[0]
+    want = device_type()
+    if selected_backend() is not None:
+        _device_type.append(want)
+    return want
+
+
+_device_type: list[str] = []  # [the selected backend's device type] once known
 
 
 # The process-wide input-check switch: None means VAT_CHECK_INPUTS (read once, at the first
@@ -249,6 +263,8 @@ class Bf16Shim:
     A copy of a non-dense view (a slice of a fused qkv tensor, say) is contiguous, so its strides
     differ from the original's: read strides from the tensors the shim returns."""
 
+    __slots__ = ("active", "_writebacks")
+
     def __init__(self, active: bool):
         self.active = active
         self._writebacks: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -272,9 +288,15 @@ class Bf16Shim:
             original.copy_(work)
         self._writebacks.clear()
 
+    def __enter__(self) -> Bf16Shim:
+        return self
 
-@contextlib.contextmanager
-def bf16_shim() -> Iterator[Bf16Shim]:
-    shim = Bf16Shim(active=current_backend() is Backend.INTERPRETER and not _dry_run.get())
-    yield shim
-    shim.close()
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.close()
+
+
+def bf16_shim() -> Bf16Shim:
+    """A shim for one call (a context manager: outputs are written back when the block ends
+    without an exception); active only on the interpreter backend and outside dry runs."""
+    return Bf16Shim(active=current_backend() is Backend.INTERPRETER and not _dry_run.get())

@@ -374,6 +374,16 @@ def reshape_and_cache(
 
 
 _PLANS = ShapeCache("attention")
+# One fp32 element per device, passed for pointers a launch never dereferences (workspaces of an
+# unsplit launch, absent ALiBi slopes or sinks).
+_DUMMIES: dict[torch.device, torch.Tensor] = {}
+
+
+def _dummy(device: torch.device) -> torch.Tensor:
+    dummy = _DUMMIES.get(device)
+    if dummy is None:
+        dummy = _DUMMIES[device] = torch.zeros(1, dtype=torch.float32, device=device)
+    return dummy
 
 
 def _plan_cache_write(
@@ -640,7 +650,7 @@ def unified_attention(
         q_in, k_in, v_in = shim.input(q), shim.input(k_cache), shim.input(v_cache)
         o = shim.output(out)
         sinks_in = shim.input(sinks)
-        dummy = torch.empty(1, dtype=torch.float32, device=q.device)
+        dummy = _dummy(q.device)
         if split:
             ws_acc = torch.empty(
                 num_tokens * num_q_heads * splits * head_pad, dtype=torch.float32, device=q.device
