@@ -120,7 +120,7 @@ from vllm_ascend_triton.runtime.checks import (
     check_same_device,
     check_tensor,
 )
-from vllm_ascend_triton.runtime.configs import lookup_config
+from vllm_ascend_triton.runtime.configs import ShapeCache, lookup_config
 from vllm_ascend_triton.runtime.device import current_device, plan_for
 from vllm_ascend_triton.runtime.launch import LaunchSpec, bf16_shim, checks_enabled, persistent_grid
 from vllm_ascend_triton.runtime.ub import dtype_bytes, ub_budget_bytes
@@ -144,6 +144,8 @@ _MIN_DOT = 16  # tl.dot wants every tile axis >= 16
 _AUTO_MAX_SPLITS = 16
 _MIN_TILES_PER_SPLIT = 2
 _MAX_KC = 128
+# Launch decisions per shape (configs depend only on shapes, dtypes and the device): computed once.
+_PLANS = ShapeCache("mla")
 
 
 def _pow2(n: int) -> int:
@@ -185,6 +187,18 @@ def _check_pow2(kernel: str, sku: str, name: str, value: object, minimum: int = 
 
 
 def _decode_config(
+    sku: str, lora: int, rope: int, block_size: int, dtype: torch.dtype, query_len: int, num_heads: int
+) -> dict:
+    key = ("decode", sku, lora, rope, block_size, dtype, query_len, num_heads)
+    cached = _PLANS.get(key)
+    if cached is None:
+        cached = _PLANS.put(
+            key, _decode_config_uncached(sku, lora, rope, block_size, dtype, query_len, num_heads)
+        )
+    return cached
+
+
+def _decode_config_uncached(
     sku: str, lora: int, rope: int, block_size: int, dtype: torch.dtype, query_len: int, num_heads: int
 ) -> dict:
     lora_pad, rope_pad, ql_pad = max(_MIN_DOT, _pow2(lora)), max(_MIN_DOT, _pow2(rope)), _pow2(query_len)
@@ -240,6 +254,14 @@ def _decode_config(
 
 
 def _prefill_config(sku: str, qk_head: int, v_head: int, dtype: torch.dtype, causal: bool) -> dict:
+    key = ("prefill", sku, qk_head, v_head, dtype, causal)
+    cached = _PLANS.get(key)
+    if cached is None:
+        cached = _PLANS.put(key, _prefill_config_uncached(sku, qk_head, v_head, dtype, causal))
+    return cached
+
+
+def _prefill_config_uncached(sku: str, qk_head: int, v_head: int, dtype: torch.dtype, causal: bool) -> dict:
     da = 1 << (qk_head.bit_length() - 1)
     db = qk_head - da
     db_pad = max(_MIN_DOT, _pow2(db)) if db else _MIN_DOT
