@@ -63,11 +63,11 @@ def labels(sku: str, where: str, compiled: bool) -> dict[str, str]:
         "modelled_roofline_share": f"modelled: roofline time / modelled time on {sku}",
         "host_us": (
             f"measured on {where}: host time per call of our code, input checks off, dry run "
-            f"(no launch; median of {HOST_COST_CALLS})"
+            f"(no launch; median of {HOST_COST_CALLS} calls)"
         ),
         "host_us_checks_on": (
             f"measured on {where}: host time per call of our code, input checks on, dry run "
-            f"(no launch; median of {HOST_COST_CALLS})"
+            f"(no launch; median of {HOST_COST_CALLS} calls)"
         ),
     }
     if compiled:
@@ -134,7 +134,8 @@ def _dry_specs(w: Workload, sku: str, prepared_run: Callable[[], Any]) -> tuple[
 
 
 def host_us(run: Callable[[], Any], checks: bool, calls: int | None = None) -> float:
-    """Median host time (us) of one call as a dry run, with input checks on or off.
+    """Host time (us) of one call as a dry run, with input checks on or off: the median wall time
+    of `calls` single calls (a call the OS preempts is an outlier the median ignores).
 
     Args:
         run: the call (a workload's prepared run).
@@ -143,7 +144,7 @@ def host_us(run: Callable[[], Any], checks: bool, calls: int | None = None) -> f
             plan caches (the first call of a shape reads config files).
 
     Returns:
-        The median of the per-call times, in microseconds.
+        Microseconds per call.
     """
     import statistics
 
@@ -153,10 +154,10 @@ def host_us(run: Callable[[], Any], checks: bool, calls: int | None = None) -> f
         for _ in range(5):
             run()
         for _ in range(calls):
+            specs.clear()
             start = time.perf_counter()
             run()
             times.append(time.perf_counter() - start)
-            specs.clear()
     return statistics.median(times) * 1e6
 
 
