@@ -154,7 +154,10 @@ cfg = SimpleNamespace(
 )
 ascend.update_config(cfg)
 out["worker_cls"] = cfg.parallel_config.worker_cls
-out["worker_is_theirs"] = issubclass(ascend.VatNPUWorker, NPUWorker)
+out["worker_is_theirs"] = issubclass(ascend.worker_class(), NPUWorker)
+module, _, name = cfg.parallel_config.worker_cls.rpartition(".")
+import importlib
+out["worker_resolves"] = getattr(importlib.import_module(module), name) is ascend.worker_class()
 register_ascend_customop()  # what NPUWorker.__init__ does, then ours
 first = ascend.install_ops()
 second = ascend.install_ops()
@@ -183,7 +186,8 @@ print("RESULT " + json.dumps(out))
     assert (
         got["attn_fp8"] == got["attn_big_head"] == "vllm_ascend.attention.attention_v1.AscendAttentionBackend"
     )
-    assert got["worker_cls"] == ascend.OUR_WORKER_CLS and got["worker_is_theirs"]
+    assert got["worker_cls"] == ascend.our_worker_cls("vllm_ascend.worker.worker.NPUWorker")
+    assert got["worker_is_theirs"] and got["worker_resolves"]
     assert got["idempotent"] and "RoutedExperts" in got["installed"]["moe"]
     registry = got["registry"]
     assert registry["RotaryEmbedding"] == "vllm_ascend_triton.plugin.ascend.VatAscendRotaryEmbedding"
@@ -194,7 +198,7 @@ print("RESULT " + json.dumps(out))
     assert got["rope_counted"] == 1 and got["standin_rope_calls"] == 0
 
 
-def test_update_config_keeps_other_worker_classes_and_user_scheduler(monkeypatch):
+def test_update_config_wraps_the_chosen_worker_and_keeps_a_chosen_scheduler(monkeypatch):
     monkeypatch.setenv("VLLM_ASCEND_BALANCE_SCHEDULING", "1")
     cfg = SimpleNamespace(
         model_config=object(),
@@ -204,7 +208,14 @@ def test_update_config_keeps_other_worker_classes_and_user_scheduler(monkeypatch
         scheduler_config=SimpleNamespace(scheduler_cls=None),
     )
     ascend.update_config(cfg)
-    assert cfg.parallel_config.worker_cls == "vllm_ascend.xlite.xlite_worker.XliteWorker"
+    # Another worker class vllm-ascend chose is wrapped the same way (our ops after its __init__).
+    assert cfg.parallel_config.worker_cls == ascend.our_worker_cls(
+        "vllm_ascend.xlite.xlite_worker.XliteWorker"
+    )
+    ascend.update_config(cfg)  # idempotent
+    assert cfg.parallel_config.worker_cls == ascend.our_worker_cls(
+        "vllm_ascend.xlite.xlite_worker.XliteWorker"
+    )
     assert "+RotaryEmbedding" in cfg.compilation_config.custom_ops
     assert cfg.scheduler_config.scheduler_cls == register.BALANCE_SCHEDULER_CLS
     theirs = SimpleNamespace(

@@ -18,8 +18,9 @@ stays vllm-ascend's. In every vLLM process that runs our general plugin:
 - rope and MoE (``VAT_PLUGIN_ROPE``, ``VAT_PLUGIN_MOE``): vllm-ascend registers its own ops in
   ``NPUWorker.__init__`` (``register_ascend_customop``), after general plugins ran, and vLLM's
   ``register_oot`` asserts on a duplicate name, so registering first would crash its worker.
-  ``check_and_update_config`` therefore names :class:`VatNPUWorker` (a subclass of vllm-ascend's
-  ``NPUWorker``) as the worker class; after vllm-ascend's registration it replaces, in vLLM's
+  ``check_and_update_config`` therefore names as the worker class our subclass of the worker class
+  vllm-ascend chose (its ``NPUWorker``; :func:`worker_class`); after vllm-ascend's registration
+  in that class's ``__init__``, ours replaces, in vLLM's
   out-of-tree registry, each rope class we cover by a subclass of the class registered there
   (vllm-ascend's own for the four it registers: its ``__init__`` runs, the forwards are ours), and
   ``RoutedExperts`` by a subclass of vllm-ascend's ``AscendRoutedExperts``. That subclass routes
@@ -59,7 +60,9 @@ ASCEND_ENV = "VAT_ASCEND"
 NPU_PLATFORM = ("vllm_ascend.platform", "NPUPlatform")
 ASCEND_PLATFORM_ENTRY_POINT = "vllm_ascend:register"
 ASCEND_WORKER_CLS = "vllm_ascend.worker.worker.NPUWorker"
-OUR_WORKER_CLS = f"{__name__}.VatNPUWorker"
+# Our worker class for vllm-ascend's worker class X is this module's attribute
+# WORKER_PREFIX + X with "." spelled _DOT_: the name alone tells every process what to subclass.
+WORKER_PREFIX = "VatWorker_over_"
 ATTENTION_BACKEND_CLS = f"{__name__}.VatAscendAttentionBackend"
 ASCEND_UNQUANTIZED_MOE = ("vllm_ascend.ops.fused_moe.routed_experts", "AscendUnquantizedFusedMoEMethod")
 ASCEND_EXPERTS_RESULT = ("vllm_ascend.ops.fused_moe.moe_comm_method", "FusedExpertsResult")
@@ -266,16 +269,17 @@ def update_config(vllm_config: Any) -> None:
         return
     parallel = vllm_config.parallel_config
     if register.part_enabled("rope") or register.part_enabled("moe"):
-        if parallel.worker_cls == ASCEND_WORKER_CLS:
-            parallel.worker_cls = OUR_WORKER_CLS
-        elif parallel.worker_cls != OUR_WORKER_CLS:
+        current = parallel.worker_cls
+        if not isinstance(current, str) or current in ("", "auto"):
             _log_once(
                 "worker",
                 logging.WARNING,
-                "vllm-ascend-triton: worker class %s is not vllm-ascend's NPUWorker: rope and MoE "
-                "stay vllm-ascend's",
-                parallel.worker_cls,
+                "vllm-ascend-triton: no worker class chosen by vllm-ascend (%r): rope and MoE stay "
+                "vllm-ascend's",
+                current,
             )
+        elif not current.startswith(f"{__name__}.{WORKER_PREFIX}"):
+            parallel.worker_cls = our_worker_cls(current)
     compilation = vllm_config.compilation_config
     if "all" not in compilation.custom_ops and register.part_enabled("rope"):
         from vllm_ascend_triton.plugin.ops import ROPE_OPS
@@ -290,28 +294,35 @@ def update_config(vllm_config: Any) -> None:
 # The worker: our ops after vllm-ascend's registration
 # ---------------------------------------------------------------------------------------------
 
-_WORKER_CLASS: type | None = None
+_WORKER_CLASSES: dict[str, type] = {}
+
+
+def our_worker_cls(base: str) -> str:
+    """The qualified name of our subclass of the worker class ``base`` (a qualified name)."""
+    return f"{__name__}.{WORKER_PREFIX}{base.replace('.', '_DOT_')}"
 
 
 def __getattr__(name: str) -> Any:
     # The worker class derives from vllm-ascend's, importable only where vllm-ascend is: built when
-    # vLLM resolves OUR_WORKER_CLS in a worker process, not when this module is imported.
-    if name == "VatNPUWorker":
-        return worker_class()
+    # vLLM resolves our_worker_cls(...) in a worker process, not when this module is imported.
+    if name.startswith(WORKER_PREFIX):
+        return worker_class(name.removeprefix(WORKER_PREFIX).replace("_DOT_", "."))
     if name in ("VatAscendAttentionBackend", "VatAscendAttentionImpl"):
         backend, impl = _attention_classes()
         return backend if name == "VatAscendAttentionBackend" else impl
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def worker_class() -> type:
-    """Our subclass of vllm-ascend's ``NPUWorker`` (built once)."""
-    global _WORKER_CLASS
-    if _WORKER_CLASS is not None:
-        return _WORKER_CLASS
+def worker_class(base_name: str = ASCEND_WORKER_CLS) -> type:
+    """Our subclass of the worker class ``base_name`` (vllm-ascend's ``NPUWorker`` by default;
+    built once per base): after the base's ``__init__`` (where vllm-ascend registers its ops),
+    :func:`install_ops`."""
+    cached = _WORKER_CLASSES.get(base_name)
+    if cached is not None:
+        return cached
     from vllm.utils.import_utils import resolve_obj_by_qualname
 
-    base = resolve_obj_by_qualname(ASCEND_WORKER_CLS)
+    base = resolve_obj_by_qualname(base_name)
 
     class VatNPUWorker(base):  # type: ignore[valid-type, misc]
         """vllm-ascend's worker; after its op registration, ours replace the ones we cover."""
@@ -321,9 +332,10 @@ def worker_class() -> type:
             installed = install_ops()
             logger.info("vllm-ascend-triton: ops installed after vllm-ascend's registration: %s", installed)
 
+    name = our_worker_cls(base_name).rsplit(".", 1)[1]
     VatNPUWorker.__module__ = __name__
-    VatNPUWorker.__qualname__ = "VatNPUWorker"
-    _WORKER_CLASS = VatNPUWorker
+    VatNPUWorker.__name__ = VatNPUWorker.__qualname__ = name
+    _WORKER_CLASSES[base_name] = VatNPUWorker
     return VatNPUWorker
 
 
@@ -633,4 +645,4 @@ def _attention_classes() -> tuple[type, type]:
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), "VatNPUWorker", "VatAscendAttentionBackend", "VatAscendAttentionImpl"])
+    return sorted([*globals(), "VatAscendAttentionBackend", "VatAscendAttentionImpl"])

@@ -1,0 +1,210 @@
+"""Beside vllm-ascend, through vLLM 0.32's real engine on this CPU (slow: each engine start ~30 s).
+
+The stand-in ``vllm_ascend`` (``tests/ascend_standin``: vllm-ascend's entry points and
+registration mechanics over vLLM's CPU platform) is installed into a folder of its own and seen
+only by the engine processes started here. The tiny models of ``tests/plugin`` (seeded random
+weights of a real scale) run greedy decoding of four prompts:
+
+- stand-in only (our plugins not loaded: ``VLLM_PLUGINS`` names the stand-in's) is the reference;
+- off: our package installed, ``VAT_ASCEND`` unset: tokens, vLLM's out-of-tree op registry, the
+  attention backend of every layer, the MoE layers' classes and quant methods, the scheduler and
+  worker classes and the platform class are exactly the reference's;
+- on (``VAT_ASCEND=1``, our kernels under Triton's interpreter): the reference's greedy tokens
+  (``compare_greedy``) with our per-op counters > 0 for rope, cache write, attention, routing and
+  experts and none of the stand-in's own calls for those ops; a perturbed attention output
+  (``VAT_PLUGIN_MUTATE``) makes the comparison fail;
+- the same in vLLM's compile mode (``VLLM_CPU_CI_ENV=1``, not ``enforce_eager``).
+
+Probed runs keep the engine core and worker in the test's child process
+(``VLLM_ENABLE_V1_MULTIPROCESSING=0``) so ``_run.py`` can read vLLM's objects; one opt-in run
+uses vLLM's spawned engine processes (where our general plugin runs again in each)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.ascend_standin._install import STANDIN_ONLY, install_standin, standin_env
+from tests.plugin._engine import compare_greedy
+from tests.plugin._models import MAX_TOKENS, PROMPTS, materialize
+from vllm_ascend_triton.plugin import counters
+
+pytestmark = pytest.mark.slow
+
+RUN = Path(__file__).resolve().parents[1] / "ascend_standin" / "_run.py"
+INPROCESS = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+OURS = {"VAT_ASCEND": "1", "TRITON_INTERPRET": "1", "VAT_BACKEND": "interpreter"}
+COMPILE = {"VLLM_CPU_CI_ENV": "1"}
+# What our package may change when it is on, and what only exists with it installed.
+OURS_ONLY_KEYS = ("our_counts", "our_plugin")
+
+
+def run(model: Path, env: dict[str, str], *args: str, timeout: int = 900) -> dict:
+    proc = subprocess.run(
+        [sys.executable, str(RUN), str(model), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        start_new_session=True,
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, f"engine run failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-8000:]}"
+    result = json.loads(lines[-1].removeprefix("RESULT "))
+    result["log"] = proc.stdout + proc.stderr
+    return result
+
+
+def _without_ours(probe: dict) -> dict:
+    return {k: v for k, v in probe.items() if k not in OURS_ONLY_KEYS}
+
+
+class _Runs:
+    """The three probed runs of one model in one mode (eager or compile)."""
+
+    def __init__(self, model: Path, site: Path, *, compile_mode: bool = False) -> None:
+        extra = COMPILE if compile_mode else {}
+        args = ("--probe", "--compile") if compile_mode else ("--probe",)
+        self.model, self.site, self.extra, self.args = model, site, extra, args
+        self.reference = run(model, standin_env(site, VLLM_PLUGINS=STANDIN_ONLY, **INPROCESS, **extra), *args)
+        self.off = run(model, standin_env(site, **INPROCESS, **extra), *args)
+        self.on = run(model, standin_env(site, **INPROCESS, **OURS, **extra), *args)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    return install_standin(tmp_path_factory.mktemp("standin"))
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory, site) -> _Runs:
+    return _Runs(materialize("llama_gqa", tmp_path_factory.mktemp("llama") / "model"), site)
+
+
+@pytest.fixture(scope="module")
+def glm(tmp_path_factory, site) -> _Runs:
+    return _Runs(materialize("glm4_moe", tmp_path_factory.mktemp("glm") / "model"), site)
+
+
+def _check_off(runs: _Runs) -> None:
+    ref, off = runs.reference["probe"], runs.off["probe"]
+    assert ref["our_plugin"] == {"ran": False, "registered": {}}  # the reference really is without us
+    assert off["our_plugin"] == {"ran": True, "registered": {}}  # we ran, and registered nothing
+    assert _without_ours(off) == _without_ours(ref)
+    assert runs.off["tokens"] == runs.reference["tokens"]
+    assert off["our_counts"] == {}
+    assert ref["platform"] == "vllm_ascend.platform.NPUPlatform"
+    assert ref["worker_cls"] == "vllm_ascend.worker.worker.NPUWorker"
+    assert set(ref["attention_backends"].values()) == {
+        "vllm_ascend.attention.attention_v1.AscendAttentionBackend"
+    }
+
+
+def _check_on(runs: _Runs, ops: tuple[str, ...], standin_ops: tuple[str, ...]) -> dict:
+    on = runs.on["probe"]
+    assert on["platform"] == "vllm_ascend_triton.plugin.ascend.VatAscendPlatform"
+    assert set(on["attention_backends"].values()) == {
+        "vllm_ascend_triton.plugin.ascend.VatAscendAttentionBackend"
+    }
+    assert all(len(t) == MAX_TOKENS for t in runs.on["tokens"]) and len(runs.on["tokens"]) == len(PROMPTS)
+    assert compare_greedy(runs.reference, runs.on) == []
+    for op in ops:
+        assert on["our_counts"].get(op, 0) >= 2 * MAX_TOKENS, on["our_counts"]
+    for op in standin_ops:  # the stand-in's own implementations did not run
+        assert on["standin_counts"].get(op, 0) == 0, on["standin_counts"]
+    return on
+
+
+def test_dense_off_path_is_the_stand_in_alone(llama):
+    _check_off(llama)
+    assert llama.reference["probe"]["standin_counts"]["attention"] > 0  # its own ops ran there
+
+
+def test_dense_opt_in_runs_our_rope_cache_write_and_attention(llama):
+    on = _check_on(
+        llama, ("rotary_embedding", "reshape_and_cache", "unified_attention"), ("rope", "attention")
+    )
+    assert on["rope_classes"] == [
+        "vllm.model_executor.layers.rotary_embedding.common.ApplyRotaryEmb",
+        "vllm_ascend_triton.plugin.ascend.VatAscendRotaryEmbedding",
+    ]
+    assert on["worker_cls"] == (
+        "vllm_ascend_triton.plugin.ascend.VatWorker_over_vllm_ascend_DOT_worker_DOT_worker_DOT_NPUWorker"
+    )
+
+
+def test_dense_perturbed_attention_fails_the_comparison(llama):
+    env = standin_env(llama.site, **INPROCESS, **OURS, VAT_PLUGIN_MUTATE="attention:0.5")
+    mutated = run(llama.model, env, "--probe")
+    assert mutated["probe"]["our_counts"].get("unified_attention", 0) > 0
+    assert compare_greedy(llama.reference, mutated) != []
+
+
+def test_dense_opt_in_with_spawned_engine_processes(llama, tmp_path):
+    counts_dir = tmp_path / "counts"
+    got = run(llama.model, standin_env(llama.site, **OURS, VAT_PLUGIN_COUNTS_DIR=str(counts_dir)))
+    assert compare_greedy(llama.reference, got) == []
+    totals = counters.totals(str(counts_dir))
+    for op in ("rotary_embedding", "reshape_and_cache", "unified_attention"):
+        assert totals.get(op, 0) >= 2 * MAX_TOKENS, totals
+    assert "vllm-ascend-triton registered beside vllm-ascend (VAT_ASCEND=1)" in got["log"]
+    assert "ops installed after vllm-ascend's registration" in got["log"]
+
+
+def test_moe_off_path_is_the_stand_in_alone(glm):
+    _check_off(glm)
+    ref = glm.reference["probe"]
+    assert {m["method"] for m in ref["moe_layers"].values()} == {
+        "vllm_ascend.ops.fused_moe.routed_experts.AscendUnquantizedFusedMoEMethod"
+    }
+    assert ref["standin_counts"]["experts"] > 0 and ref["standin_counts"]["routing"] > 0
+
+
+def test_moe_opt_in_runs_our_routing_and_experts(glm):
+    on = _check_on(
+        glm,
+        ("rotary_embedding", "reshape_and_cache", "unified_attention", "grouped_topk", "fused_experts"),
+        ("rope", "attention", "routing", "experts"),
+    )
+    # Layer 1 is the MoE layer: vllm-ascend's routed-experts class under ours, our unquantized method.
+    assert list(on["moe_layers"].values()) == [
+        {
+            "layer": "vllm_ascend_triton.plugin.ascend.VatAscendRoutedExperts",
+            "method": "vllm_ascend_triton.plugin.ascend.VatAscendUnquantizedFusedMoEMethod",
+        }
+    ]
+
+
+@pytest.fixture(scope="module")
+def llama_compiled(llama) -> _Runs:
+    return _Runs(llama.model, llama.site, compile_mode=True)
+
+
+@pytest.fixture(scope="module")
+def glm_compiled(glm) -> _Runs:
+    return _Runs(glm.model, glm.site, compile_mode=True)
+
+
+def test_dense_compile_mode(llama_compiled):
+    assert llama_compiled.reference["probe"]["compilation_mode"] != "0"
+    _check_off(llama_compiled)
+    _check_on(
+        llama_compiled, ("rotary_embedding", "reshape_and_cache", "unified_attention"), ("rope", "attention")
+    )
+    assert (
+        llama_compiled.on["probe"]["compilation_mode"]
+        == llama_compiled.reference["probe"]["compilation_mode"]
+    )
+
+
+def test_moe_compile_mode(glm_compiled):
+    _check_off(glm_compiled)
+    _check_on(
+        glm_compiled,
+        ("rotary_embedding", "reshape_and_cache", "unified_attention", "grouped_topk", "fused_experts"),
+        ("rope", "attention", "routing", "experts"),
+    )
