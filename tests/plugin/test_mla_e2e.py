@@ -123,6 +123,40 @@ def test_platform_picks_our_mla_backend_and_prefill_backend() -> None:
     assert InterpreterPlatform.get_attn_backend_cls(None, cfg._replace(head_size=1024)) != BACKEND_PATH
 
 
+def test_platform_keeps_chunked_prefill_for_mla_on_our_backend() -> None:
+    """vLLM's CPU platform turns chunked prefill and prefix caching off for MLA models (without
+    AMX); for layers our MLA backend serves the interpreter platform puts them back."""
+    from vllm_ascend_triton.plugin.platform import mla_chunking_settings, restore_mla_chunking
+
+    def config(**model):
+        return SimpleNamespace(
+            model_config=SimpleNamespace(
+                **{"use_mla": True, "dtype": torch.float32, "hf_text_config": None, **model}
+            ),
+            scheduler_config=SimpleNamespace(enable_chunked_prefill=True, max_num_batched_tokens=32),
+            cache_config=SimpleNamespace(cache_dtype="auto", enable_prefix_caching=True),
+        )
+
+    cfg = config()
+    kept = mla_chunking_settings(cfg)
+    assert kept == (True, 32, True)
+    cfg.scheduler_config.enable_chunked_prefill, cfg.scheduler_config.max_num_batched_tokens = False, 8192
+    cfg.cache_config.enable_prefix_caching = False  # what vLLM's CPU platform does for MLA
+    restore_mla_chunking(cfg, kept)
+    assert (cfg.scheduler_config.enable_chunked_prefill, cfg.scheduler_config.max_num_batched_tokens) == (
+        True,
+        32,
+    )
+    assert cfg.cache_config.enable_prefix_caching
+    assert mla_chunking_settings(config(use_mla=False)) is None
+    assert (
+        mla_chunking_settings(config(hf_text_config=SimpleNamespace(index_topk=2048))) is None
+    )  # sparse MLA
+    fp8 = config()
+    fp8.cache_config.cache_dtype = "fp8"
+    assert mla_chunking_settings(fp8) is None
+
+
 # --- end to end ------------------------------------------------------------------------------------
 
 

@@ -73,6 +73,11 @@ def mla_unsupported_reason(selector_config: Any) -> str | None:
     return None
 
 
+def kv_cache_dtype_supported(kv_cache_dtype: str | None) -> bool:
+    """Whether our kernels take a latent cache of vLLM's ``cache_dtype`` (unquantized only)."""
+    return kv_cache_dtype is None or kv_cache_dtype in _KV_DTYPE_NAMES
+
+
 def prefill_supported(mla_selector_config: Any) -> bool:
     """Whether our prefill backend serves a model (vLLM's ``MLAPrefillSelectorConfig``)."""
     return mla_selector_config.dtype in SUPPORTED_DTYPES

@@ -68,7 +68,10 @@ class InterpreterPlatform(CpuPlatform):
 
     @classmethod
     def check_and_update_config(cls, vllm_config: Any) -> None:
+        kept = mla_chunking_settings(vllm_config)
         super().check_and_update_config(vllm_config)
+        if kept is not None:
+            restore_mla_chunking(vllm_config, kept)
         if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "1") == "0" and triton_helpers_compiled():
             raise RuntimeError(
                 "VAT_PLATFORM=interpreter with VLLM_ENABLE_V1_MULTIPROCESSING=0 runs the model in this "
@@ -101,6 +104,39 @@ class InterpreterPlatform(CpuPlatform):
     @classmethod
     def get_device_communicator_cls(cls) -> str:
         return "vllm_ascend_triton.plugin.communicator.GlooCpuCommunicator"
+
+
+def mla_chunking_settings(vllm_config: Any) -> tuple[Any, Any, Any] | None:
+    """(chunked prefill, step token budget, prefix caching) as configured, for an MLA model our MLA
+    backend serves; None otherwise. vLLM's CPU platform turns chunked prefill and prefix caching
+    off for MLA models because its CPU MLA backend cannot serve them (except with AMX); ours
+    prefills over cached context chunks, so the interpreter platform keeps what was asked for."""
+    from vllm_ascend_triton.plugin.mla_backend import SUPPORTED_DTYPES, kv_cache_dtype_supported
+
+    model = vllm_config.model_config
+    if model is None or not getattr(model, "use_mla", False) or not plugin_register.part_enabled("attention"):
+        return None
+    hf = getattr(model, "hf_text_config", None)
+    sparse = getattr(hf, "index_topk", None) is not None
+    cache = vllm_config.cache_config
+    if sparse or model.dtype not in SUPPORTED_DTYPES or not kv_cache_dtype_supported(cache.cache_dtype):
+        return None
+    sched = vllm_config.scheduler_config
+    return (sched.enable_chunked_prefill, sched.max_num_batched_tokens, cache.enable_prefix_caching)
+
+
+def restore_mla_chunking(vllm_config: Any, kept: tuple[Any, Any, Any]) -> None:
+    """Put back the settings :func:`mla_chunking_settings` read (one log line if they changed)."""
+    sched, cache = vllm_config.scheduler_config, vllm_config.cache_config
+    now = (sched.enable_chunked_prefill, sched.max_num_batched_tokens, cache.enable_prefix_caching)
+    if now != kept:
+        logger.info(
+            "vllm-ascend-triton: MLA on VAT_TRITON_MLA keeps chunked prefill / step budget / "
+            "prefix caching %s (vLLM's CPU platform set %s for its CPU MLA backend)",
+            kept,
+            now,
+        )
+    sched.enable_chunked_prefill, sched.max_num_batched_tokens, cache.enable_prefix_caching = kept
 
 
 def _mla_backend_path(attn_selector_config: Any) -> str | None:
