@@ -194,6 +194,35 @@ def test_rope_replacement_matches_vllm_native(name, vllm_config_ctx):
     torch.testing.assert_close(got_k, want_k.reshape(got_k.shape), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["RotaryEmbedding", "MRotaryEmbedding"])
+def test_rope_replacement_compiles_fullgraph_to_the_eager_result(name, vllm_config_ctx):
+    """Under Dynamo (vLLM's compile mode) the replacement's forward traces our ``vat::`` op as one
+    node: no graph break (fullgraph), the same values as the eager call, and our kernel ran."""
+    from vllm_ascend_triton.plugin.ops import replacement_class
+
+    if name == "MRotaryEmbedding":
+        rope = replacement_class(name)(32, 32, 16, 10000.0, True, F32, [4, 6, 6])
+        positions = torch.randint(0, 16, (3, 5))
+    else:
+        rope = replacement_class(name)(32, 32, 32, 10000.0, True, F32)
+        positions = torch.tensor([0, 3, 7, 20, 31])
+    q, k = torch.randn(5, 3 * 32), torch.randn(5, 32)
+
+    def forward(positions, q, k):
+        q, k = rope.forward_cpu(positions, q, k)
+        return q * 1.0, k * 1.0
+
+    torch._dynamo.reset()
+    compiled = torch.compile(forward, fullgraph=True, backend="aot_eager")
+    want = forward(positions, q.clone(), k.clone())
+    before = counters.snapshot().get(f"{'mrope_' if name == 'MRotaryEmbedding' else ''}rotary_embedding", 0)
+    got = compiled(positions, q.clone(), k.clone())
+    after = counters.snapshot()[f"{'mrope_' if name == 'MRotaryEmbedding' else ''}rotary_embedding"]
+    assert after > before
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=0, atol=0)
+
+
 def test_mrope_replacement_matches_vllm_native(vllm_config_ctx):
     from vllm_ascend_triton.plugin.ops import replacement_class
 

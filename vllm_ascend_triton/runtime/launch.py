@@ -106,7 +106,7 @@ def _signature_type(param: Any, value: Any) -> str:
     return "*i8" if mangled == "none" else mangled  # None is a null pointer, as Triton's run() does
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, init=False)
 class LaunchSpec:
     """One kernel launch, fully decided: what the runtime launches and what codegen lowers."""
 
@@ -119,6 +119,30 @@ class LaunchSpec:
     # Compile options (multibuffer); those the config carries are added (explicit ones win).
     options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     uses_cube: bool = False  # a tl.dot kernel: the grid counts cube cores
+
+    def __init__(
+        self,
+        name: str,
+        kernel: Any,
+        grid: tuple[int, ...],
+        args: Mapping[str, Any],
+        constexprs: Mapping[str, Any],
+        config: Mapping[str, Any] | None = None,
+        options: Mapping[str, Any] | None = None,
+        uses_cube: bool = False,
+    ) -> None:
+        # The dataclass's own __init__ of a frozen class sets each field through
+        # object.__setattr__; one launch per op and layer makes that measurable.
+        d = self.__dict__
+        d["name"] = name
+        d["kernel"] = kernel
+        d["grid"] = grid
+        d["args"] = args
+        d["constexprs"] = constexprs
+        d["config"] = {} if config is None else config
+        d["options"] = {} if options is None else options
+        d["uses_cube"] = uses_cube
+        self.__post_init__()
 
     def __post_init__(self) -> None:
         facts = kernel_facts(self.kernel)
