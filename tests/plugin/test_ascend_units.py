@@ -159,6 +159,8 @@ module, _, name = cfg.parallel_config.worker_cls.rpartition(".")
 import importlib
 out["worker_resolves"] = getattr(importlib.import_module(module), name) is ascend.worker_class()
 register_ascend_customop()  # what NPUWorker.__init__ does, then ours
+from vllm_ascend.utils import REGISTERED_ASCEND_OPS
+out["standin_names"] = sorted(REGISTERED_ASCEND_OPS)
 first = ascend.install_ops()
 second = ascend.install_ops()
 out["installed"] = first
@@ -189,6 +191,8 @@ print("RESULT " + json.dumps(out))
     assert got["worker_cls"] == ascend.our_worker_cls("vllm_ascend.worker.worker.NPUWorker")
     assert got["worker_is_theirs"] and got["worker_resolves"]
     assert got["idempotent"] and "RoutedExperts" in got["installed"]["moe"]
+    # The stand-in registers a subset of what vllm-ascend 182b75e registers.
+    assert set(got["standin_names"]) <= ascend.ASCEND_REGISTERED
     registry = got["registry"]
     assert registry["RotaryEmbedding"] == "vllm_ascend_triton.plugin.ascend.VatAscendRotaryEmbedding"
     assert registry["DeepseekScalingRotaryEmbedding"].startswith("vllm_ascend_triton.")
