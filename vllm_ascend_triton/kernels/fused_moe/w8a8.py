@@ -76,7 +76,7 @@ from vllm_ascend_triton.kernels.fused_moe.w8a8_reference import (
 from vllm_ascend_triton.kernels.limits import W8A8_MAX_K
 from vllm_ascend_triton.runtime.backend import Backend, current_backend
 from vllm_ascend_triton.runtime.checks import FLOAT_DTYPES, check_tensor
-from vllm_ascend_triton.runtime.configs import lookup_config
+from vllm_ascend_triton.runtime.configs import ShapeCache, lookup_config
 from vllm_ascend_triton.runtime.device import current_device
 from vllm_ascend_triton.runtime.launch import LaunchSpec, bf16_shim, persistent_grid
 from vllm_ascend_triton.runtime.ub import tile_elements, ub_budget_bytes
@@ -102,6 +102,8 @@ DEFAULT_W8A8_GEMM2_CONFIG = {"BLOCK_M": 32, "BLOCK_N": 128, "BLOCK_K": 256}
 FRACTAL_ROWS = 16
 FRACTAL_K = 32
 _MAX_ROW_TILE = 2048
+# Launch decisions per shape (configs, grids): computed once, not per call.
+_PLANS = ShapeCache("fused_moe_w8a8")
 
 
 def _dtype_key(dtype: torch.dtype) -> str:
@@ -174,11 +176,15 @@ def _launch_quant(
     gather: bool = False,
 ) -> None:
     num_rows, hidden = q.shape
-    cfg = _quant_config(hidden, dtype)
+    plan_key = (QUANT_KERNEL, hidden, dtype, num_rows)
+    plan = _PLANS.get(plan_key)
+    if plan is None:
+        plan = _PLANS.put(plan_key, (_quant_config(hidden, dtype), persistent_grid(num_rows)))
+    cfg, grid = plan
     LaunchSpec(
         name=QUANT_KERNEL,
         kernel=_per_token_quant_kernel,
-        grid=persistent_grid(num_rows),
+        grid=grid,
         args=dict(
             src_ptr=src, idx_ptr=idx if idx is not None else scale, q_ptr=q, scale_ptr=scale,
             num_rows=num_rows, hidden=hidden, topk=topk,
@@ -252,13 +258,19 @@ def _launch_gemm(
     n_out = c.shape[1]
     num_local = b.shape[0]
     gated = kernel == GEMM1_KERNEL
-    cfg = _gemm_config(kernel, n_out, k_dim, dtype, default)
-    max_row_tiles = triton.cdiv(num_rows, cfg["BLOCK_M"]) + min(num_local, num_rows)
-    work = max_row_tiles * triton.cdiv(n_out, cfg["BLOCK_N"])
+    plan_key = (kernel, n_out, k_dim, dtype, num_rows, num_local)
+    plan = _PLANS.get(plan_key)
+    if plan is None:
+        cfg = _gemm_config(kernel, n_out, k_dim, dtype, default)
+        # Row tiles bounded without reading the counts: each expert adds at most one partial tile.
+        max_row_tiles = triton.cdiv(num_rows, cfg["BLOCK_M"]) + min(num_local, num_rows)
+        work = max_row_tiles * triton.cdiv(n_out, cfg["BLOCK_N"])
+        plan = _PLANS.put(plan_key, (cfg, max_row_tiles, persistent_grid(work, uses_cube=True)))
+    cfg, max_row_tiles, grid = plan
     LaunchSpec(
         name=kernel,
         kernel=_w8a8_grouped_gemm_kernel,
-        grid=persistent_grid(work, uses_cube=True),
+        grid=grid,
         args=dict(
             a_ptr=a, a_scale_ptr=a_scale, b_ptr=b, b_scale_ptr=b_scale, offsets_ptr=offsets, c_ptr=c,
             n_out=n_out, k_dim=k_dim, num_local=num_local, max_row_tiles=max_row_tiles,
