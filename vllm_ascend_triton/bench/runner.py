@@ -161,6 +161,44 @@ def host_us(run: Callable[[], Any], checks: bool, calls: int | None = None) -> f
     return statistics.median(times) * 1e6
 
 
+def host_cost(
+    tokens: int = 64, kernels: Sequence[str] | None = None, shapes: ShapeSet | None = None
+) -> list[dict[str, Any]]:
+    """Host us/call of every op (one model per op, `tokens` tokens or decode sequences), input
+    checks off and on: the figures of docs/results/*-host-cost.md, without the kernel checks and
+    lowering of a full `vat bench` run.
+
+    Args:
+        tokens: the batch (a decode batch: one token per sequence for attention).
+        kernels: only these ops (default: all).
+        shapes: the real-model shapes (default: the shipped file).
+
+    Returns:
+        One row per op: `{"op", "model", "tokens", "host_us", "host_us_checks_on"}`.
+    """
+    import dataclasses
+
+    shapes = shapes or load_shapes()
+    shapes = dataclasses.replace(shapes, tokens={**shapes.tokens, "host_cost": [tokens]})
+    items = workloads(
+        shapes, "host_cost", ops=list(kernels) if kernels else None, one_model_per_op=True,
+        context="quick_context", max_experts=INTERPRETER_MAX_EXPERTS,
+    )  # fmt: skip
+    rows = []
+    for w in items:
+        prepared = w.prepare(device_type(), fill=True)
+        rows.append(
+            {
+                "op": w.op,
+                "model": w.model.label,
+                "tokens": w.tokens,
+                "host_us": host_us(prepared.run, checks=False),
+                "host_us_checks_on": host_us(prepared.run, checks=True),
+            }
+        )
+    return rows
+
+
 def _launch_us(run: Callable[[], Any], calls: int = 30) -> float:
     """Host time to issue one call with the device idle (synchronised before each call, not after):
     validation, config lookup, launch specs and Triton's launcher; the median of `calls`. A host
