@@ -65,9 +65,10 @@ Ascend design
   latent columns `[vc * DV, (vc + 1) * DV)` of the same cache rows, so the fp32 accumulator is
   `BLOCK_M x DV`: with L = 512 a full-width accumulator (32 KB fp32 at 16 rows, plus its rescaled
   copy and the product) does not fit the UB next to the K tiles, so `DV` is cut to fit
-  (`_decode_ub_estimate`) and each value chunk is its own work item (the scores are recomputed
-  per chunk: the price of fitting, paid in cube work and L2 reads, not in extra HBM traffic
-  when the chunks of one group run concurrently).
+  (`decode_ub_estimate`; tuned configs name the chunks `TILE_KC` / `TILE_DV`) and each value
+  chunk is its own work item (the scores are recomputed per chunk: the price of fitting, paid
+  in cube work and L2 reads, not in extra HBM traffic when the chunks of one group run
+  concurrently).
 - Split-KV: when the work items cannot fill the cube cores, each sequence's KV tiles are cut into
   `num_kv_splits` segments writing fp32 partials (acc, max, sum) to a workspace; a vector-core
   kernel merges them per (row, head) and writes out (and lse).
@@ -218,7 +219,7 @@ def _decode_config_uncached(
             if decode_ub_estimate(block_m, tile_n, kc, dv, rope_pad, eb) <= budget or (
                 dv <= _MIN_DOT and tile_n == _MIN_DOT
             ):
-                default = {"BLOCK_H": block_h, "TILE_N": tile_n, "KC": kc, "DV": dv}
+                default = {"BLOCK_H": block_h, "TILE_N": tile_n, "TILE_KC": kc, "TILE_DV": dv}
                 break
             tile_n //= 2
         dv //= 2
@@ -232,8 +233,8 @@ def _decode_config_uncached(
     cfg = lookup_config(sku, "mla_decode", key, default)
     block_h = _check_pow2("mla_decode", sku, "BLOCK_H", cfg.get("BLOCK_H"))
     tile_n = _check_pow2("mla_decode", sku, "TILE_N", cfg.get("TILE_N"), _MIN_DOT)
-    kc = _check_pow2("mla_decode", sku, "KC", cfg.get("KC"), _MIN_DOT)
-    dv = _check_pow2("mla_decode", sku, "DV", cfg.get("DV"), _MIN_DOT)
+    kc = _check_pow2("mla_decode", sku, "TILE_KC", cfg.get("TILE_KC"), _MIN_DOT)
+    dv = _check_pow2("mla_decode", sku, "TILE_DV", cfg.get("TILE_DV"), _MIN_DOT)
     # The nearest tuned entry may come from another shape: keep every tile legal for this one.
     if block_size % tile_n:
         tile_n = _largest_pow2_divisor(block_size)
@@ -562,7 +563,10 @@ def mla_decode(
                 BLOCK_M=cfg["BLOCK_M"], BLOCK_SIZE=block_size, TILE_N=cfg["TILE_N"], SPLIT=split,
                 WRITE_LSE=write_lse,
             ),
-            config={k: cfg[k] for k in ("BLOCK_H", "TILE_N", "KC", "DV")},
+            config={
+                "BLOCK_H": cfg["BLOCK_H"], "TILE_N": cfg["TILE_N"],
+                "TILE_KC": cfg["KC"], "TILE_DV": cfg["DV"],
+            },
             uses_cube=True,
         ).launch()  # fmt: skip
         if split:
