@@ -172,6 +172,10 @@ def test_scale_layouts_and_int64_ids_agree():
     a = fused_experts_w8a8(x, w13, w2, s13, s2, weights, ids)
     b = fused_experts_w8a8(x, w13, w2, s13[..., 0], s2[..., 0], weights, ids.long())
     assert torch.equal(a, b)
+    # 16-bit scales (vllm-ascend keeps them in the model dtype) are widened to fp32.
+    s13h, s2h = s13.to(torch.bfloat16), s2.to(torch.bfloat16)
+    c = fused_experts_w8a8(x, w13, w2, s13h, s2h, weights, ids)
+    assert torch.equal(c, fused_experts_w8a8(x, w13, w2, s13h.float(), s2h.float(), weights, ids))
 
 
 def test_nan_stays_in_its_token_and_empty_batch():
@@ -247,7 +251,7 @@ def _bad():
     [
         (lambda a: {**a, "w13": a["w13"].float()}, TypeError, "w13"),
         (lambda a: {**a, "w2": a["w2"][:, :, :8]}, ValueError, "w2"),
-        (lambda a: {**a, "w13_scale": a["w13_scale"].half()}, TypeError, "w13_scale"),
+        (lambda a: {**a, "w13_scale": a["w13_scale"].to(torch.int32)}, TypeError, "w13_scale"),
         (lambda a: {**a, "w13_scale": a["w13_scale"][:, :5]}, ValueError, "w13_scale"),
         (lambda a: {**a, "w2_scale": a["w2_scale"][:1]}, ValueError, "w2_scale"),
         (lambda a: {**a, "hidden_states": a["hidden_states"][:, :16]}, ValueError, "hidden_states"),

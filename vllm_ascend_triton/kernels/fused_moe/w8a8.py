@@ -10,8 +10,8 @@ Semantics
   bf16 inputs, ties included). An all-zero row gives scale 0 and zeros; a row holding NaN gets a
   NaN scale (q = 0 at the NaNs), so the NaN reaches that token's outputs and no other's.
 - `fused_experts_w8a8(hidden_states [M, H], w13 int8 [L, 2I, H], w2 int8 [L, H, I],
-  w13_scale fp32 [L, 2I, 1] (or [L, 2I]), w2_scale fp32 [L, H, 1] (or [L, H]), topk_weights [M, k],
-  topk_ids [M, k], activation="silu", expert_map=None, global_num_experts=None)`: vLLM's
+  w13_scale fp32 [L, 2I, 1] (or [L, 2I]; fp16/bf16 are widened), w2_scale fp32 [L, H, 1] (or [L, H]),
+  topk_weights [M, k], topk_ids [M, k], activation="silu", expert_map=None, global_num_experts=None)`: vLLM's
   compressed-tensors W8A8 int8 MoE (channel-wise weights, dynamic per-token activations):
   x -> int8 per token; gate/up = dequant(int32 acc) = (acc * s_x) * s_w13; act = SiLU(gate) * up,
   rounded to the hidden dtype; act -> int8 per token; y = (acc * s_act) * s_w2, rounded to the
@@ -224,7 +224,7 @@ def dynamic_per_token_quant(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 
 
 def _check_scale(name: str, scale: object, rows: int, num_local: int, device: torch.device) -> torch.Tensor:
-    check_tensor(name, scale, dtypes=(torch.float32,), ndim=(2, 3))
+    check_tensor(name, scale, dtypes=FLOAT_DTYPES, ndim=(2, 3))
     assert isinstance(scale, torch.Tensor)
     if scale.shape not in ((num_local, rows, 1), (num_local, rows)):
         raise ValueError(
@@ -233,7 +233,9 @@ def _check_scale(name: str, scale: object, rows: int, num_local: int, device: to
         )
     if scale.device != device:
         raise ValueError(f"{name} must be on {device}, got {scale.device}")
-    return scale.reshape(num_local, rows).contiguous()
+    # fp16/bf16 scales (vllm-ascend keeps modelslim's in the model dtype) are widened: the
+    # epilogue multiplies in fp32.
+    return scale.reshape(num_local, rows).to(torch.float32).contiguous()
 
 
 def _interpreted_rounding(t: torch.Tensor, dtype: torch.dtype) -> None:
@@ -302,8 +304,9 @@ def fused_experts_w8a8(
         hidden_states: fp16/bf16/fp32 [M, H].
         w13: int8 [L, 2I, H], gate rows [0, I) then up rows [I, 2I) (vLLM's w13_weight).
         w2: int8 [L, H, I].
-        w13_scale: fp32 [L, 2I, 1] or [L, 2I], one scale per output channel.
-        w2_scale: fp32 [L, H, 1] or [L, H].
+        w13_scale: fp32 [L, 2I, 1] or [L, 2I], one scale per output channel (fp16/bf16 are
+            widened to fp32).
+        w2_scale: fp32 [L, H, 1] or [L, H] (likewise).
         topk_weights: float [M, k].
         topk_ids: int32/int64 [M, k], global expert ids.
         activation: "silu" (gated SiLU) only.
