@@ -10,6 +10,8 @@ from vllm_ascend_triton.runtime.backend import npu_visible
 from vllm_ascend_triton.runtime.launch import expected_device_type
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# Tensor attributes that answer "is it on this device type" faster than `t.device.type`.
+_ON_DEVICE = {"cpu": "is_cpu", "cuda": "is_cuda"}
 INDEX_DTYPES = (torch.int32, torch.int64)
 
 
@@ -31,12 +33,16 @@ def check_tensor(
     if dtypes is not None and t.dtype not in dtypes:
         raise TypeError(f"{name} must have dtype in ({_dtype_names(dtypes)}), got {t.dtype}")
     if ndim is not None:
-        allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
-        if t.dim() not in allowed:
+        dims = t.dim()
+        if dims != ndim if isinstance(ndim, int) else dims not in ndim:
+            allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
             raise ValueError(
                 f"{name} must have {' or '.join(map(str, allowed))} dims, got shape {tuple(t.shape)}"
             )
     want = device_type or expected_device_type()
+    flag = _ON_DEVICE.get(want)
+    if flag is not None and getattr(t, flag):  # the common case, without building t.device
+        return t
     if want == "npu" and not npu_visible():
         raise RuntimeError(
             "the npu backend (VAT_BACKEND=npu) needs torch_npu and a visible Ascend NPU (/dev/davinci*), "
@@ -55,9 +61,16 @@ def check_last_dim_contiguous(name: str, t: torch.Tensor) -> None:
 
 
 def check_same_device(**tensors: torch.Tensor | None) -> None:
-    devices = {name: t.device for name, t in tensors.items() if t is not None}
-    if len(set(devices.values())) > 1:
-        raise ValueError(f"tensors must share one device, got {devices}")
+    """All given tensors (None entries are skipped) live on one device."""
+    first = None
+    for t in tensors.values():
+        if t is None:
+            continue
+        if first is None:
+            first = t.device
+        elif t.device != first:
+            devices = {name: t.device for name, t in tensors.items() if t is not None}
+            raise ValueError(f"tensors must share one device, got {devices}")
 
 
 def check_positive_int(name: str, value: object, *, minimum: int = 1) -> int:
