@@ -228,12 +228,19 @@ def _route(
     device = topk_ids.device
     num_tokens, topk = topk_ids.shape
     num_slots = num_tokens * topk
-    tokens_per_expert = torch.zeros(num_local, dtype=torch.int32, device=device)
-    offsets = torch.zeros(num_local + 1, dtype=torch.int32, device=device)
     inv_idx = torch.empty(num_tokens, topk, dtype=torch.int32, device=device)
-    permuted_idx = torch.full((num_slots,), -1, dtype=torch.int32, device=device)
     if num_slots == 0:
-        return tokens_per_expert, offsets, inv_idx, permuted_idx
+        return (
+            torch.zeros(num_local, dtype=torch.int32, device=device),
+            torch.zeros(num_local + 1, dtype=torch.int32, device=device),
+            inv_idx,
+            torch.empty(0, dtype=torch.int32, device=device),
+        )
+    # The layout kernel writes every entry of these three (the counts, the offsets from 0, and the
+    # -1 fill of permuted_idx before the scatter): no host-side fill launches.
+    tokens_per_expert = torch.empty(num_local, dtype=torch.int32, device=device)
+    offsets = torch.empty(num_local + 1, dtype=torch.int32, device=device)
+    permuted_idx = torch.empty(num_slots, dtype=torch.int32, device=device)
     # Ids and map in their own dtypes: the kernels range-check before narrowing, nothing wraps.
     ids = topk_ids.contiguous().view(-1)
     emap = expert_map.contiguous() if expert_map is not None else None
