@@ -314,7 +314,7 @@ def reshape_and_cache(
         key=key, value=value, key_cache=key_cache, value_cache=value_cache, slot_mapping=slot_mapping
     )
     num_blocks, block_size, num_heads, head_size = key_cache.shape
-    if tuple(value_cache.shape) != tuple(key_cache.shape):
+    if value_cache.shape != key_cache.shape:
         raise ValueError(
             f"value_cache shape {tuple(value_cache.shape)} must equal key_cache shape "
             f"{tuple(key_cache.shape)}"
@@ -467,7 +467,7 @@ def _validate_attention(
         raise TypeError(f"out must have q's dtype {q.dtype}, got {out.dtype}")
     num_tokens, num_q_heads, head_size = q.shape
     _, block_size, num_kv_heads, cache_head = k_cache.shape
-    if tuple(v_cache.shape) != tuple(k_cache.shape):
+    if v_cache.shape != k_cache.shape:
         raise ValueError(
             f"v_cache shape {tuple(v_cache.shape)} must equal k_cache shape {tuple(k_cache.shape)}"
         )
@@ -479,7 +479,7 @@ def _validate_attention(
         raise ValueError(
             f"q's head count {num_q_heads} must be a multiple of k_cache's KV head count {num_kv_heads}"
         )
-    if tuple(out.shape) != tuple(q.shape):
+    if out.shape != q.shape:
         raise ValueError(f"out shape {tuple(out.shape)} must equal q shape {tuple(q.shape)}")
     if block_size < 1 or block_size % ATTENTION_MIN_BLOCK_SIZE_MULTIPLE:
         raise ValueError(
@@ -521,7 +521,9 @@ def _validate_attention(
         raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
     if _check_float("softcap", softcap) < 0:
         raise ValueError(f"softcap must be >= 0 (0 = off), got {softcap!r}")
-    if not isinstance(window_size, Sequence) or isinstance(window_size, str):
+    if type(window_size) not in (tuple, list) and (
+        not isinstance(window_size, Sequence) or isinstance(window_size, str)
+    ):  # the exact-type test first: an ABC isinstance check costs about a microsecond
         raise TypeError(f"window_size must be a (left, right) pair of ints, got {type(window_size).__name__}")
     if len(window_size) != 2:
         raise ValueError(f"window_size must be a (left, right) pair of ints >= -1, got {window_size!r}")
