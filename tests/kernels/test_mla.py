@@ -63,6 +63,17 @@ def test_mla_decode_split_and_unsplit_agree_and_lse_is_optional() -> None:
     torch.testing.assert_close(out.double(), ref, atol=2e-5, rtol=0)
 
 
+def test_mla_kernels_take_the_cache_with_a_head_axis_of_one() -> None:
+    c = make_latent_case([20, 5], 4, 64, 16, 16, torch.float32)
+    a, b = torch.zeros(2, 4, 64), torch.zeros(2, 4, 64)
+    mla_decode(c["q"], c["kv_cache"], a, c["block_table"], c["seq_lens"], 20, 0.1, 64)
+    mla_decode(c["q"], c["kv_cache"].unsqueeze(2), b, c["block_table"], c["seq_lens"], 20, 0.1, 64)
+    assert torch.equal(a, b)
+    cache = torch.zeros(2, 16, 1, 80)
+    concat_and_cache_mla(torch.ones(1, 64), torch.full((1, 16), 2.0), cache, torch.tensor([17]))
+    assert bool((cache[1, 1, 0, :64] == 1).all()) and bool((cache[1, 1, 0, 64:] == 2).all())
+
+
 def test_mla_decode_speculative_rows_are_causal() -> None:
     """Row i of a 3-token block sees one key fewer than row i + 1: changing the last key changes
     only the last row."""

@@ -309,6 +309,13 @@ def _check_dense_vector(name: str, t: torch.Tensor | None) -> None:
         raise ValueError(f"{name} must be contiguous, got stride {t.stride(0)}")
 
 
+def _latent_view(kv_cache: object) -> object:
+    """vLLM's Triton MLA path views the cache with a head axis of 1: take it as the 3-D cache."""
+    if isinstance(kv_cache, torch.Tensor) and kv_cache.dim() == 4 and kv_cache.shape[2] == 1:
+        return kv_cache[:, :, 0]
+    return kv_cache
+
+
 def _check_cache(kv_cache: torch.Tensor) -> tuple[int, int, int]:
     check_tensor("kv_cache", kv_cache, dtypes=FLOAT_DTYPES, ndim=3)
     check_last_dim_contiguous("kv_cache", kv_cache)
@@ -340,7 +347,8 @@ def concat_and_cache_mla(
     Args:
         kv_c: `[tokens, L]` normalized latent (rows may be strided; the last dim dense).
         k_pe: `[tokens, R]` or `[tokens, 1, R]` rope keys.
-        kv_cache: `[num_blocks, block_size, L + R]`, block size a multiple of 16.
+        kv_cache: `[num_blocks, block_size, L + R]` (or `[.., .., 1, L + R]`), block size a
+            multiple of 16.
         slot_mapping: `[n]` int32/int64, `n <= tokens`; -1 skips a token.
 
     Returns:
@@ -351,6 +359,7 @@ def concat_and_cache_mla(
         ValueError: shapes that do not match, a non-dense last dim, dims past `kernels.limits`,
             and (input checks on) a slot outside `[-1, num_blocks * block_size)`.
     """
+    kv_cache = _latent_view(kv_cache)
     check_tensor("kv_c", kv_c, dtypes=FLOAT_DTYPES, ndim=2)
     check_tensor("k_pe", k_pe, dtypes=FLOAT_DTYPES, ndim=(2, 3))
     check_tensor("slot_mapping", slot_mapping, dtypes=INDEX_DTYPES, ndim=1)
@@ -496,7 +505,8 @@ def mla_decode(
 
     Args:
         q: `[B * query_len, H, L + R]` absorbed queries (latent part, then rope part).
-        kv_cache: `[num_blocks, block_size, L + R]` latent cache (q's dtype).
+        kv_cache: `[num_blocks, block_size, L + R]` (or `[.., .., 1, L + R]`) latent cache
+            (q's dtype).
         out: `[B * query_len, H, L]` (q's dtype), written.
         block_table: `[>= B, max_blocks]` int32/int64 cache block ids per sequence.
         seq_lens: `[B]` int32/int64 cached keys per sequence (the new tokens included).
@@ -515,6 +525,7 @@ def mla_decode(
         ValueError: shapes, layouts, limits of `kernels.limits` and (input checks on) metadata
             values outside what the cache and block table hold.
     """
+    kv_cache = _latent_view(kv_cache)
     num_seqs, block_size = _validate_decode(
         q, kv_cache, out, block_table, seq_lens, max_seq_len, softmax_scale, kv_lora_rank, query_len, lse,
         num_kv_splits,
