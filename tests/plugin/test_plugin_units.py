@@ -296,3 +296,39 @@ def test_gloo_communicator_variable_size_collectives(tmp_path):
     outs = [p.communicate(timeout=240) for p in procs]
     for rank, (p, (out, err)) in enumerate(zip(procs, outs, strict=True)):
         assert p.returncode == 0 and f"OK {rank}" in out, err[-3000:]
+
+
+def test_mutation_hook_is_read_once_and_validated(monkeypatch):
+    from vllm_ascend_triton.plugin import mutate
+
+    try:
+        assert mutate.configure("") is None and not mutate.ACTIVE
+        monkeypatch.setenv(mutate.MUTATE_ENV, "attention:0.5")
+        assert not mutate.ACTIVE  # not re-read per call
+        assert mutate.configure() == ("attention", 0.5) and mutate.ACTIVE
+        t = torch.ones(3)
+        mutate.apply("rope", t)
+        assert torch.equal(t, torch.ones(3))
+        mutate.apply("attention", t)
+        assert torch.equal(t, torch.full((3,), 0.5))
+        for bad in ("softmax:2", "attention:x"):
+            with pytest.raises(ValueError, match=mutate.MUTATE_ENV):
+                mutate.parse(bad)
+    finally:
+        mutate.configure("")
+
+
+def test_counts_folder_is_read_once(monkeypatch, tmp_path):
+    try:
+        monkeypatch.delenv(counters.COUNTS_DIR_ENV, raising=False)
+        assert counters.configure() is None
+        monkeypatch.setenv(counters.COUNTS_DIR_ENV, str(tmp_path))
+        counters.bump("test_op_once")  # the folder is not re-read per call: nothing written
+        assert not list(tmp_path.iterdir())
+        assert counters.configure() == str(tmp_path)
+        counters.bump("test_op_once")
+        counters.flush()
+        (entry,) = counters.read_all(str(tmp_path))
+        assert entry["counts"]["test_op_once"] == 2
+    finally:
+        counters.configure("")
