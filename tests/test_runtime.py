@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import subprocess
@@ -187,3 +188,29 @@ def test_interpreter_fast_max_min_matches_torch():
     assert time.perf_counter() - started < 1.0
     torch.testing.assert_close(out[:128], x.amax(dim=1), equal_nan=True)
     torch.testing.assert_close(out[128:], x.amin(dim=1), equal_nan=True)
+
+
+def test_launch_spec_validates_once_per_launch_with_cached_kernel_facts():
+    from vllm_ascend_triton.runtime.launch import LaunchSpec, kernel_facts
+
+    facts = kernel_facts(double_kernel)
+    assert kernel_facts(double_kernel) is facts  # computed once per kernel
+    assert facts.runtime == {"x_ptr", "out_ptr", "n"} and facts.constexprs == {"BLOCK"}
+    x = torch.zeros(4)
+    args = {"x_ptr": x, "out_ptr": x, "n": 4}
+
+    def spec(**kw):
+        base = dict(name="t", kernel=double_kernel, grid=(1,), args=args, constexprs={"BLOCK": 8})
+        return LaunchSpec(**{**base, **kw})
+
+    assert spec(config={"BLOCK": 8, "multibuffer": False}).options == {"multibuffer": False}
+    assert spec(config={"multibuffer": False}, options={"multibuffer": True}).options == {"multibuffer": True}
+    for grid in ((), (0,), (2, 0), (1.0,), (65536,)):
+        with pytest.raises(ValueError, match="grid"):
+            spec(grid=grid)
+    with pytest.raises(ValueError, match="unknown compile options"):
+        spec(options={"num_warps": 4})
+    with pytest.raises(ValueError, match="constexprs"):
+        spec(constexprs={})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec().grid = (2,)

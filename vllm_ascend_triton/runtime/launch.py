@@ -155,16 +155,19 @@ class LaunchSpec:
             raise ValueError(f"{self.name}: constexprs {sorted(self.constexprs)} != the kernel's {want}")
         # A tuned config may carry compile options (`multibuffer`) beside its block sizes: they go
         # with the launch, so what was tuned is what the NPU runs and what codegen lowers.
-        if self.config:
-            carried = {k: self.config[k] for k in COMPILE_OPTIONS if k in self.config}
-            if carried:
-                object.__setattr__(self, "options", {**carried, **self.options})
+        config = self.config
+        if config and not config.keys().isdisjoint(_OPTION_NAMES):
+            carried = {k: config[k] for k in COMPILE_OPTIONS if k in config}
+            object.__setattr__(self, "options", {**carried, **self.options})
         if self.options and not self.options.keys() <= _OPTION_NAMES:
             unknown = set(self.options) - _OPTION_NAMES
             raise ValueError(f"{self.name}: unknown compile options {sorted(unknown)} ({COMPILE_OPTIONS})")
         grid = self.grid
-        if not grid or not all(type(g) is int and g >= 1 for g in grid):
+        if not grid:
             raise ValueError(f"{self.name}: grid must hold positive ints, got {grid}")
+        for g in grid:
+            if type(g) is not int or g < 1:
+                raise ValueError(f"{self.name}: grid must hold positive ints, got {grid}")
         if grid[0] > 65535:
             raise ValueError(f"{self.name}: grid {grid} exceeds Ascend's coreDim limit of 65535")
 
