@@ -75,13 +75,16 @@ def test_interpreter_platform_is_refused_beside_vllm_ascend(monkeypatch, caplog)
 
 
 def test_kv_pair_takes_vllm_ascend_layouts():
-    k, v = torch.zeros(3, 16, 2, 8), torch.ones(3, 16, 2, 8)
-    assert ascend.kv_pair((k, v))[1] is v
+    k, v = torch.randn(3, 16, 2, 8), torch.randn(3, 16, 2, 8)
+    assert ascend.kv_pair((k, v), 8)[1] is v
     packed = torch.stack([k, v])
-    got_k, got_v = ascend.kv_pair(packed)
+    got_k, got_v = ascend.kv_pair(packed, 8)
     assert torch.equal(got_v, v) and got_k.data_ptr() == packed.data_ptr()
+    vllm_packed = torch.cat([k, v], dim=-1).transpose(1, 2)  # vLLM's [blocks, heads, block, 2 * head]
+    got_k, got_v = ascend.kv_pair(vllm_packed, 8)
+    assert torch.equal(got_k, k) and torch.equal(got_v, v)
     with pytest.raises(ValueError, match="kv_cache"):
-        ascend.kv_pair(torch.zeros(3, 2, 16, 16))
+        ascend.kv_pair(torch.zeros(3, 2, 16, 12), 8)
 
 
 _STATE = """
@@ -195,7 +198,13 @@ print("RESULT " + json.dumps(out))
     assert set(got["standin_names"]) <= ascend.ASCEND_REGISTERED
     registry = got["registry"]
     assert registry["RotaryEmbedding"] == "vllm_ascend_triton.plugin.ascend.VatAscendRotaryEmbedding"
-    assert registry["DeepseekScalingRotaryEmbedding"].startswith("vllm_ascend_triton.")
+    for name, theirs in (
+        ("DeepseekScalingRotaryEmbedding", "AscendDeepseekScalingRotaryEmbedding"),
+        ("MRotaryEmbedding", "AscendMRotaryEmbedding"),
+        ("YaRNScalingRotaryEmbedding", "AscendYaRNRotaryEmbedding"),
+    ):  # ours over the stand-in's class, as over vllm-ascend's
+        assert registry[name] == f"vllm_ascend_triton.plugin.ascend.Vat{theirs}", name
+    assert "not_installed" not in got["installed"], got["installed"]
     assert registry["RoutedExperts"] == "vllm_ascend_triton.plugin.ascend.VatAscendRoutedExperts"
     assert registry["MoERunner"] == "vllm_ascend.ops.fused_moe.fused_moe.AscendMoERunner"  # not ours
     assert got["rope_is_theirs_too"] and got["rope_close"]

@@ -356,6 +356,8 @@ def install_ops() -> dict[str, list[str]]:
 
     out: dict[str, list[str]] = {}
     if register.part_enabled("rope"):
+        from vllm.model_executor.layers import rotary_embedding as vllm_rope
+
         from vllm_ascend_triton.plugin.ops import ROPE_OPS, replacement_class
 
         for name in ROPE_OPS:
@@ -365,6 +367,11 @@ def install_ops() -> dict[str, list[str]]:
                 cls = ours
             elif issubclass(current, ours):
                 cls = current  # already installed in this process
+            elif not issubclass(current, getattr(vllm_rope, name)):
+                out.setdefault("not_installed", []).append(
+                    f"{name}: registered {_qualname(current)} does not derive from vLLM's class"
+                )
+                continue
             else:
                 # Our forwards first, then the registered class (its __init__, its buffers).
                 cls = type(f"Vat{current.__name__}", (ours, current), {"__module__": __name__})
@@ -557,10 +564,18 @@ def ascend_method_class(base: type) -> type:
 _ATTENTION_CLASSES: tuple[type, type] | None = None
 
 
-def kv_pair(kv_cache: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """One layer's cache as vllm-ascend's runner hands it, a ``(key_cache, value_cache)`` pair of
-    ``[num_blocks, block_size, num_kv_heads, head_size]``, or one tensor of our
-    ``get_kv_cache_shape`` (``[2, num_blocks, ...]``).
+def kv_pair(kv_cache: Any, head_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One layer's cache as ``[num_blocks, block_size, num_kv_heads, head_size]`` K and V.
+
+    Args:
+        kv_cache: as vllm-ascend's runner hands it, a ``(key_cache, value_cache)`` pair; or one
+            tensor of our ``get_kv_cache_shape`` (``[2, num_blocks, ...]``); or vLLM 0.32's own
+            packed ``[num_blocks, num_kv_heads, block_size, 2 * head_size]`` (a runner that
+            allocates the cache vLLM's way).
+        head_size: the layer's head size.
+
+    Returns:
+        ``(key_cache, value_cache)``, the given tensors or views of them (no copies).
 
     Raises:
         ValueError: any other layout.
@@ -569,9 +584,14 @@ def kv_pair(kv_cache: Any) -> tuple[torch.Tensor, torch.Tensor]:
         return kv_cache[0], kv_cache[1]
     if isinstance(kv_cache, torch.Tensor) and kv_cache.dim() == 5 and kv_cache.shape[0] == 2:
         return kv_cache[0], kv_cache[1]
+    if isinstance(kv_cache, torch.Tensor) and kv_cache.dim() == 4 and kv_cache.shape[-1] == 2 * head_size:
+        from vllm_ascend_triton.plugin.custom_ops import split_kv_cache
+
+        return split_kv_cache(kv_cache, head_size)
     shape = tuple(kv_cache.shape) if isinstance(kv_cache, torch.Tensor) else type(kv_cache).__name__
     raise ValueError(
-        f"kv_cache must be a (K, V) pair or a [2, blocks, block, heads, head] tensor, got {shape}"
+        f"kv_cache must be a (K, V) pair, a [2, blocks, block, heads, {head_size}] tensor or vLLM's "
+        f"[blocks, heads, block, {2 * head_size}] one, got {shape}"
     )
 
 
@@ -592,7 +612,7 @@ def _attention_classes() -> tuple[type, type]:
             kv_cache: Any,
             slot_mapping: torch.Tensor,
         ) -> None:
-            key_cache, value_cache = kv_pair(kv_cache)
+            key_cache, value_cache = kv_pair(kv_cache, self.head_size)
             n = slot_mapping.shape[0]
             torch.ops.vat.reshape_and_cache(key[:n], value[:n], key_cache, value_cache, slot_mapping)
 
@@ -614,7 +634,7 @@ def _attention_classes() -> tuple[type, type]:
                 return output.fill_(0)
             m = attn_metadata
             n = m.num_actual_tokens
-            key_cache, value_cache = kv_pair(kv_cache)
+            key_cache, value_cache = kv_pair(kv_cache, self.head_size)
             if self.alibi_slopes is not None and self.alibi_slopes.device != query.device:
                 self.alibi_slopes = self.alibi_slopes.to(query.device)
             out = output[:n].view(n, self.num_heads, self.head_size)
