@@ -18,6 +18,7 @@ from vllm_ascend_triton.codegen.report import parse_adapter_ir
 from vllm_ascend_triton.kernels import fused_topk, grouped_topk, moe_align_block_size
 from vllm_ascend_triton.kernels import moe_routing as mr
 from vllm_ascend_triton.kernels.moe_routing import _kernels as mrk
+from vllm_ascend_triton.kernels.moe_sort import jit as sort_jit
 from vllm_ascend_triton.kernels.moe_routing.checks import self_check
 from vllm_ascend_triton.runtime.sku import get_sku
 
@@ -456,7 +457,7 @@ def test_align_kernels_stay_inside_their_buffers():
     post_full, post_pad = _guarded(1, torch.int32, -77)
     emap = torch.arange(e, dtype=torch.int32)
     # The shared sort: one run (one program) counts, the layout fills, the run scatters.
-    mrk._sort_count_kernel[(1,)](
+    sort_jit._sort_count_kernel[(1,)](
         ids, ids, counts, numel, e, e, 1, HAS_MAP=False, BLOCK_N=64, BLOCK_B=16, BLOCK_I=1
     )
     mrk._align_layout_kernel[(2,)](
@@ -476,7 +477,7 @@ def test_align_kernels_stay_inside_their_buffers():
         BLOCK_B=64,
         BLOCK_S=64,
     )
-    mrk._sort_scatter_kernel[(1,)](
+    sort_jit._sort_scatter_kernel[(1,)](
         ids,
         ids,
         counts,
