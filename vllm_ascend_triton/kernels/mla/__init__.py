@@ -65,7 +65,7 @@ Ascend design
   latent columns `[vc * DV, (vc + 1) * DV)` of the same cache rows, so the fp32 accumulator is
   `BLOCK_M x DV`: with L = 512 a full-width accumulator (32 KB fp32 at 16 rows, plus its rescaled
   copy and the product) does not fit the UB next to the K tiles, so `DV` is cut to fit
-  (`decode_ub_estimate`; tuned configs name the chunks `TILE_KC` / `TILE_DV`) and each value
+  (`decode_ub_estimate`; tuned-config keys `TILE_KC` and `DV`) and each value
   chunk is its own work item (the scores are recomputed per chunk: the price of fitting, paid
   in cube work and L2 reads, not in extra HBM traffic when the chunks of one group run
   concurrently).
@@ -219,7 +219,9 @@ def _decode_config_uncached(
             if decode_ub_estimate(block_m, tile_n, kc, dv, rope_pad, eb) <= budget or (
                 dv <= _MIN_DOT and tile_n == _MIN_DOT
             ):
-                default = {"BLOCK_H": block_h, "TILE_N": tile_n, "TILE_KC": kc, "TILE_DV": dv}
+                # DV is deliberately not a TILE_* key: vat tune's generic space would search it and
+                # its roofline model, blind to the score recomputation per value chunk, shrinks it.
+                default = {"BLOCK_H": block_h, "TILE_N": tile_n, "TILE_KC": kc, "DV": dv}
                 break
             tile_n //= 2
         dv //= 2
@@ -234,7 +236,7 @@ def _decode_config_uncached(
     block_h = _check_pow2("mla_decode", sku, "BLOCK_H", cfg.get("BLOCK_H"))
     tile_n = _check_pow2("mla_decode", sku, "TILE_N", cfg.get("TILE_N"), _MIN_DOT)
     kc = _check_pow2("mla_decode", sku, "TILE_KC", cfg.get("TILE_KC"), _MIN_DOT)
-    dv = _check_pow2("mla_decode", sku, "TILE_DV", cfg.get("TILE_DV"), _MIN_DOT)
+    dv = _check_pow2("mla_decode", sku, "DV", cfg.get("DV"), _MIN_DOT)
     # The nearest tuned entry may come from another shape: keep every tile legal for this one.
     if block_size % tile_n:
         tile_n = _largest_pow2_divisor(block_size)
@@ -576,7 +578,7 @@ def mla_decode(
             ),
             config={
                 "BLOCK_H": cfg["BLOCK_H"], "TILE_N": cfg["TILE_N"],
-                "TILE_KC": cfg["KC"], "TILE_DV": cfg["DV"],
+                "TILE_KC": cfg["KC"], "DV": cfg["DV"],
             },
             uses_cube=True,
         ).launch()  # fmt: skip
