@@ -6,8 +6,10 @@ custom ops dispatch through their ``forward_cpu``) with four differences:
 
 - attention: ``VAT_TRITON_ATTN`` for every layer it supports, vLLM's CPU backend for the rest
   (one log line naming the reason, e.g. an fp8 KV cache or a head size above 256);
-- custom ops: our registered ops are switched on (``+<name>`` in ``compilation_config.custom_ops``)
-  and the model runs eagerly (Dynamo cannot trace Triton's interpreter);
+- custom ops: our registered ops are switched on (``+<name>`` in ``compilation_config.custom_ops``);
+  vLLM's compile mode is kept: Dynamo sees each of our kernels as one ``vat::`` custom op
+  (``custom_ops.py``) and never traces into Triton's interpreter (on this CPU platform, without
+  Inductor's C++ step only with ``VLLM_CPU_CI_ENV=1``, which makes vLLM use the eager backend);
 - scheduler: ``BalanceScheduler`` when the balance switch is on and no class was chosen;
 - collectives: ``communicator.GlooCpuCommunicator``, vLLM's CPU communicator plus the variable-size
   collectives that data/expert-parallel MoE needs (``all_gatherv``, ``reduce_scatterv``), which
@@ -79,13 +81,7 @@ class InterpreterPlatform(CpuPlatform):
                 "with TRITON_INTERPRET=1 (or VAT_BACKEND=interpreter and TRITON_INTERPRET=1) in the "
                 "environment, or keep V1 multiprocessing on"
             )
-        from vllm.config import CompilationMode
-
         compilation = vllm_config.compilation_config
-        if compilation.mode != CompilationMode.NONE:
-            logger.info("vllm-ascend-triton: interpreter platform runs the model eagerly (was %s)",
-                        compilation.mode)  # fmt: skip
-            compilation.mode = CompilationMode.NONE
         for name in enabled_op_names():
             if f"-{name}" not in compilation.custom_ops and f"+{name}" not in compilation.custom_ops:
                 compilation.custom_ops.append(f"+{name}")
