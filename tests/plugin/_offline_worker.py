@@ -1,7 +1,9 @@
 """Child process: one offline vLLM run of a local model; prints ``RESULT <json>``.
 
-usage: _offline_worker.py MODEL_DIR [--scheduler-cls CLS] [--kv-cache-dtype DTYPE]
-The platform and plugin switches come from the environment (VAT_PLATFORM, VAT_PLUGIN_*)."""
+usage: _offline_worker.py MODEL_DIR [--scheduler-cls CLS] [--kv-cache-dtype DTYPE] [--compile]
+The platform and plugin switches come from the environment (VAT_PLATFORM, VAT_PLUGIN_*).
+``--compile`` runs vLLM's compile mode (Dynamo) instead of ``enforce_eager``; on the CPU platform
+the caller sets ``VLLM_CPU_CI_ENV=1`` (Dynamo with the eager backend, no Inductor C++ build)."""
 
 import argparse
 import json
@@ -19,6 +21,7 @@ def main() -> None:
     parser.add_argument("model")
     parser.add_argument("--scheduler-cls", default=None)
     parser.add_argument("--kv-cache-dtype", default=None)
+    parser.add_argument("--compile", action="store_true")
     args = parser.parse_args()
     from vllm import LLM, SamplingParams
 
@@ -32,7 +35,7 @@ def main() -> None:
         model=args.model,
         skip_tokenizer_init=True,
         dtype="float32",
-        enforce_eager=True,
+        enforce_eager=not args.compile,
         max_model_len=128,
         max_num_batched_tokens=32,
         max_num_seqs=4,

@@ -9,6 +9,10 @@ step budget, so the first steps mix chunked prefills and decodes:
   paged attention run our Triton kernels under Triton's interpreter, proven by the per-process
   call counters, and the tokens must match the reference (``compare_greedy``);
 - one op deliberately perturbed (``VAT_PLUGIN_MUTATE``) must make the comparison fail;
+- vLLM's compile mode (Dynamo, ``enforce_eager=False``; ``VLLM_CPU_CI_ENV=1`` so the CPU platform
+  uses Dynamo's eager backend instead of building Inductor's C++) gives the eager run's tokens for
+  the dense, the MoE and the Gemma-2-style model (soft-capped logits, sliding window), with our ops
+  traced as ``vat::`` custom ops;
 - the OpenAI API server with the plugin answers completions with the offline tokens;
 - DP=2 with the MoE model and balance scheduling: every request completes with the offline
   tokens and the balance exchange runs on both ranks every step, idle steps included.
@@ -30,6 +34,8 @@ from vllm_ascend_triton.plugin import counters
 pytestmark = pytest.mark.slow
 
 OURS = {"VAT_PLATFORM": "interpreter"}
+# TORCH_LOGS=graph_code: Dynamo prints each graph it traced, so the test sees our ops in it.
+COMPILE = {"VLLM_CPU_CI_ENV": "1", "TORCH_LOGS": "graph_code"}
 
 
 def _ours_env(counts_dir: Path, **extra: str) -> dict[str, str]:
@@ -54,6 +60,23 @@ def llama(tmp_path_factory) -> _Runs:
 @pytest.fixture(scope="module")
 def glm(tmp_path_factory) -> _Runs:
     return _Runs("glm4_moe", tmp_path_factory.mktemp("glm"))
+
+
+@pytest.fixture(scope="module")
+def gemma(tmp_path_factory) -> _Runs:
+    return _Runs("gemma2_tiny", tmp_path_factory.mktemp("gemma"))
+
+
+def _compiled(runs: _Runs, tmp_path: Path) -> tuple[dict, dict[str, int]]:
+    """One run of `runs.model` in vLLM's compile mode with our plugin; (result, call counts)."""
+    counts_dir = tmp_path / "counts-compiled"
+    run = run_offline(runs.model, _ours_env(counts_dir, **COMPILE), "--compile")
+    counts = counters.totals(str(counts_dir))
+    print(f"\ncompiled run {run['wall_s']} s, counts {counts}")
+    # Dynamo really traced the model, with our rope as one opaque node of the graph.
+    assert "TRACED GRAPH" in run["log"], run["log"][-3000:]
+    assert "torch.ops.vat.rotary_embedding" in run["log"], run["log"][-3000:]
+    return run, counts
 
 
 def test_llama_gqa_matches_stock_vllm_cpu(llama):
@@ -85,6 +108,34 @@ def test_unsupported_attention_layer_keeps_vllm_backend(llama, tmp_path):
     assert all(len(t) == MAX_TOKENS for t in run["tokens"])
     assert run["log"].count("attention layer keeps vLLM's CPU backend: KV cache dtype fp8") == 1
     assert counts.get("unified_attention", 0) == 0 and counts.get("rotary_embedding", 0) > 0, counts
+
+
+def test_llama_compile_mode_gives_the_eager_tokens(llama, tmp_path):
+    compiled, counts = _compiled(llama, tmp_path)
+    assert compiled["tokens"] == llama.ours["tokens"]
+    assert compare_greedy(llama.ours, compiled) == []
+    for op in ("rotary_embedding", "reshape_and_cache", "unified_attention"):
+        assert counts.get(op, 0) >= 2 * MAX_TOKENS, counts
+
+
+def test_gemma2_style_matches_stock_and_compiles_to_the_eager_tokens(gemma, tmp_path):
+    """Gemma-2 style: attention logit soft-capping, a sliding window of 8 on layer 0, GeLU MLP."""
+    assert compare_greedy(gemma.stock, gemma.ours) == []
+    for op in ("rotary_embedding", "reshape_and_cache", "unified_attention"):
+        assert gemma.counts.get(op, 0) >= 2 * MAX_TOKENS, gemma.counts
+    compiled, counts = _compiled(gemma, tmp_path)
+    assert compiled["tokens"] == gemma.ours["tokens"]
+    assert compare_greedy(gemma.ours, compiled) == []
+    assert counts.get("unified_attention", 0) >= 2 * MAX_TOKENS, counts
+
+
+def test_glm4_moe_compile_mode_gives_the_eager_tokens(glm, tmp_path):
+    compiled, counts = _compiled(glm, tmp_path)
+    assert compiled["tokens"] == glm.ours["tokens"]
+    assert compare_greedy(glm.ours, compiled) == []
+    assert counts.get("grouped_topk", 0) >= MAX_TOKENS and counts.get("fused_experts", 0) >= MAX_TOKENS, (
+        counts
+    )
 
 
 def test_glm4_moe_matches_stock_vllm_cpu(glm):
