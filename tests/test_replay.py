@@ -179,3 +179,45 @@ def test_decode_attention_replay_with_new_lengths_and_blocks(captured, replayed)
     torch.testing.assert_close(out, want.to(out.dtype), atol=1e-4, rtol=0)
     # The capture on long contexts chose a split-KV launch (a workspace sized for its segments).
     assert splits == ({1} if max(captured) < 100 else splits - {1}) and splits
+
+
+def test_mrope_replay_with_new_positions():
+    from vllm_ascend_triton.kernels import mrope_rotary_embedding
+    from vllm_ascend_triton.kernels.rope.reference import mrope_reference
+
+    g = torch.Generator().manual_seed(7)
+    tokens, head, max_pos = 5, 32, 40
+    pos = torch.randint(0, max_pos, (3, tokens), generator=g)
+    q = torch.randn(tokens, 2 * head, generator=g)
+    k = torch.randn(tokens, head, generator=g)
+    cache = torch.randn(max_pos, head, generator=g)
+    specs, _ = _record(lambda: mrope_rotary_embedding(pos, q, k, head, cache, True, [4, 6, 6]))
+    new_pos = torch.randint(0, max_pos, pos.shape, generator=g)
+    new_q, new_k = torch.randn(q.shape, generator=g), torch.randn(k.shape, generator=g)
+    pos.copy_(new_pos)
+    q.copy_(new_q)
+    k.copy_(new_k)
+    _replay(specs)
+    want_q, want_k = mrope_reference(new_pos, new_q.clone(), new_k.clone(), head, cache, True, [4, 6, 6])
+    torch.testing.assert_close(q, want_q, atol=1e-5, rtol=0)
+    torch.testing.assert_close(k, want_k, atol=1e-5, rtol=0)
+
+
+def test_mixed_batch_attention_replay_with_new_query_split():
+    """Same token count, another split of the tokens into sequences (cu_seqlens_q), other lengths."""
+    block = 16
+    c = make_paged_case([1, 2, 3], [40, 50, 60], 4, 2, 32, block, torch.float32, seed=8)
+    for name in ("k_cache", "v_cache"):
+        c[name].copy_(torch.nan_to_num(c[name], nan=0.0))
+    out = torch.zeros_like(c["q"])
+    specs, _ = _record(_attention_call(c, out, 60))
+    c["cu_seqlens_q"].copy_(torch.tensor([0, 3, 5, 6], dtype=torch.int32))
+    c["seqused_k"].copy_(torch.tensor([45, 20, 33], dtype=torch.int32))
+    c["q"].copy_(torch.randn(c["q"].shape))
+    out.fill_(float("nan"))
+    _replay(specs)
+    want = unified_attention_reference(
+        c["q"], c["k_cache"], c["v_cache"], c["cu_seqlens_q"], c["seqused_k"], 0.125, True, (-1, -1),
+        c["block_table"], 0.0,
+    )  # fmt: skip
+    torch.testing.assert_close(out, want.to(out.dtype), atol=1e-4, rtol=0)
