@@ -3,6 +3,7 @@ a dry run (codegen's source) equal the specs the same call launches when it runs
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -48,3 +49,32 @@ def test_compiled_spec_equals_launched_spec(variant):
     assert planned, "the variant launched nothing"
     shimmed = torch.bfloat16 in variant.dtypes
     assert [_comparable(s, shimmed) for s in planned] == [_comparable(s) for s in launched]
+
+
+def test_cached_launch_plans_equal_fresh_ones():
+    """The per-shape plan caches (runtime.configs.ShapeCache) give the very launches a fresh
+    planning gives: every op at two batch sizes, planned cold, then from the caches, then with the
+    caches bypassed (record_lookups)."""
+    from vllm_ascend_triton.runtime import configs
+    from vllm_ascend_triton.workloads.ops import workloads
+    from vllm_ascend_triton.workloads.shapes import load_shapes
+
+    shapes = load_shapes()
+    items = []
+    for tokens in (3, 64):
+        one = dataclasses.replace(shapes, tokens={**shapes.tokens, "t": [tokens]})
+        items += workloads(one, "t", one_model_per_op=True, context="quick_context", max_experts=8)
+    configs.clear_caches()
+    for w in items:
+        prepared = w.prepare("cpu", fill=False)
+        runs = []
+        for fresh in (False, False, True):
+            with record_launches(execute=False) as specs:
+                if fresh:
+                    with configs.record_lookups():
+                        prepared.run()
+                else:
+                    prepared.run()
+            runs.append([_comparable(s) for s in specs])
+        assert runs[0] and runs[0] == runs[1] == runs[2], w.label
+    assert len(items) >= 14 and sum(len(c) for c in configs._shape_caches) >= len(items)
