@@ -241,3 +241,35 @@ def test_hot_path_reads_no_environment(monkeypatch):
         calls()
     monkeypatch.undo()
     assert len(specs) == 2 * planned
+
+
+@pytest.mark.parametrize("target", ["attention", "moe", "rope"])
+def test_mutation_hook_scales_only_its_op(target):
+    """The test hook inside the ops (what the e2e mutation tests switch on in vLLM's processes)."""
+    from vllm_ascend_triton.plugin import mutate
+
+    c = _paged()
+    pos, q, k, cache = _rope_inputs()
+    logits, x = torch.randn(4, 8), torch.randn(4, 16)
+    w13, w2 = torch.randn(8, 32, 16) * 0.1, torch.randn(8, 16, 16) * 0.1
+
+    def outputs():
+        out = torch.zeros_like(c["q"])
+        vat.unified_attention(
+            c["q"], c["k_cache"], c["v_cache"], out, c["cu_seqlens_q"], 3, c["seqused_k"], 33, 0.25,
+            True, -1, -1, c["block_table"], 0.0,
+        )  # fmt: skip
+        w, ids = vat.fused_topk(logits, 2, True)
+        q2 = q.clone()
+        vat.rotary_embedding(pos, q2, None, 16, cache, True)
+        return {"attention": out, "moe": vat.fused_experts(x, w13, w2, w, ids), "rope": q2}
+
+    plain = outputs()
+    try:
+        mutate.configure(f"{target}:0.5")
+        mutated = outputs()
+    finally:
+        mutate.configure("")
+    for name in plain:
+        want = plain[name] * 0.5 if name == target else plain[name]
+        torch.testing.assert_close(mutated[name], want, rtol=0, atol=1e-6)
