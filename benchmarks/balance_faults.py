@@ -10,7 +10,8 @@ interpreter platform only for its gloo communicator):
 - ``disconnect``: streamed requests of which a fifth are dropped by the client mid-stream;
   afterwards the server's ``/metrics`` say 0 running, 0 waiting and KV cache usage 0;
 - ``kill``: one engine-core process (DP rank 1) is SIGKILLed under load: the server must exit
-  with an error naming the dead engine within a bound, and no process of its group survive;
+  with an error naming the dead engine within a bound, and every process of its group be gone
+  within 60 s of that exit;
 - ``soak``: mixed lengths for ``--minutes`` (10 for the recorded run): every request completes,
   0 errors, and each engine core's RSS at the end stays within a stated bound of its RSS after
   the warm-up.
@@ -83,12 +84,12 @@ FAULT_SERVER_ARGS = [
     "--kv-cache-memory-bytes", str(64 << 20),
     # Bounded JSON: dummy weights write whatever the grammar allows, and with free whitespace
     # that is newlines up to max_tokens. vLLM reads this flag per server, not per request.
-    "--structured-outputs-config", '{"disable_any_whitespace": true}',
+    "--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}',
 ]  # fmt: skip
 # Bounded on purpose (see FAULT_SERVER_ARGS): every field has a finite form.
 SCHEMA = {
     "type": "object",
-    "properties": {"name": {"type": "string", "maxLength": 8}, "age": {"enum": [1, 2, 3]}},
+    "properties": {"name": {"enum": ["cat", "dog", "data"]}, "age": {"enum": [1, 2, 3]}},
     "required": ["name", "age"],
     "additionalProperties": False,
 }
@@ -274,13 +275,20 @@ def case_kill(server: Server, seed: int = 2) -> dict[str, Any]:
             break
         time.sleep(0.2)
     stop.set()
-    time.sleep(3.0)
+    # vLLM's children (workers, the coordinator, multiprocessing's resource tracker) take a few
+    # seconds to go after the API server exits: wait for the group to empty, at most 60 s.
+    t_exit = time.monotonic()
     survivors = [p for p in _group_pids(pgid) if p != os.getpid()]
+    while survivors and time.monotonic() - t_exit < 60.0:
+        time.sleep(0.5)
+        survivors = [p for p in _group_pids(pgid) if p != os.getpid()]
+    group_empty_s = time.monotonic() - t_exit if not survivors else None
     text = server.log()
     lines = [ln for ln in text.splitlines() if "EngineDeadError" in ln or "died unexpectedly" in ln
              or "Engine core" in ln and "died" in ln or "exchange" in ln and "Error" in ln]  # fmt: skip
     return {"killed_pid": victim, "processes_before": len(before), "server_exit_s": exit_s,
             "server_returncode": server.proc.returncode, "survivors": survivors,
+            "group_empty_after_exit_s": group_empty_s,
             "client_errors": len(errors), "error_lines": lines[:6]}  # fmt: skip
 
 
