@@ -38,7 +38,14 @@ from vllm_ascend_triton.kernels.fused_moe.w8a8_reference import (
 from vllm_ascend_triton.plugin import counters
 
 WORKER = Path(__file__).with_name("_w8a8_worker.py")
-OURS = {"VAT_PLATFORM": "interpreter", "VAT_PLUGIN_ROPE": "0", "VAT_PLUGIN_ATTENTION": "0"}
+# One process per run (V1 multiprocessing off): half the memory of an engine core plus a worker,
+# and a worker's error reaches the log in full. The interpreter must then be on before Python
+# starts (the platform refuses it otherwise).
+IN_PROCESS = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+OURS = {
+    **IN_PROCESS, "TRITON_INTERPRET": "1", "VAT_BACKEND": "interpreter", "VAT_PLATFORM": "interpreter",
+    "VAT_PLUGIN_ROPE": "0", "VAT_PLUGIN_ATTENTION": "0",
+}  # fmt: skip
 # bf16 runs: a chosen token's logprob may move by this much, and a reference top-2 gap below
 # BF16_TIE is a near tie where the greedy choice may flip (the rest of that sequence is skipped).
 BF16_LOGPROB_TOLERANCE = 0.1
@@ -213,7 +220,7 @@ class _Runs:
     def __init__(self, tmp: Path) -> None:
         self.model = write_checkpoint(tmp / "model")
         self.counts_dir = tmp / "counts"
-        self.stock = run_w8a8(self.model, engine_env())
+        self.stock = run_w8a8(self.model, engine_env(**IN_PROCESS))
         self.ours = run_w8a8(self.model, engine_env(**OURS, VAT_PLUGIN_COUNTS_DIR=str(self.counts_dir)))
         self.counts = counters.totals(str(self.counts_dir))
         print(
@@ -223,6 +230,8 @@ class _Runs:
 
 @pytest.fixture(scope="module")
 def w8a8_runs(tmp_path_factory) -> _Runs:
+    if not torch.cpu._is_amx_tile_supported():
+        pytest.skip("the reference, stock vLLM's CPU int8 MoE backend (CPUExpertsInt8), needs AMX")
     return _Runs(tmp_path_factory.mktemp("w8a8"))
 
 
