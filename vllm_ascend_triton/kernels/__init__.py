@@ -43,8 +43,3 @@ def __getattr__(name: str) -> Any:
         return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-
-def family_module(family: str) -> Any:
-    if family not in FAMILIES:
-        raise ValueError(f"unknown kernel family {family!r}; known: {', '.join(FAMILIES)}")
-    return importlib.import_module(f"{__name__}.{family}")

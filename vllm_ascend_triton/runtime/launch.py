@@ -222,11 +222,6 @@ def record_launches(execute: bool = True) -> Iterator[list[LaunchSpec]]:
         _recorders.reset(rec_token)
 
 
-def launch_all(specs: list[LaunchSpec]) -> None:
-    for spec in specs:
-        spec.launch()
-
-
 def persistent_grid(work_items: int, uses_cube: bool = False, device: DeviceInfo | None = None) -> tuple[int]:
     """One program per core, never more programs than work items (at least one)."""
     if work_items < 0:
