@@ -32,8 +32,11 @@ def test_import_contracts_are_kept():
 
 def test_an_upward_import_breaks_the_layers(tmp_path):
     """The runtime importing the CLI (an arrow against the order) fails the check."""
-    shutil.copytree(ROOT / "vllm_ascend_triton", tmp_path / "vllm_ascend_triton",
-                    ignore=shutil.ignore_patterns("__pycache__", "tuned_configs"))
+    shutil.copytree(
+        ROOT / "vllm_ascend_triton",
+        tmp_path / "vllm_ascend_triton",
+        ignore=shutil.ignore_patterns("__pycache__", "tuned_configs"),
+    )
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
     sku = tmp_path / "vllm_ascend_triton" / "runtime" / "sku.py"
     sku.write_text(sku.read_text() + "\nfrom vllm_ascend_triton.cli import main as _upward  # noqa\n")

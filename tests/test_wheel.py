@@ -20,9 +20,13 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
-def _run(args: list[str], cwd: Path, env: dict[str, str], timeout: int = 600) -> subprocess.CompletedProcess[str]:
+def _run(
+    args: list[str], cwd: Path, env: dict[str, str], timeout: int = 600
+) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, f"{args}: rc {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    assert result.returncode == 0, (
+        f"{args}: rc {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    )
     return result
 
 
@@ -33,15 +37,34 @@ def installed_wheel(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)
-    shutil.copytree(ROOT / "vllm_ascend_triton", src / "vllm_ascend_triton",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copytree(
+        ROOT / "vllm_ascend_triton",
+        src / "vllm_ascend_triton",
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+    )
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VAT_BACKEND", "TRITON_INTERPRET")}
-    _run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(tmp / "dist"), str(src)],
-         cwd=tmp, env=env)
+    _run(
+        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(tmp / "dist"), str(src)],
+        cwd=tmp,
+        env=env,
+    )
     (wheel,) = (tmp / "dist").glob("vllm_ascend_triton-*.whl")
     site = tmp / "site"
-    _run([sys.executable, "-m", "pip", "install", "--no-deps", "--disable-pip-version-check", "--target",
-          str(site), str(wheel)], cwd=tmp, env=env)
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "--target",
+            str(site),
+            str(wheel),
+        ],
+        cwd=tmp,
+        env=env,
+    )
     # The wheel's copy comes first on the path, before the editable install of the dev venv.
     return site, {**env, "PYTHONPATH": str(site)}
 
@@ -72,9 +95,21 @@ def test_wheel_vat_info_and_quick_bench(installed_wheel):
     assert info, info
     out = site.parent / "bench"
     bench = _run(
-        [sys.executable, vat, "bench", "--quick", "--kernels", "rope", "--sku", "Ascend910B3",
-         "--out", str(out), "--json"],
-        cwd=site.parent, env=env,
+        [
+            sys.executable,
+            vat,
+            "bench",
+            "--quick",
+            "--kernels",
+            "rope",
+            "--sku",
+            "Ascend910B3",
+            "--out",
+            str(out),
+            "--json",
+        ],
+        cwd=site.parent,
+        env=env,
     )
     report = json.loads(bench.stdout)
     assert report["meta"]["shapes_file"].startswith(str(site)), report["meta"]

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from vllm_ascend_triton.autotune import spaces, tuner
-from vllm_ascend_triton.runtime import perf_model as cost_model
 from vllm_ascend_triton.cli import main
 from vllm_ascend_triton.kernels import rotary_embedding
 from vllm_ascend_triton.runtime import configs
+from vllm_ascend_triton.runtime import perf_model as cost_model
 from vllm_ascend_triton.runtime.device import plan_for
 from vllm_ascend_triton.runtime.launch import record_launches
 from vllm_ascend_triton.runtime.sku import get_sku

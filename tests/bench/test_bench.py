@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from vllm_ascend_triton.bench import output, runner
-from vllm_ascend_triton.workloads.shapes import load_shapes
-from vllm_ascend_triton.workloads.ops import OPS, workloads
 from vllm_ascend_triton.cli import main
+from vllm_ascend_triton.workloads.ops import OPS, workloads
+from vllm_ascend_triton.workloads.shapes import load_shapes
 
 REPO = Path(__file__).resolve().parents[2]
 

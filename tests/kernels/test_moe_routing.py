@@ -18,8 +18,8 @@ from vllm_ascend_triton.codegen.report import parse_adapter_ir
 from vllm_ascend_triton.kernels import fused_topk, grouped_topk, moe_align_block_size
 from vllm_ascend_triton.kernels import moe_routing as mr
 from vllm_ascend_triton.kernels.moe_routing import _kernels as mrk
-from vllm_ascend_triton.kernels.moe_sort import jit as sort_jit
 from vllm_ascend_triton.kernels.moe_routing.checks import self_check
+from vllm_ascend_triton.kernels.moe_sort import jit as sort_jit
 from vllm_ascend_triton.runtime.sku import get_sku
 
 ATOL = 1e-5

@@ -12,8 +12,8 @@ import torch
 from vllm_ascend_triton.kernels import grouped_topk, moe_align_block_size
 from vllm_ascend_triton.kernels.fused_moe import _route
 from vllm_ascend_triton.kernels.fused_moe.reference import moe_permute_ref
-from vllm_ascend_triton.kernels.moe_sort import plan_sort, sort_scratch_bytes
 from vllm_ascend_triton.kernels.moe_routing.reference import grouped_topk_ref, moe_align_block_size_ref
+from vllm_ascend_triton.kernels.moe_sort import plan_sort, sort_scratch_bytes
 from vllm_ascend_triton.runtime.configs import override_configs
 from vllm_ascend_triton.runtime.device import plan_for
 from vllm_ascend_triton.runtime.sku import SKUS

@@ -37,19 +37,18 @@ from typing import Any
 import torch
 
 from vllm_ascend_triton.autotune import spaces
-from vllm_ascend_triton.runtime import perf_model
-from vllm_ascend_triton.workloads.shapes import ShapeSet
-from vllm_ascend_triton.workloads.ops import workloads
 from vllm_ascend_triton.codegen.cache import ArtifactCache
 from vllm_ascend_triton.codegen.compile import report_row
 from vllm_ascend_triton.codegen.lower import LoweringRequest, lower_many, triton_ascend_version
 from vllm_ascend_triton.kernels import FAMILIES
 from vllm_ascend_triton.kernels._variants import Variant, VariantSpec, device, family_variants
-from vllm_ascend_triton.runtime import configs
+from vllm_ascend_triton.runtime import configs, perf_model
 from vllm_ascend_triton.runtime.backend import Backend, current_backend
 from vllm_ascend_triton.runtime.device import current_device, plan_for
 from vllm_ascend_triton.runtime.launch import LaunchSpec, record_launches
 from vllm_ascend_triton.runtime.sku import get_sku
+from vllm_ascend_triton.workloads.ops import workloads
+from vllm_ascend_triton.workloads.shapes import ShapeSet
 
 logger = logging.getLogger(__name__)
 

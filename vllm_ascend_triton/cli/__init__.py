@@ -22,13 +22,13 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from vllm_ascend_triton.runtime.jsonsafe import json_safe
 from vllm_ascend_triton.runtime.backend import (
     Backend,
     BackendNotSelectedError,
     decide_backend,
     select_backend,
 )
+from vllm_ascend_triton.runtime.jsonsafe import json_safe
 from vllm_ascend_triton.runtime.sku import UnknownSKUError
 
 # Modules that provide `register(subparsers)` for their subcommands, in `vat --help` order.

@@ -22,9 +22,9 @@ def run(args: argparse.Namespace) -> int:
     select_kernel_backend(args)
     from vllm_ascend_triton.bench.output import fmt, visible_columns, write_all
     from vllm_ascend_triton.bench.runner import failed_rows, run_bench
-    from vllm_ascend_triton.workloads.shapes import load_shapes
-    from vllm_ascend_triton.workloads.ops import OPS
     from vllm_ascend_triton.codegen.cache import ArtifactCache
+    from vllm_ascend_triton.workloads.ops import OPS
+    from vllm_ascend_triton.workloads.shapes import load_shapes
 
     sku = get_sku(args.sku).name if args.sku else current_device().sku.name
     if not get_sku(sku).triton_supported:

@@ -25,10 +25,10 @@ def default_out_dir() -> Path:
 
 def run(args: argparse.Namespace) -> int:
     from vllm_ascend_triton.autotune.tuner import tune
-    from vllm_ascend_triton.workloads.shapes import load_shapes
     from vllm_ascend_triton.cli import console, emit_json, progress_bar, select_kernel_backend
     from vllm_ascend_triton.cli.compile import _skus
     from vllm_ascend_triton.codegen.cache import ArtifactCache
+    from vllm_ascend_triton.workloads.shapes import load_shapes
 
     if not args.sku:
         raise ValueError("--sku is required (a SKU name, or 'all' for every supported SKU)")

@@ -96,9 +96,9 @@ import torch
 import triton
 
 from vllm_ascend_triton.kernels.fused_moe._kernels import (
-    _permute_layout_kernel,
     _gather_rows_kernel,
     _grouped_gemm_kernel,
+    _permute_layout_kernel,
     _unpermute_kernel,
 )
 from vllm_ascend_triton.kernels.fused_moe.reference import (
@@ -108,7 +108,13 @@ from vllm_ascend_triton.kernels.fused_moe.reference import (
     moe_unpermute_ref,
 )
 from vllm_ascend_triton.kernels.limits import MOE_MAX_EXPERTS, MOE_MAX_SLOTS, MOE_MAX_TOPK
-from vllm_ascend_triton.kernels.moe_sort import bin_lanes, check_expert_map_values, plan_sort, sort_count, sort_scatter
+from vllm_ascend_triton.kernels.moe_sort import (
+    bin_lanes,
+    check_expert_map_values,
+    plan_sort,
+    sort_count,
+    sort_scatter,
+)
 from vllm_ascend_triton.runtime.checks import FLOAT_DTYPES, INDEX_DTYPES, check_positive_int, check_tensor
 from vllm_ascend_triton.runtime.configs import ShapeCache, dtype_key, lookup_config
 from vllm_ascend_triton.runtime.device import current_device
@@ -538,7 +544,7 @@ def fused_experts(
     expert_map: torch.Tensor | None = None,
     global_num_experts: int | None = None,
 ) -> torch.Tensor:
-    """vLLM's unquantized fused MoE: `sum_j w[t, j] * W2_e (SiLU(W_gate_e x_t) * W_up_e x_t)`, `e = ids[t, j]`.
+    """vLLM's unquantized fused MoE: `sum_j w[t, j] * W2_e (SiLU(W_gate_e x_t) * W_up_e x_t)`, e = ids[t, j].
 
     Args:
         hidden_states: `[M, H]`, fp16/bf16/fp32.

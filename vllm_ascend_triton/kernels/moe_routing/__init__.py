@@ -102,11 +102,17 @@ import triton
 
 from vllm_ascend_triton.kernels.limits import MOE_MAX_EXPERTS, MOE_MAX_SLOTS, MOE_MAX_TOPK
 from vllm_ascend_triton.kernels.moe_routing._kernels import _align_layout_kernel, _topk_routing_kernel
-from vllm_ascend_triton.kernels.moe_sort import bin_lanes, check_expert_map_values, plan_sort, sort_count, sort_scatter
 from vllm_ascend_triton.kernels.moe_routing.reference import (
     grouped_topk_ref,
     max_num_tokens_padded,
     moe_align_block_size_ref,
+)
+from vllm_ascend_triton.kernels.moe_sort import (
+    bin_lanes,
+    check_expert_map_values,
+    plan_sort,
+    sort_count,
+    sort_scatter,
 )
 from vllm_ascend_triton.runtime.checks import (
     FLOAT_DTYPES,
@@ -117,7 +123,7 @@ from vllm_ascend_triton.runtime.checks import (
 )
 from vllm_ascend_triton.runtime.configs import ShapeCache, lookup_config
 from vllm_ascend_triton.runtime.device import current_device
-from vllm_ascend_triton.runtime.launch import LaunchSpec, bf16_shim, checks_enabled, persistent_grid
+from vllm_ascend_triton.runtime.launch import LaunchSpec, bf16_shim, persistent_grid
 from vllm_ascend_triton.runtime.ub import tile_elements
 
 logger = logging.getLogger(__name__)

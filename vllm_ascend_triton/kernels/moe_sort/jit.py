@@ -6,7 +6,6 @@ import triton.language as tl
 
 from vllm_ascend_triton.runtime import launch as _launch  # noqa: F401  (applies VAT_BACKEND before @triton.jit)
 
-
 # ----------------------------------------------------------------------------------------------
 # The MoE counting sort (moe_align_block_size and moe_permute): histogram, scan, scatter.
 # Routes are split into contiguous runs of BLOCK_N-route tiles, one run per program (<= one
