@@ -9,13 +9,19 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+from tests.plugin._engine_worker import END, START
+from tests.plugin._models import MAX_TOKENS, PROMPTS
+
 REPO = Path(__file__).resolve().parents[2]
-WORKER = Path(__file__).with_name("_offline_worker.py")
+WORKER = Path(__file__).with_name("_engine_worker.py")
+# One engine in the worker's process, as several runs per process need.
+IN_PROCESS = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
 # Variables that would leak a backend or platform choice from the test process into vLLM's.
 _SCRUB = ("TRITON_INTERPRET", "VAT_BACKEND", "VAT_PLATFORM", "VAT_PLUGIN_MUTATE", "VAT_PLUGIN_COUNTS_DIR")
 # Logprobs of two candidate tokens closer than this (nats) are a near tie: fp32 rounding
@@ -32,22 +38,54 @@ def engine_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run_offline(model: Path, env: dict[str, str], *args: str, timeout: int = 600) -> dict:
+def run_engine(env: dict[str, str], runs: list[dict], tmp: Path, *, timeout: int = 1200) -> dict[str, dict]:
+    """Offline runs (specs as ``_engine_worker.py`` reads them) in one child process with ``env``;
+    the results by label, each with its own part of the log under ``"log"``. Several runs need
+    the engine in that process (``VLLM_ENABLE_V1_MULTIPROCESSING=0`` in ``env``)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json", dir=tmp, delete=False) as f:
+        json.dump([{**r, "model": str(r["model"])} for r in runs], f)
+    spec_file = f.name
     start = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, str(WORKER), str(model), *args],
-        env=env,
-        capture_output=True,
+        [sys.executable, str(WORKER), spec_file],
+        env={**env, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
         timeout=timeout,
         start_new_session=True,
     )
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, f"engine run failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-8000:]}"
-    result = json.loads(lines[-1].removeprefix("RESULT "))
-    result["wall_s"] = round(time.monotonic() - start, 1)
-    result["log"] = proc.stdout + proc.stderr
-    return result
+    out = proc.stdout
+    results = {}
+    for line in out.splitlines():
+        if line.startswith("RESULT "):
+            result = json.loads(line.removeprefix("RESULT "))
+            results[result["label"]] = result
+    labels = [r["label"] for r in runs]
+    assert proc.returncode == 0 and list(results) == labels, (
+        f"engine runs {labels} failed (finished: {list(results)}):\n{out[-10000:]}"
+    )
+    wall = round(time.monotonic() - start, 1)
+    for label, result in results.items():
+        head, _, rest = out.partition(START + label + "\n")
+        result["log"] = rest.partition(END + label + "\n")[0]
+        result["process_wall_s"] = wall
+    results[labels[0]]["log"] = head + results[labels[0]]["log"]  # start-up lines belong to the first
+    return results
+
+
+def offline_run(
+    label: str, model: Path, *, prompts=PROMPTS, max_tokens=MAX_TOKENS, logprobs=5, **spec
+) -> dict:
+    """One run's spec for :func:`run_engine` (``spec``: ``llm``, ``mutate``, ``probe``)."""
+    return {"label": label, "model": str(model), "prompts": prompts, "max_tokens": max_tokens,
+            "logprobs": logprobs, **spec}  # fmt: skip
+
+
+def run_offline(model: Path, env: dict[str, str], tmp: Path, **spec) -> dict:
+    """One offline run in a process of its own (the engine spawned as vLLM does by default
+    unless ``env`` says otherwise)."""
+    return run_engine(env, [offline_run("run", model, **spec)], tmp)["run"]
 
 
 def compare_greedy(ref: dict, got: dict) -> list[str]:

@@ -15,48 +15,31 @@ weights of a real scale) run greedy decoding of four prompts:
   (``VAT_PLUGIN_MUTATE``) makes the comparison fail;
 - the same in vLLM's compile mode (``VLLM_CPU_CI_ENV=1``, not ``enforce_eager``).
 
-Probed runs keep the engine core and worker in the test's child process
-(``VLLM_ENABLE_V1_MULTIPROCESSING=0``) so ``_run.py`` can read vLLM's objects; one opt-in run
-uses vLLM's spawned engine processes (where our general plugin runs again in each)."""
+Probed runs keep the engine core and worker in the worker's process
+(``VLLM_ENABLE_V1_MULTIPROCESSING=0``) so the probe (``tests/ascend_standin/_probe.py``) can read
+vLLM's objects, and one process serves every run of one environment (reference, off, on); one
+opt-in run uses vLLM's spawned engine processes (where our general plugin runs again in each)."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.ascend_standin._install import STANDIN_ONLY, install_standin, standin_env
-from tests.plugin._engine import compare_greedy
+from tests.plugin._engine import IN_PROCESS, compare_greedy, offline_run, run_engine, run_offline
 from tests.plugin._models import MAX_TOKENS, PROMPTS, materialize
 from vllm_ascend_triton.plugin import counters
 
-pytestmark = pytest.mark.slow
+# One worker runs the module (its fixture starts each engine process once).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ascend_e2e")]
 
-RUN = Path(__file__).resolve().parents[1] / "ascend_standin" / "_run.py"
-INPROCESS = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+PROBE = "tests.ascend_standin._probe:probe"
 OURS = {"VAT_ASCEND": "1", "TRITON_INTERPRET": "1", "VAT_BACKEND": "interpreter"}
+# Every process may run compile mode (Dynamo's eager backend on the CPU platform, no warm-up).
 COMPILE = {"VLLM_CPU_CI_ENV": "1"}
 # What our package may change when it is on, and what only exists with it installed.
 OURS_ONLY_KEYS = ("our_counts", "our_plugin")
-
-
-def run(model: Path, env: dict[str, str], *args: str, timeout: int = 900) -> dict:
-    proc = subprocess.run(
-        [sys.executable, str(RUN), str(model), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        start_new_session=True,
-    )
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, f"engine run failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-8000:]}"
-    result = json.loads(lines[-1].removeprefix("RESULT "))
-    result["log"] = proc.stdout + proc.stderr
-    return result
 
 
 def _without_ours(probe: dict) -> dict:
@@ -64,23 +47,10 @@ def _without_ours(probe: dict) -> dict:
 
 
 class _Runs:
-    """The three probed runs of one model in one mode (eager or compile)."""
+    """The probed runs of one model in one mode (eager or compile): the stand-in alone, off, on."""
 
-    def __init__(
-        self, model: Path, site: Path, *, compile_mode: bool = False, reference: dict | None = None
-    ) -> None:
-        """``reference``: reuse that run (the eager one) as reference and skip the off run."""
-        extra = COMPILE if compile_mode else {}
-        args = ("--probe", "--compile") if compile_mode else ("--probe",)
-        self.model, self.site, self.extra, self.args = model, site, extra, args
-        if reference is None:
-            self.reference = run(
-                model, standin_env(site, VLLM_PLUGINS=STANDIN_ONLY, **INPROCESS, **extra), *args
-            )
-            self.off = run(model, standin_env(site, **INPROCESS, **extra), *args)
-        else:
-            self.reference, self.off = reference, None
-        self.on = run(model, standin_env(site, **INPROCESS, **OURS, **extra), *args)
+    def __init__(self, model: Path, site: Path, reference: dict, off: dict | None, on: dict) -> None:
+        self.model, self.site, self.reference, self.off, self.on = model, site, reference, off, on
 
 
 @pytest.fixture(scope="module")
@@ -89,13 +59,49 @@ def site(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def llama(tmp_path_factory, site) -> _Runs:
-    return _Runs(materialize("llama_gqa", tmp_path_factory.mktemp("llama") / "model"), site)
+def runs(tmp_path_factory, site) -> dict:
+    """Every probed run: one process for the stand-in alone, one with our package off, one on."""
+    tmp = tmp_path_factory.mktemp("ascend")
+    models = {name: materialize(name, tmp / name) for name in ("llama_gqa", "glm4_moe")}
+
+    def run(label: str, model: str, compiled: bool = False, **spec) -> dict:
+        llm = {"enforce_eager": False} if compiled else {}
+        return offline_run(label, models[model], probe=PROBE, llm=llm, **spec)
+
+    both = [run("llama", "llama_gqa"), run("llama_compiled", "llama_gqa", True), run("glm", "glm4_moe")]
+    on = [
+        *both,
+        run("llama_mutated", "llama_gqa", mutate="attention:0.5"),
+        run("glm_compiled", "glm4_moe", True),
+    ]
+    return {
+        "models": models,
+        "reference": run_engine(
+            standin_env(site, VLLM_PLUGINS=STANDIN_ONLY, **IN_PROCESS, **COMPILE), both, tmp
+        ),
+        "off": run_engine(standin_env(site, **IN_PROCESS, **COMPILE), both, tmp),
+        "on": run_engine(standin_env(site, **IN_PROCESS, **COMPILE, **OURS), on, tmp),
+    }
+
+
+def _view(runs: dict, model: str, label: str, site: Path, *, reference: str | None = None) -> _Runs:
+    return _Runs(
+        runs["models"][model],
+        site,
+        runs["reference"][reference or label],
+        runs["off"].get(label),
+        runs["on"][label],
+    )
 
 
 @pytest.fixture(scope="module")
-def glm(tmp_path_factory, site) -> _Runs:
-    return _Runs(materialize("glm4_moe", tmp_path_factory.mktemp("glm") / "model"), site)
+def llama(runs, site) -> _Runs:
+    return _view(runs, "llama_gqa", "llama", site)
+
+
+@pytest.fixture(scope="module")
+def glm(runs, site) -> _Runs:
+    return _view(runs, "glm4_moe", "glm", site)
 
 
 def _check_off(runs: _Runs) -> None:
@@ -149,16 +155,17 @@ def test_dense_opt_in_runs_our_rope_cache_write_and_attention(llama):
     )
 
 
-def test_dense_perturbed_attention_fails_the_comparison(llama):
-    env = standin_env(llama.site, **INPROCESS, **OURS, VAT_PLUGIN_MUTATE="attention:0.5")
-    mutated = run(llama.model, env, "--probe")
+def test_dense_perturbed_attention_fails_the_comparison(llama, runs):
+    mutated = runs["on"]["llama_mutated"]
     assert mutated["probe"]["our_counts"].get("unified_attention", 0) > 0
     assert compare_greedy(llama.reference, mutated) != []
 
 
 def test_dense_opt_in_with_spawned_engine_processes(llama, tmp_path):
     counts_dir = tmp_path / "counts"
-    got = run(llama.model, standin_env(llama.site, **OURS, VAT_PLUGIN_COUNTS_DIR=str(counts_dir)))
+    got = run_offline(
+        llama.model, standin_env(llama.site, **OURS, VAT_PLUGIN_COUNTS_DIR=str(counts_dir)), tmp_path
+    )
     assert compare_greedy(llama.reference, got) == []
     totals = counters.totals(str(counts_dir))
     for op in ("rotary_embedding", "reshape_and_cache", "unified_attention"):
@@ -192,15 +199,15 @@ def test_moe_opt_in_runs_our_routing_and_experts(glm):
 
 
 @pytest.fixture(scope="module")
-def llama_compiled(llama) -> _Runs:
-    return _Runs(llama.model, llama.site, compile_mode=True)
+def llama_compiled(runs, site) -> _Runs:
+    return _view(runs, "llama_gqa", "llama_compiled", site)
 
 
 @pytest.fixture(scope="module")
-def glm_compiled(glm) -> _Runs:
+def glm_compiled(runs, site) -> _Runs:
     # The off path in compile mode is checked on the dense model; here our compiled run against
     # the eager stand-in reference (fp32: same greedy tokens within compare_greedy's tolerance).
-    return _Runs(glm.model, glm.site, compile_mode=True, reference=glm.reference)
+    return _view(runs, "glm4_moe", "glm_compiled", site, reference="glm")
 
 
 def test_dense_compile_mode(llama_compiled):

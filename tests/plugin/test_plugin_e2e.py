@@ -1,4 +1,4 @@
-"""The plugin inside vLLM 0.32's real engine on this CPU (slow: each engine start is ~30 s).
+"""The plugin inside vLLM 0.32's real engine on this CPU (slow: minutes in all).
 
 Tiny models (configs in ``models/``, seeded random weights of std 0.2 written here) run greedy
 decoding of four prompts of different lengths (3 to 30 tokens) for 16 tokens, with a 32-token
@@ -17,7 +17,10 @@ step budget, so the first steps mix chunked prefills and decodes:
 - DP=2 with the MoE model and balance scheduling: every request completes with the offline
   tokens and the balance exchange runs on both ranks every step, idle steps included.
 
-Engine runs are shared between the tests of a model (module-scoped fixtures)."""
+Offline runs share processes (module-scoped fixtures): stock vLLM runs the three models in one
+process, ours one process per model (eager, compile mode, the perturbed and fp8 variants), the
+engine in that process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``); the API server and the DP=2 run
+use vLLM's spawned engine processes and report our calls through ``VAT_PLUGIN_COUNTS_DIR``."""
 
 from __future__ import annotations
 
@@ -27,132 +30,160 @@ from pathlib import Path
 
 import pytest
 
-from tests.plugin._engine import ApiServer, compare_greedy, engine_env, run_offline
+from tests.plugin._engine import (
+    IN_PROCESS,
+    ApiServer,
+    compare_greedy,
+    engine_env,
+    offline_run,
+    run_engine,
+)
 from tests.plugin._models import MAX_TOKENS, PROMPTS, materialize
 from vllm_ascend_triton.plugin import counters
 
-pytestmark = pytest.mark.slow
+# One worker runs the module (its fixtures start each engine process once).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("plugin_e2e")]
 
 OURS = {"VAT_PLATFORM": "interpreter"}
-# TORCH_LOGS=graph_code: Dynamo prints each graph it traced, so the test sees our ops in it.
+# VLLM_CPU_CI_ENV=1: Dynamo's eager backend (no Inductor C++ build) and no warm-up; TORCH_LOGS:
+# Dynamo prints each graph it traced, so the test sees our ops in it.
 COMPILE = {"VLLM_CPU_CI_ENV": "1", "TORCH_LOGS": "graph_code"}
+# Offline runs keep the engine in the worker's process: the interpreter is on before Python starts.
+OFFLINE_OURS = {**IN_PROCESS, **COMPILE, **OURS, "TRITON_INTERPRET": "1", "VAT_BACKEND": "interpreter"}
+MODELS = ("llama_gqa", "gemma2_tiny", "glm4_moe")
 
 
 def _ours_env(counts_dir: Path, **extra: str) -> dict[str, str]:
     return engine_env(**OURS, VAT_PLUGIN_COUNTS_DIR=str(counts_dir), **extra)
 
 
-class _Runs:
-    def __init__(self, name: str, tmp: Path) -> None:
-        self.model = materialize(name, tmp / "model")
-        self.counts_dir = tmp / "counts"
-        self.stock = run_offline(self.model, engine_env())
-        self.ours = run_offline(self.model, _ours_env(self.counts_dir))
-        self.counts = counters.totals(str(self.counts_dir))
-        print(f"\n{name}: stock {self.stock['wall_s']} s, ours {self.ours['wall_s']} s, counts {self.counts}")
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    tmp = tmp_path_factory.mktemp("models")
+    return {name: materialize(name, tmp / name) for name in MODELS}
 
 
 @pytest.fixture(scope="module")
-def llama(tmp_path_factory) -> _Runs:
-    return _Runs("llama_gqa", tmp_path_factory.mktemp("llama"))
+def stock(models, tmp_path_factory) -> dict[str, dict]:
+    """Stock vLLM on its CPU platform (our plugin registers nothing there), every model in one process."""
+    runs = [offline_run(name, model) for name, model in models.items()]
+    return run_engine(engine_env(**IN_PROCESS, **COMPILE), runs, tmp_path_factory.mktemp("stock"))
+
+
+def _ours(model: Path, tmp: Path, *extra_runs: dict) -> dict[str, dict]:
+    """Our interpreter platform: the eager run and the compile-mode run of one model (plus
+    ``extra_runs``) in one process."""
+    runs = [
+        offline_run("eager", model),
+        *extra_runs,
+        offline_run("compiled", model, llm={"enforce_eager": False}),
+    ]
+    out = run_engine(engine_env(**OFFLINE_OURS), runs, tmp)
+    print(
+        f"\n{model.name}: "
+        + ", ".join(f"{k} {v['startup_s'] + v['generate_s']:.0f} s" for k, v in out.items())
+    )
+    return out
 
 
 @pytest.fixture(scope="module")
-def glm(tmp_path_factory) -> _Runs:
-    return _Runs("glm4_moe", tmp_path_factory.mktemp("glm"))
-
-
-@pytest.fixture(scope="module")
-def gemma(tmp_path_factory) -> _Runs:
-    return _Runs("gemma2_tiny", tmp_path_factory.mktemp("gemma"))
-
-
-def _compiled(runs: _Runs, tmp_path: Path) -> tuple[dict, dict[str, int]]:
-    """One run of `runs.model` in vLLM's compile mode with our plugin; (result, call counts)."""
-    counts_dir = tmp_path / "counts-compiled"
-    run = run_offline(runs.model, _ours_env(counts_dir, **COMPILE), "--compile")
-    counts = counters.totals(str(counts_dir))
-    print(f"\ncompiled run {run['wall_s']} s, counts {counts}")
-    # Dynamo really traced the model, with our rope as one opaque node of the graph.
-    assert "TRACED GRAPH" in run["log"], run["log"][-3000:]
-    assert "torch.ops.vat.rotary_embedding" in run["log"], run["log"][-3000:]
-    return run, counts
-
-
-def test_llama_gqa_matches_stock_vllm_cpu(llama):
-    assert len(llama.ours["tokens"]) == len(PROMPTS)
-    assert all(len(t) == MAX_TOKENS for t in llama.ours["tokens"])
-    assert compare_greedy(llama.stock, llama.ours) == []
-    # Our kernels ran in the engine (2 layers: one rope, one cache write, one attention each per step).
-    for op in ("rotary_embedding", "reshape_and_cache", "unified_attention"):
-        assert llama.counts.get(op, 0) >= 2 * MAX_TOKENS, llama.counts
-    assert "vllm-ascend-triton registered on the interpreter platform" in llama.ours["log"]
-    # The reference really is stock vLLM: on its CPU platform the plugin registers no kernel.
-    assert "no kernels registered" in llama.stock["log"]
-    assert "vllm-ascend-triton registered on" not in llama.stock["log"]
-
-
-def test_llama_perturbed_attention_fails_the_comparison(llama, tmp_path):
-    mutated = run_offline(llama.model, _ours_env(tmp_path / "counts", VAT_PLUGIN_MUTATE="attention:0.5"))
-    print(f"\nmutated run {mutated['wall_s']} s")
-    assert compare_greedy(llama.stock, mutated) != []
-
-
-def test_unsupported_attention_layer_keeps_vllm_backend(llama, tmp_path):
-    """An fp8 KV cache is outside our attention backend: the platform gives those layers vLLM's
-    CPU backend with one log line, the request completes, and our rope still runs."""
-    counts_dir = tmp_path / "counts"
-    run = run_offline(llama.model, _ours_env(counts_dir), "--kv-cache-dtype", "fp8")
-    counts = counters.totals(str(counts_dir))
-    print(f"\nfp8 KV cache run {run['wall_s']} s, counts {counts}")
-    assert all(len(t) == MAX_TOKENS for t in run["tokens"])
-    assert run["log"].count("attention layer keeps vLLM's CPU backend: KV cache dtype fp8") == 1
-    assert counts.get("unified_attention", 0) == 0 and counts.get("rotary_embedding", 0) > 0, counts
-
-
-def test_llama_compile_mode_gives_the_eager_tokens(llama, tmp_path):
-    compiled, counts = _compiled(llama, tmp_path)
-    assert compiled["tokens"] == llama.ours["tokens"]
-    assert compare_greedy(llama.ours, compiled) == []
-    for op in ("rotary_embedding", "reshape_and_cache", "unified_attention"):
-        assert counts.get(op, 0) >= 2 * MAX_TOKENS, counts
-
-
-def test_gemma2_style_matches_stock_and_compiles_to_the_eager_tokens(gemma, tmp_path):
-    """Gemma-2 style: attention logit soft-capping, a sliding window of 8 on layer 0, GeLU MLP."""
-    assert compare_greedy(gemma.stock, gemma.ours) == []
-    for op in ("rotary_embedding", "reshape_and_cache", "unified_attention"):
-        assert gemma.counts.get(op, 0) >= 2 * MAX_TOKENS, gemma.counts
-    compiled, counts = _compiled(gemma, tmp_path)
-    assert compiled["tokens"] == gemma.ours["tokens"]
-    assert compare_greedy(gemma.ours, compiled) == []
-    assert counts.get("unified_attention", 0) >= 2 * MAX_TOKENS, counts
-
-
-def test_glm4_moe_compile_mode_gives_the_eager_tokens(glm, tmp_path):
-    compiled, counts = _compiled(glm, tmp_path)
-    assert compiled["tokens"] == glm.ours["tokens"]
-    assert compare_greedy(glm.ours, compiled) == []
-    assert counts.get("grouped_topk", 0) >= MAX_TOKENS and counts.get("fused_experts", 0) >= MAX_TOKENS, (
-        counts
+def llama(models, tmp_path_factory) -> dict[str, dict]:
+    model = models["llama_gqa"]
+    return _ours(
+        model,
+        tmp_path_factory.mktemp("llama"),
+        offline_run("mutated", model, mutate="attention:0.5"),
+        offline_run("fp8", model, llm={"kv_cache_dtype": "fp8"}),
     )
 
 
-def test_glm4_moe_matches_stock_vllm_cpu(glm):
-    assert compare_greedy(glm.stock, glm.ours) == []
+@pytest.fixture(scope="module")
+def gemma(models, tmp_path_factory) -> dict[str, dict]:
+    return _ours(models["gemma2_tiny"], tmp_path_factory.mktemp("gemma"))
+
+
+@pytest.fixture(scope="module")
+def glm(models, tmp_path_factory) -> dict[str, dict]:
+    model = models["glm4_moe"]
+    return _ours(model, tmp_path_factory.mktemp("glm"), offline_run("mutated", model, mutate="moe:0.5"))
+
+
+def _check_compiled(runs: dict[str, dict], ops: tuple[str, ...], per_step: int) -> None:
+    """The compile-mode run: Dynamo traced the model with our rope as one opaque node of the
+    graph, our ops ran, and the tokens are the eager run's."""
+    compiled = runs["compiled"]
+    assert "TRACED GRAPH" in compiled["log"], compiled["log"][-3000:]
+    assert "torch.ops.vat.rotary_embedding" in compiled["log"], compiled["log"][-3000:]
+    assert compiled["tokens"] == runs["eager"]["tokens"]
+    assert compare_greedy(runs["eager"], compiled) == []
+    for op in ops:
+        assert compiled["counts"].get(op, 0) >= per_step * MAX_TOKENS, compiled["counts"]
+
+
+DENSE_OPS = ("rotary_embedding", "reshape_and_cache", "unified_attention")
+
+
+def test_llama_gqa_matches_stock_vllm_cpu(llama, stock):
+    ours = llama["eager"]
+    assert len(ours["tokens"]) == len(PROMPTS)
+    assert all(len(t) == MAX_TOKENS for t in ours["tokens"])
+    assert compare_greedy(stock["llama_gqa"], ours) == []
+    # Our kernels ran in the engine (2 layers: one rope, one cache write, one attention each per step).
+    for op in DENSE_OPS:
+        assert ours["counts"].get(op, 0) >= 2 * MAX_TOKENS, ours["counts"]
+    assert "vat::unified_attention" in ours["registered"]["custom_ops"], ours["registered"]
+    # The reference really is stock vLLM: on its CPU platform the plugin registers no kernel.
+    for run in stock.values():
+        assert "custom_ops" not in run["registered"] and not run["counts"], run["registered"]
+
+
+def test_llama_perturbed_attention_fails_the_comparison(llama, stock):
+    mutated = llama["mutated"]
+    assert "TEST MUTATION ACTIVE, attention output scaled by 0.5" in mutated["log"]
+    assert mutated["counts"].get("unified_attention", 0) > 0
+    assert compare_greedy(stock["llama_gqa"], mutated) != []
+
+
+def test_unsupported_attention_layer_keeps_vllm_backend(llama):
+    """An fp8 KV cache is outside our attention backend: the platform gives those layers vLLM's
+    CPU backend with one log line, the request completes, and our rope still runs."""
+    run = llama["fp8"]
+    assert all(len(t) == MAX_TOKENS for t in run["tokens"])
+    assert run["log"].count("attention layer keeps vLLM's CPU backend: KV cache dtype fp8") == 1
+    assert run["counts"].get("unified_attention", 0) == 0 and run["counts"].get("rotary_embedding", 0) > 0
+
+
+def test_llama_compile_mode_gives_the_eager_tokens(llama):
+    _check_compiled(llama, DENSE_OPS, 2)
+
+
+def test_gemma2_style_matches_stock_and_compiles_to_the_eager_tokens(gemma, stock):
+    """Gemma-2 style: attention logit soft-capping, a sliding window of 8 on layer 0, GeLU MLP."""
+    assert compare_greedy(stock["gemma2_tiny"], gemma["eager"]) == []
+    for op in DENSE_OPS:
+        assert gemma["eager"]["counts"].get(op, 0) >= 2 * MAX_TOKENS, gemma["eager"]["counts"]
+    _check_compiled(gemma, ("unified_attention",), 2)
+
+
+def test_glm4_moe_compile_mode_gives_the_eager_tokens(glm):
+    _check_compiled(glm, ("grouped_topk", "fused_experts"), 1)
+
+
+def test_glm4_moe_matches_stock_vllm_cpu(glm, stock):
+    ours = glm["eager"]
+    assert compare_greedy(stock["glm4_moe"], ours) == []
     # Layer 0 is dense, layer 1 MoE with grouped sigmoid routing, correction bias, scaling factor.
-    assert glm.counts.get("grouped_topk", 0) >= MAX_TOKENS, glm.counts
-    assert glm.counts.get("fused_experts", 0) == glm.counts["grouped_topk"]
-    for op in ("rotary_embedding", "reshape_and_cache", "unified_attention"):
-        assert glm.counts.get(op, 0) >= 2 * MAX_TOKENS, glm.counts
+    assert ours["counts"].get("grouped_topk", 0) >= MAX_TOKENS, ours["counts"]
+    assert ours["counts"].get("fused_experts", 0) == ours["counts"]["grouped_topk"]
+    for op in DENSE_OPS:
+        assert ours["counts"].get(op, 0) >= 2 * MAX_TOKENS, ours["counts"]
 
 
-def test_glm4_perturbed_moe_fails_the_comparison(glm, tmp_path):
+def test_glm4_perturbed_moe_fails_the_comparison(glm, stock):
     # The MoE comparison above can fail: with our expert output scaled, the tokens change.
-    mutated = run_offline(glm.model, _ours_env(tmp_path / "counts", VAT_PLUGIN_MUTATE="moe:0.5"))
-    print(f"\nmutated MoE run {mutated['wall_s']} s")
+    mutated = glm["mutated"]
     assert all(len(t) == MAX_TOKENS for t in mutated["tokens"])
-    assert compare_greedy(glm.stock, mutated) != []
+    assert compare_greedy(stock["glm4_moe"], mutated) != []
 
 
 def _server_tokens(server: ApiServer, prompts: list[list[int]]) -> list[list[int]]:
@@ -161,11 +192,11 @@ def _server_tokens(server: ApiServer, prompts: list[list[int]]) -> list[list[int
     return [list(c["token_ids"]) for c in choices]
 
 
-def test_api_server_answers_with_offline_tokens(llama, tmp_path):
+def test_api_server_answers_with_offline_tokens(models, llama, tmp_path):
     # Balance switch on and no --scheduler-cls: the plugin makes vLLM run BalanceScheduler (with
     # DP=1 it makes vLLM's decisions, so the tokens must not change), and vLLM knows the variable.
     env = _ours_env(tmp_path / "counts", VLLM_ASCEND_BALANCE_SCHEDULING="1")
-    server = ApiServer(llama.model, env, tmp_path / "server.log")
+    server = ApiServer(models["llama_gqa"], env, tmp_path / "server.log")
     try:
         ready_s = server.wait_ready()
         start = time.monotonic()
@@ -174,7 +205,7 @@ def test_api_server_answers_with_offline_tokens(llama, tmp_path):
         log = server.log()
     finally:
         server.stop()
-    assert tokens == llama.ours["tokens"]
+    assert tokens == llama["eager"]["tokens"]
     assert counters.totals(str(tmp_path / "counts")).get("unified_attention", 0) > 0
     assert "scheduler class vllm_ascend_triton.scheduler.BalanceScheduler" in log
     assert "DP balance scheduling on" in log  # logged by BalanceScheduler in the engine core
@@ -182,11 +213,11 @@ def test_api_server_answers_with_offline_tokens(llama, tmp_path):
     assert "Unknown vLLM environment variable" not in log
 
 
-def test_dp2_moe_balance_scheduling(glm, tmp_path):
+def test_dp2_moe_balance_scheduling(models, glm, tmp_path):
     counts_dir = tmp_path / "counts"
     env = _ours_env(counts_dir, VLLM_ASCEND_BALANCE_SCHEDULING="1")
     server = ApiServer(
-        glm.model,
+        models["glm4_moe"],
         env,
         tmp_path / "server.log",
         "--data-parallel-size", "2",
@@ -211,7 +242,7 @@ def test_dp2_moe_balance_scheduling(glm, tmp_path):
                 rank[op] = rank.get(op, 0) + n
     print(f"per-rank counts: {per_rank}")
     tokens = first + rest
-    mismatched = [i for i, (a, b) in enumerate(zip(tokens, glm.ours["tokens"], strict=True)) if a != b]
+    mismatched = [i for i, (a, b) in enumerate(zip(tokens, glm["eager"]["tokens"], strict=True)) if a != b]
     assert not mismatched, f"DP=2 tokens differ from DP=1 for prompts {mismatched}: {tokens}"
     assert "keeping the user's scheduler class" in log
     assert sorted(per_rank) == [0, 1], per_rank
