@@ -12,6 +12,7 @@ import pytest
 from vllm_ascend_triton.cli.sim import main, parse_seeds
 from vllm_ascend_triton.scheduler.sim.report import (
     aggregate,
+    format_spread_table,
     format_table,
     json_safe,
     paired_verdicts,
@@ -231,7 +232,20 @@ def test_aggregate_and_verdicts_with_ties() -> None:
     assert agg["balance"]["output_tok_s"] == {"mean": 98.75, "std": 0.75, "min": 98.0, "max": 99.5}
     assert agg["balance"]["ttft_p99_s"]["min"] == agg["balance"]["ttft_p99_s"]["max"] == 2.01
     assert json_safe({"a": [float("nan"), 1.0]}) == {"a": [None, 1.0]}
-    assert v1["within_noise"] == {"throughput_ok": None, "ttft_p99_ok": None, "tpot_p99_ok": None}
+    assert v1["within_noise"] == {
+        "throughput_ok": None,
+        "drain_ok": None,
+        "ttft_p99_ok": None,
+        "tpot_p99_ok": None,
+    }
+    # Drain runs add throughput to drain as a criterion, per seed and seed-paired.
+    drained = [{**r, "drain_tok_s": 90.0 if r["policy"] == "balance" else 100.0} for r in rows]
+    v0 = verdicts([r for r in drained if r["seed"] == 0])["x"]
+    assert v0["throughput_ok"] and not v0["drain_ok"] and not v0["pareto"]
+    paired = paired_verdicts(drained)["x"]
+    assert paired["worst"]["metric"] == "drain_tok_s" and not paired["pareto"]
+    assert "drain tok/s" in format_spread_table(aggregate(drained))
+    assert "drain tok/s" not in format_spread_table(aggregate(rows))
 
 
 def test_verdicts_say_whether_a_miss_is_inside_the_sampling_noise() -> None:
@@ -243,7 +257,12 @@ def test_verdicts_say_whether_a_miss_is_inside_the_sampling_noise() -> None:
     v = verdicts([default, bal])["x"]
     assert not (v["throughput_ok"] or v["ttft_p99_ok"] or v["tpot_p99_ok"])
     # 97 vs 100 with overlapping intervals; the TTFT and TPOT intervals are disjoint.
-    assert v["within_noise"] == {"throughput_ok": True, "ttft_p99_ok": False, "tpot_p99_ok": False}
+    assert v["within_noise"] == {
+        "throughput_ok": True,
+        "drain_ok": None,
+        "ttft_p99_ok": False,
+        "tpot_p99_ok": False,
+    }
     failures = verdicts_by_seed([default, bal])["summary"]["x"]["failures"]
     assert [(f["criterion"], f["within_noise"]) for f in failures] == [
         ("throughput_ok", True),
@@ -356,3 +375,31 @@ def test_plan_cost_times_every_regime() -> None:
     assert len(compute_plan(over, BalanceParams(), 8192)) == 8
     with pytest.raises(ValueError, match="steps"):
         measure_plan_cost(steps=0)
+
+
+def test_drain_runs_until_every_request_finishes_and_keeps_the_window_metrics() -> None:
+    plain = _timed_run("code", "balance", 12.0, 2.0)
+    drained = run_simulation(
+        make_workload("code", 2, 16, 0),
+        Policy.parse("balance"),
+        2,
+        shape=SchedulerShape(max_num_seqs=16, max_num_batched_tokens=2048, num_blocks=800),
+        max_steps=None,
+        horizon_s=12.0,
+        warmup_s=2.0,
+        drain=True,
+    )
+    reqs = list(drained._requests.values())
+    # The trace ends at the horizon and every request of it finished.
+    assert all(r.arrival < 12.0 and r.finish is not None for r in reqs)
+    assert len(reqs) >= len(plain._requests) and drained.sim_seconds > 12.0
+    # Up to the horizon the two runs are the same run: the window metrics agree.
+    assert drained.output_tok_s == pytest.approx(plain.output_tok_s)
+    assert drained.served_tok_s == pytest.approx(plain.served_tok_s)
+    assert drained.tpot_p99_ms == pytest.approx(plain.tpot_p99_ms)
+    assert plain.drain_tok_s is None
+    last = max(r.finish for r in reqs)
+    assert drained.drain_s == pytest.approx(last)
+    assert drained.drain_tok_s == pytest.approx(sum(r.n_out for r in reqs) / last)
+    with pytest.raises(ValueError, match="drain"):
+        run_simulation(make_workload("low", 2, 4, 0), Policy.parse("default"), 2, max_steps=10, drain=True)

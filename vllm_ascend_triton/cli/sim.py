@@ -72,6 +72,12 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--warmup", type=int, default=None, help="unmeasured warm-up steps (with --steps)")
     p.add_argument(
+        "--drain",
+        action="store_true",
+        help="open-loop workloads: end the trace at the horizon, run until every request has "
+        "finished and also score throughput to drain (all output tokens / time of the last finish)",
+    )
+    p.add_argument(
         "--jobs",
         type=int,
         default=min(2, os.cpu_count() or 1),
@@ -229,6 +235,7 @@ def _run_sim(args: argparse.Namespace) -> int:
         quick=args.quick,
         steps=args.steps,
         warmup=args.warmup,
+        drain=args.drain,
     )
 
     def progress(s: dict[str, Any]) -> None:

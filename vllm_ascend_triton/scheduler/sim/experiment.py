@@ -111,6 +111,7 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
         horizon_s=job["horizon_s"],
         warmup_s=job["warmup_s"],
         balance_overrides=job["balance"],
+        drain=job.get("drain", False),
     )
     return {"summary": res.summary(), "series": {"step_ms": res.series["step_ms"]}}
 
@@ -128,6 +129,7 @@ class Experiment:
     balance_overrides: dict[str, Any]
     shape: dict[str, int]
     quick: bool | None  # None: step-bounded runs
+    drain: bool = False
     windows: dict[str, Any] = field(default_factory=dict)
     jobs: list[dict[str, Any]] = field(default_factory=list)
 
@@ -146,6 +148,7 @@ def plan_experiment(
     quick: bool = False,
     steps: int | None = None,
     warmup: int | None = None,
+    drain: bool = False,
 ) -> Experiment:
     """Validate the settings and list the jobs.
 
@@ -159,6 +162,9 @@ def plan_experiment(
         max_num_seqs, max_num_batched_tokens, num_blocks: each rank's vLLM scheduler.
         quick: the shorter simulated windows (:data:`QUICK_SECONDS`).
         steps, warmup: bound runs by lockstep steps instead of simulated time.
+        drain: time-bounded open-loop runs end their trace at the horizon and run on until
+            every request has finished (``drain_tok_s``: throughput to drain); the closed
+            loop (a) never drains and ignores it.
 
     Returns:
         The :class:`Experiment`.
@@ -177,6 +183,8 @@ def plan_experiment(
     pols = [Policy.parse(p).name for p in policies if p.strip()]
     if not wls or not pols:
         raise ValueError("need at least one workload and one policy")
+    if drain and steps is not None:
+        raise ValueError("--drain needs time-bounded runs (not --steps)")
     model = StepModel(**(step_model or {}))
     bal_kw = dict(balance_overrides or {})
     params = BalanceParams(max_num_seqs=max_num_seqs, **bal_kw)  # validates early
@@ -186,7 +194,16 @@ def plan_experiment(
         "num_blocks": num_blocks,
     }
     exp = Experiment(
-        dp, wls, pols, list(seeds), model, params, bal_kw, shape, None if steps is not None else bool(quick)
+        dp,
+        wls,
+        pols,
+        list(seeds),
+        model,
+        params,
+        bal_kw,
+        shape,
+        None if steps is not None else bool(quick),
+        drain,
     )
     sizes = QUICK_SECONDS if quick else SIM_SECONDS
     for w in wls:
@@ -212,6 +229,7 @@ def plan_experiment(
                         "shape": shape,
                         "step_model": model.__dict__.copy(),
                         "balance": bal_kw,
+                        "drain": drain and w != "a",
                     }
                 )
     return exp
@@ -281,6 +299,7 @@ def run_experiment(
         "quick": exp.quick,
         "seeds": exp.seeds,
         "windows": exp.windows,
+        "drain": exp.drain,
         "workloads": {w: DESCRIPTIONS[w] for w in exp.workloads},
         "step_model": exp.model.__dict__,
         "balance_params": {k: v for k, v in exp.params.__dict__.items() if k != "mode"},

@@ -20,6 +20,7 @@ COLUMNS = [
     ("policy", "policy", "{}"),
     ("output_tok_s", "out tok/s", "{:.0f}"),
     ("served_tok_s", "served tok/s", "{:.0f}"),
+    ("drain_tok_s", "drain tok/s", "{:.0f}"),
     ("ttft_p50_s", "TTFT p50 s", "{:.2f}"),
     ("ttft_p99_s", "TTFT p99 s", "{:.2f}"),
     ("tpot_p50_ms", "TPOT p50 ms", "{:.1f}"),
@@ -77,12 +78,22 @@ def throughput_metric(rows: Sequence[dict[str, Any]]) -> str:
     return "output_tok_s"
 
 
+def has_drain(rows: Sequence[dict[str, Any]]) -> bool:
+    """Whether every row is a drain run (``vat sim --drain``): then throughput to drain
+    (``drain_tok_s``) is a second throughput criterion."""
+    return bool(rows) and all(r.get("drain_tok_s") is not None for r in rows)
+
+
+CRITERIA = ("throughput_ok", "drain_ok", "ttft_p99_ok", "tpot_p99_ok")
+
+
 def verdicts(rows: Sequence[dict[str, Any]], tie: float = TIE) -> dict[str, dict[str, Any]]:
     """Per workload (one seed's rows): is ``balance`` Pareto-best? Throughput (see
-    :func:`throughput_metric`) >= every other policy's, TTFT p99 <= every other policy's,
-    TPOT p99 <= default's, each with a relative tolerance ``tie`` (differences within it count
-    as ties). With the figures behind it, and for a failed criterion whether the difference
-    is within the runs' sampling noise (their 95% intervals overlap; None without intervals)."""
+    :func:`throughput_metric`) >= every other policy's, throughput to drain too in drain
+    runs (:func:`has_drain`), TTFT p99 <= every other policy's, TPOT p99 <= default's, each
+    with a relative tolerance ``tie`` (differences within it count as ties). With the figures
+    behind it, and for a failed criterion whether the difference is within the runs'
+    sampling noise (their 95% intervals overlap; None without intervals)."""
     out: dict[str, dict[str, Any]] = {}
     for wl in sorted({r["workload"] for r in rows}):
         wl_rows = [r for r in rows if r["workload"] == wl]
@@ -104,6 +115,10 @@ def verdicts(rows: Sequence[dict[str, Any]], tie: float = TIE) -> dict[str, dict
             or default["tpot_p99_ms"] is None
             or (bal["tpot_p99_ms"] is not None and bal["tpot_p99_ms"] <= default["tpot_p99_ms"] * (1 + tie))
         )
+        drain_ok = True
+        if has_drain(wl_rows):
+            best_drain = max(others, key=lambda r: r["drain_tok_s"])
+            drain_ok = bal["drain_tok_s"] >= best_drain["drain_tok_s"] * (1 - tie)
         out[wl] = {
             "throughput_metric": tput,
             "balance_throughput": bal[tput],
@@ -118,9 +133,11 @@ def verdicts(rows: Sequence[dict[str, Any]], tie: float = TIE) -> dict[str, dict
             "throughput_ok": tput_ok,
             "ttft_p99_ok": ttft_ok,
             "tpot_p99_ok": tpot_ok,
-            "pareto": tput_ok and ttft_ok and tpot_ok,
+            "drain_ok": drain_ok,
+            "pareto": tput_ok and drain_ok and ttft_ok and tpot_ok,
             "within_noise": {
                 "throughput_ok": None if tput_ok else _unresolved(bal, best_tput, tput),
+                "drain_ok": None,
                 "ttft_p99_ok": None if ttft_ok else _unresolved(bal, best_ttft, "ttft_p99"),
                 "tpot_p99_ok": None if tpot_ok else _unresolved(bal, default, "tpot_p99"),
             },
@@ -131,6 +148,7 @@ def verdicts(rows: Sequence[dict[str, Any]], tie: float = TIE) -> dict[str, dict
 SPREAD_METRICS = (
     "output_tok_s",
     "served_tok_s",
+    "drain_tok_s",
     "ttft_p50_s",
     "ttft_p99_s",
     "tpot_p50_ms",
@@ -192,6 +210,8 @@ def paired_verdicts(rows: Sequence[dict[str, Any]], tie: float = TIE) -> dict[st
             continue
         tput = throughput_metric(wl_rows)
         checks = [("throughput_ok", tput, True, p) for p in sorted(policies - {"balance"})]
+        if has_drain(wl_rows):
+            checks += [("drain_ok", "drain_tok_s", True, p) for p in sorted(policies - {"balance"})]
         checks += [("ttft_p99_ok", "ttft_p99_s", False, p) for p in sorted(policies - {"balance"})]
         if "default" in policies:
             checks.append(("tpot_p99_ok", "tpot_p99_ms", False, "default"))
@@ -238,7 +258,7 @@ def verdicts_by_seed(rows: Sequence[dict[str, Any]], tie: float = TIE) -> dict[s
             s = summary.setdefault(wl, {"seeds": 0, "pareto": 0, "failures": []})
             s["seeds"] += 1
             s["pareto"] += bool(v["pareto"])
-            for crit in ("throughput_ok", "ttft_p99_ok", "tpot_p99_ok"):
+            for crit in CRITERIA:
                 if not v[crit]:
                     s["failures"].append(
                         {
@@ -251,15 +271,19 @@ def verdicts_by_seed(rows: Sequence[dict[str, Any]], tie: float = TIE) -> dict[s
 
 
 def format_spread_table(agg: Sequence[dict[str, Any]], markdown: bool = False) -> str:
-    """One row per (workload, policy): mean and [min, max] over seeds."""
+    """One row per (workload, policy): mean and [min, max] over seeds (the drain column only
+    when some row has it)."""
     cols = [
         ("output_tok_s", "out tok/s", "{:.0f}"),
         ("served_tok_s", "served tok/s", "{:.0f}"),
+        ("drain_tok_s", "drain tok/s", "{:.0f}"),
         ("ttft_p50_s", "TTFT p50 s", "{:.2f}"),
         ("ttft_p99_s", "TTFT p99 s", "{:.2f}"),
         ("tpot_p99_ms", "TPOT p99 ms", "{:.1f}"),
         ("idle_share", "lockstep idle", "{:.1%}"),
     ]
+    if not any(a.get("drain_tok_s") for a in agg):
+        cols = [c for c in cols if c[0] != "drain_tok_s"]
     header = ["wl", "policy"] + [c[1] for c in cols]
     body = []
     for a in agg:

@@ -107,6 +107,7 @@ class _Req:
     first_token: float | None = None
     finish: float | None = None
     n_out: int = 0
+    n_out_by_horizon: int = 0  # tokens from steps that started before the horizon
 
 
 @dataclass
@@ -133,6 +134,11 @@ class RunResult:
     # Tokens served by the horizon to the requests that arrived in the window, per second of
     # window (open-loop workloads, time-bounded runs; see the module docstring).
     served_tok_s: float | None = None
+    # Drain runs (``drain=True``): arrivals stop at the horizon and the run goes on until every
+    # request has finished; ``drain_tok_s`` is all output tokens over the time that took (from
+    # t=0), the "throughput to drain" of a benchmark client that sends a trace and waits.
+    drain_tok_s: float | None = None
+    drain_s: float | None = None
     # 95% sampling intervals of the headline metrics in this one run (time-bounded runs):
     # throughput by batch means over SUB_WINDOWS equal sub-windows, the percentiles by
     # bootstrap over requests. Verdicts use them to tell a difference this run resolves
@@ -221,8 +227,16 @@ def run_simulation(
     warmup_s: float = 0.0,
     balance_overrides: dict[str, Any] | None = None,
     check_invariants: bool = False,
+    drain: bool = False,
+    drain_limit_s: float = 3600.0,
 ) -> RunResult:
-    """Run one (workload, policy) pair; see the module docstring."""
+    """Run one (workload, policy) pair; see the module docstring.
+
+    With ``drain`` (time-bounded runs only) no request arriving at or after ``horizon_s`` is
+    admitted and the run continues past the horizon until every admitted request has
+    finished (at most ``drain_limit_s`` simulated seconds more); the window metrics are
+    unchanged (tokens from steps that start before the horizon), and ``drain_tok_s`` /
+    ``drain_s`` report the throughput to drain."""
     from vllm_ascend_triton.scheduler.balance import BalanceScheduler
     from vllm_ascend_triton.scheduler.plan import BalanceParams, compute_plan
     from vllm_ascend_triton.scheduler.sim.inprocess import InProcessExchangeGroup
@@ -236,6 +250,8 @@ def run_simulation(
         if not 0.0 <= warmup_s < horizon_s:  # type: ignore[operator]
             raise ValueError(f"need 0 <= warmup_s < horizon_s, got {warmup_s}, {horizon_s}")
         warmup_steps = 0
+    elif drain:
+        raise ValueError("drain needs a time-bounded run (horizon_s)")
     elif max_steps is None or warmup_steps >= max_steps:
         raise ValueError("warmup_steps must be smaller than max_steps")
     cfg = make_vllm_config(shape)
@@ -273,13 +289,24 @@ def run_simulation(
         return min(SUB_WINDOWS - 1, int((when - warmup_s) / sub_seconds))
 
     idle_rank_time = 0.0
+    window_end = 0.0
     total_rank_time = 0.0
     preemptions = 0
     series: dict[str, list[float]] = {"t": [], "step_ms": [], "max_tokens": [], "mean_tokens": []}
     next_id = 0
 
-    while (max_steps is None or step < max_steps) and (not timed or t < horizon_s):  # type: ignore[operator]
+    def go_on() -> bool:
+        if max_steps is not None and step >= max_steps:
+            return False
+        if not timed or t < horizon_s:  # type: ignore[operator]
+            return True
+        # Draining: until every admitted request has finished, within the limit.
+        return drain and t < horizon_s + drain_limit_s and any(r.finish is None for r in reqs.values())  # type: ignore[operator]
+
+    while go_on():
         for arr in workload.pop_until(t):
+            if drain and arr.time >= horizon_s:  # type: ignore[operator]
+                continue  # the trace ends at the horizon
             if arr.rank is not None:
                 rank = arr.rank % dp
             else:
@@ -298,8 +325,8 @@ def run_simulation(
         if not any(s.has_requests() for s in scheds):
             nxt = workload.next_time()
             if nxt is None or (timed and nxt >= horizon_s):  # type: ignore[operator]
-                if timed:
-                    t = max(t, horizon_s)  # type: ignore[type-var]
+                if timed and t < horizon_s:  # type: ignore[operator]
+                    t = window_end = horizon_s  # type: ignore[assignment]
                 break
             # The cluster is idle until the next arrival: a new wave starts then.
             t = max(t, nxt)
@@ -323,12 +350,15 @@ def run_simulation(
             contexts.append(ctx)
 
         dt = model.step_time(tokens, contexts)
+        before_horizon = not timed or t < horizon_s  # type: ignore[operator]
         t += dt
+        if before_horizon:
+            window_end = t  # the window closes with the step that crosses the horizon
         step += 1
         wave_step += 1
         if timed:
             t_warm = warmup_s
-            in_window = t > warmup_s
+            in_window = t > warmup_s and before_horizon
         else:
             if step == warmup_steps:
                 t_warm = t
@@ -354,6 +384,8 @@ def run_simulation(
                     if k and rec.first_token is None:
                         rec.first_token = t
                     rec.n_out += k
+                    if before_horizon:
+                        rec.n_out_by_horizon += k
                     if in_window:
                         out_tokens_window += k
                         if timed:
@@ -373,7 +405,8 @@ def run_simulation(
                 compute_plan(snap, params, budget)
                 plan_ns.append(time.perf_counter_ns() - t0)
 
-    window = t - t_warm
+    end = window_end if drain else t
+    window = end - t_warm
     if timed:
         ttft = [
             (r.first_token if r.first_token is not None else t) - r.arrival
@@ -389,7 +422,7 @@ def run_simulation(
     tpot = [
         (r.finish - r.first_token) / (r.n_out - 1)
         for r in reqs.values()
-        if r.finish is not None and r.finish > t_warm and r.n_out > 1
+        if r.finish is not None and t_warm < r.finish <= end and r.n_out > 1
     ]
     served = served_ci = None
     if timed and workload.open_loop and window > 0:
@@ -397,9 +430,15 @@ def run_simulation(
         served_by_sub = [0] * SUB_WINDOWS
         for r in reqs.values():
             if r.arrival >= warmup_s:
-                served_by_sub[sub_window(r.arrival)] += r.n_out
+                served_by_sub[sub_window(r.arrival)] += r.n_out_by_horizon
         served = sum(served_by_sub) / window
         served_ci = _batch_means_ci(served_by_sub, sub_seconds)
+    drain_tok_s = drain_s = None
+    if drain and reqs:
+        # The last finish (or where the limit stopped the run, if something never finished).
+        done = all(r.finish is not None for r in reqs.values())
+        drain_s = max(r.finish for r in reqs.values()) if done else t  # type: ignore[type-var]
+        drain_tok_s = sum(r.n_out for r in reqs.values()) / drain_s if drain_s > 0 else 0.0
     result = RunResult(
         workload=workload.name,
         policy=policy.name,
@@ -421,6 +460,8 @@ def run_simulation(
         plan_us_p50=float(np.percentile(plan_ns, 50)) / 1e3 if plan_ns else None,
         plan_us_p99=float(np.percentile(plan_ns, 99)) / 1e3 if plan_ns else None,
         served_tok_s=served,
+        drain_tok_s=drain_tok_s,
+        drain_s=drain_s,
         served_tok_s_ci95=served_ci,
         output_tok_s_ci95=_batch_means_ci(sub_tokens, sub_seconds) if timed else None,
         ttft_p99_ci95=_bootstrap_ci(ttft, 99) if timed else None,
