@@ -351,18 +351,19 @@ def test_the_harness_catches_a_stray_write():
         from vllm_ascend_triton.kernels.fused_moe import _kernels  # noqa: F401
         from vllm_ascend_triton.runtime import launch
 
-        original = launch.LaunchSpec.__post_init__
+        # Widened where every launch passes (cached templates included), before it is recorded.
+        original = launch.LaunchSpec.launch
 
         def widen(self):
-            original(self)
             if self.name == "moe_permute_layout":
                 object.__setattr__(self, "args", {**self.args, "numel": self.args["numel"] + 1})
+            original(self)
 
-        launch.LaunchSpec.__post_init__ = widen
+        launch.LaunchSpec.launch = widen
         try:
             caught = guarded_run(lambda: moe_permute(x, ids, 4), [x, ids], moe_permute_ref(x, ids, 4), 0.0)
         finally:
-            launch.LaunchSpec.__post_init__ = original
+            launch.LaunchSpec.launch = original
         return [] if any("written after" in e for e in caught) else [f"stray write not caught: {caught}"]
 
     run_isolated(case)

@@ -171,6 +171,25 @@ class LaunchSpec:
         if grid[0] > 65535:
             raise ValueError(f"{self.name}: grid {grid} exceeds Ascend's coreDim limit of 65535")
 
+    def with_args(self, args: Mapping[str, Any]) -> LaunchSpec:
+        """This launch with other runtime arguments under the same names.
+
+        How a host API reuses a spec it built and validated once per shape (a cached template,
+        its tensors placeholders): per call only the tensors change, so the checks of
+        `__post_init__` are not repeated.
+
+        Args:
+            args: every runtime argument, by the names of this spec's `args` (not checked again).
+
+        Returns:
+            A new `LaunchSpec` sharing this one's kernel, grid, constexprs, config and options.
+        """
+        spec = object.__new__(LaunchSpec)
+        d = spec.__dict__
+        d.update(self.__dict__)
+        d["args"] = args
+        return spec
+
     @property
     def kernel_ref(self) -> str:
         return kernel_facts(self.kernel).ref

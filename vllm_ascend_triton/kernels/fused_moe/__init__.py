@@ -89,6 +89,7 @@ Ascend design
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -109,16 +110,22 @@ from vllm_ascend_triton.kernels.fused_moe.reference import (
 )
 from vllm_ascend_triton.kernels.limits import MOE_MAX_EXPERTS, MOE_MAX_SLOTS, MOE_MAX_TOPK
 from vllm_ascend_triton.kernels.moe_sort import (
+    SortLaunches,
     bin_lanes,
     check_expert_map_values,
     plan_sort,
-    sort_count,
-    sort_scatter,
+    sort_launches,
 )
 from vllm_ascend_triton.runtime.checks import FLOAT_DTYPES, INDEX_DTYPES, check_positive_int, check_tensor
 from vllm_ascend_triton.runtime.configs import ShapeCache, dtype_key, lookup_config
 from vllm_ascend_triton.runtime.device import current_device
-from vllm_ascend_triton.runtime.launch import LaunchSpec, bf16_shim, checks_enabled, persistent_grid
+from vllm_ascend_triton.runtime.launch import (
+    LaunchSpec,
+    bf16_shim,
+    checks_enabled,
+    kernel_facts,
+    persistent_grid,
+)
 from vllm_ascend_triton.runtime.ub import tile_elements, ub_budget_bytes
 
 logger = logging.getLogger(__name__)
@@ -148,6 +155,10 @@ def _block_e(num_local: int) -> int:
     return max(16, triton.next_power_of_2(max(num_local, 1)))
 
 
+# ---------------------------------------------------------------------------------------------------
+# Validation (shared by fused_experts, fused_experts_w8a8 and moe_permute)
+
+
 def _check_routing(
     hidden_states: torch.Tensor,
     topk_ids: torch.Tensor,
@@ -155,6 +166,7 @@ def _check_routing(
     expert_map: torch.Tensor | None,
     topk_weights: torch.Tensor | None = None,
 ) -> None:
+    """Types, shapes, devices and limits of the routing inputs (nothing data-dependent)."""
     check_tensor("hidden_states", hidden_states, dtypes=FLOAT_DTYPES, ndim=2)
     check_tensor("topk_ids", topk_ids, dtypes=INDEX_DTYPES, ndim=2)
     check_positive_int("num_experts", num_experts)
@@ -190,7 +202,11 @@ def _check_routing(
             )
         if expert_map.device != hidden_states.device:
             raise ValueError(f"expert_map must be on {hidden_states.device}, got {expert_map.device}")
-    if checks_enabled() and topk_ids.numel():
+
+
+def _check_ids(topk_ids: torch.Tensor, num_experts: int) -> None:
+    """With input checks on (a device sync on an NPU): every id in `[0, num_experts)`."""
+    if topk_ids.numel():
         lo, hi = int(topk_ids.min()), int(topk_ids.max())
         if lo < 0 or hi >= num_experts:
             raise ValueError(f"topk_ids values must be in [0, {num_experts}), got [{lo}, {hi}]")
@@ -226,75 +242,271 @@ def _check_int32_extent(name: str, rows: int, cols: int) -> None:
         raise ValueError(f"{name}: {rows} x {cols} elements exceed int32 index math")
 
 
+@dataclasses.dataclass(frozen=True)
+class ExpertsShape:
+    """The sizes of one expert-MLP call, as `check_experts` validated them."""
+
+    num_tokens: int  # M
+    topk: int  # k
+    hidden: int  # H
+    inter: int  # I
+    num_local: int  # L
+    num_experts: int  # E (global)
+
+
+def check_experts(
+    hidden_states: torch.Tensor,
+    w13: torch.Tensor,
+    w2: torch.Tensor,
+    topk_weights: torch.Tensor,
+    topk_ids: torch.Tensor,
+    activation: str,
+    expert_map: torch.Tensor | None,
+    global_num_experts: int | None,
+    weight_dtype: torch.dtype | None,
+) -> ExpertsShape:
+    """Everything about an expert-MLP call that does not depend on tensor contents (the checks of
+    `fused_experts` and `fused_experts_w8a8`).
+
+    Args:
+        hidden_states, w13, w2, topk_weights, topk_ids, activation, expert_map, global_num_experts:
+            as `fused_experts`.
+        weight_dtype: the dtype w13 and w2 must have (None: hidden_states' dtype).
+
+    Returns:
+        The call's `ExpertsShape`.
+
+    Raises:
+        TypeError: a wrong dtype.
+        ValueError: a wrong shape, activation, device or limit.
+    """
+    check_tensor("hidden_states", hidden_states, dtypes=FLOAT_DTYPES, ndim=2)
+    want = weight_dtype or hidden_states.dtype
+    check_tensor("w13", w13, dtypes=(want,) if weight_dtype else FLOAT_DTYPES, ndim=3)
+    check_tensor("w2", w2, dtypes=(want,) if weight_dtype else FLOAT_DTYPES, ndim=3)
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    num_local, two_i, hidden = w13.shape
+    if hidden_states.shape[1] != hidden:
+        raise ValueError(
+            f"hidden_states must have {hidden} columns (w13 is {tuple(w13.shape)}), "
+            f"got shape {tuple(hidden_states.shape)}"
+        )
+    if two_i % 2 or two_i == 0 or hidden == 0 or num_local == 0:
+        raise ValueError(
+            f"w13 must be [L, 2 * intermediate_size, hidden] with all three > 0, got shape {tuple(w13.shape)}"
+        )
+    inter = two_i // 2
+    if w2.shape != (num_local, hidden, inter):
+        raise ValueError(
+            f"w2 must have shape {(num_local, hidden, inter)} to match w13 {tuple(w13.shape)}, "
+            f"got {tuple(w2.shape)}"
+        )
+    if global_num_experts is None:
+        global_num_experts = expert_map.shape[0] if isinstance(expert_map, torch.Tensor) else num_local
+    _check_routing(hidden_states, topk_ids, global_num_experts, expert_map, topk_weights)
+    for name, t in (("w13", w13), ("w2", w2)):
+        if t.dtype != want:
+            raise TypeError(
+                f"{name} must have dtype {want} (hidden_states' dtype: {hidden_states.dtype}), got {t.dtype}"
+            )
+        if t.device != hidden_states.device:
+            raise ValueError(f"{name} must be on {hidden_states.device}, got {t.device}")
+    if expert_map is None and global_num_experts != num_local:
+        raise ValueError(
+            f"without an expert_map, global_num_experts ({global_num_experts}) must equal "
+            f"w13's expert count ({num_local})"
+        )
+    if expert_map is not None and num_local > global_num_experts:
+        raise ValueError(
+            f"num_local_experts must be <= num_experts={global_num_experts}, got {num_local} (w13's experts)"
+        )
+    # Activation rows use int64 bases; inside one expert's weights offsets stay int32.
+    _check_int32_extent("w13 per expert", two_i, hidden)
+    num_tokens, topk = topk_ids.shape
+    return ExpertsShape(num_tokens, topk, hidden, inter, num_local, global_num_experts)
+
+
+def experts_key(
+    tag: str,
+    hidden_states: Any,
+    w13: Any,
+    w2: Any,
+    topk_weights: Any,
+    topk_ids: Any,
+    activation: Any,
+    expert_map: Any,
+    global_num_experts: Any,
+    *more: Any,
+) -> tuple | None:
+    """The plan-cache key of an expert-MLP call: every property its validation and launch plan read
+    (types, shapes, dtypes, devices, the plain arguments), None when an argument is not a tensor
+    (such a call takes the validating path, which raises). A call whose key equals one that was
+    validated and planned is valid and plans the same launches.
+
+    Args:
+        tag: the op. hidden_states ... global_num_experts: as `fused_experts`. more: further tensors
+            (weight scales).
+
+    Returns:
+        A hashable key, or None.
+    """
+    try:
+        key = (
+            tag,
+            hidden_states.shape, hidden_states.dtype, hidden_states.device,
+            w13.shape, w13.dtype, w13.device,
+            w2.shape, w2.dtype, w2.device,
+            topk_weights.shape, topk_weights.dtype, topk_weights.device,
+            topk_ids.shape, topk_ids.dtype, topk_ids.device,
+            activation, type(global_num_experts), global_num_experts,
+            None if expert_map is None else (expert_map.shape, expert_map.dtype, expert_map.device),
+        )  # fmt: skip
+        for t in more:
+            key += (t.shape, t.dtype, t.device)
+    except AttributeError:
+        return None
+    return key
+
+
+# ---------------------------------------------------------------------------------------------------
+# Launch plans: decided once per shape key (configs, grids, constexprs, scalar arguments) and kept as
+# validated LaunchSpec templates without tensors; a call hands its tensors to `with_args`.
+
+_PLANS = ShapeCache("fused_moe")
+
+
+@dataclasses.dataclass(frozen=True)
+class RoutePlan:
+    """The three launches of the permutation (sort count, layout, sort scatter) for one size."""
+
+    num_tokens: int
+    topk: int
+    num_local: int
+    sort: SortLaunches
+    layout: LaunchSpec  # template
+
+    def run(
+        self, ids: torch.Tensor, expert_map: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Launch the sort of `ids` (contiguous int32/int64 `[M, k]`, validated by the caller).
+
+        Args:
+            ids: the contiguous `topk_ids`.
+            expert_map: the contiguous map, or None.
+
+        Returns:
+            (tokens_per_expert, expert_first_token_offset, inv_permuted_idx, permuted_idx).
+        """
+        device = ids.device
+        num_local = self.num_local
+        inv_idx = torch.empty(self.num_tokens, self.topk, dtype=torch.int32, device=device)
+        # The layout kernel writes every entry of these three (the counts, the offsets from 0, and
+        # the -1 fill of permuted_idx before the scatter): no host-side fill launches.
+        tokens_per_expert = torch.empty(num_local, dtype=torch.int32, device=device)
+        offsets = torch.empty(num_local + 1, dtype=torch.int32, device=device)
+        permuted_idx = torch.empty(self.num_tokens * self.topk, dtype=torch.int32, device=device)
+        counts = self.sort.count(ids, expert_map)
+        layout = self.layout
+        layout.with_args(
+            {
+                **layout.args,
+                "counts_ptr": counts,
+                "permuted_idx_ptr": permuted_idx,
+                "tokens_per_expert_ptr": tokens_per_expert,
+                "offsets_ptr": offsets,
+            }
+        ).launch()
+        # After the -1 fill (same stream): kept slots overwrite it; inv gets every slot's row or -1.
+        self.sort.scatter(ids, expert_map, counts, permuted_idx, inv_idx)
+        return tokens_per_expert, offsets, inv_idx, permuted_idx
+
+
+def route_plan(num_tokens: int, topk: int, num_experts: int, num_local: int, has_map: bool) -> RoutePlan:
+    """The permutation's launches for `num_tokens` x `topk` routes (>= 1), cached per size.
+
+    Args:
+        num_tokens, topk: the routes. num_experts: E (ids outside `[0, E)` are dropped).
+        num_local: L (the bins). has_map: ids go through an expert map.
+
+    Returns:
+        A `RoutePlan` (no tensors held).
+    """
+    plan_key = ("route", num_tokens, topk, num_experts, num_local, has_map)
+    cached = _PLANS.get(plan_key)
+    if cached is not None:
+        return cached
+    num_slots = num_tokens * topk
+    dev = current_device()
+    sort = plan_sort(num_slots, num_experts, num_local, has_map=has_map, device=dev)
+    logger.debug(
+        "moe sort: %d slots, E=%d, L=%d, %d runs, scratch %d bytes", num_slots, num_experts, num_local,
+        sort.runs, sort.scratch_bytes,
+    )  # fmt: skip
+    layout = LaunchSpec(
+        name="moe_permute_layout",
+        kernel=_permute_layout_kernel,
+        grid=persistent_grid(triton.cdiv(num_slots, _LAYOUT_FILL), device=dev),
+        args=dict(
+            counts_ptr=None, permuted_idx_ptr=None, tokens_per_expert_ptr=None, offsets_ptr=None,
+            num_runs=sort.runs, num_local=num_local, numel=num_slots,
+        ),
+        constexprs=dict(BLOCK_E=bin_lanes(num_local), BLOCK_S=_LAYOUT_FILL),
+        config={"BLOCK_S": _LAYOUT_FILL},
+    )  # fmt: skip
+    plan = RoutePlan(num_tokens, topk, num_local, sort_launches(sort, 1, write_inv=True), layout)
+    return _PLANS.put(plan_key, plan)
+
+
 def _route(
     topk_ids: torch.Tensor, expert_map: torch.Tensor | None, num_experts: int, num_local: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The shared MoE counting sort with local experts as bins:
     (tokens_per_expert, offsets, inv_permuted_idx, permuted_idx)."""
-    device = topk_ids.device
     num_tokens, topk = topk_ids.shape
-    num_slots = num_tokens * topk
-    inv_idx = torch.empty(num_tokens, topk, dtype=torch.int32, device=device)
-    if num_slots == 0:
+    if num_tokens == 0:
+        device = topk_ids.device
         return (
             torch.zeros(num_local, dtype=torch.int32, device=device),
             torch.zeros(num_local + 1, dtype=torch.int32, device=device),
-            inv_idx,
+            torch.empty(num_tokens, topk, dtype=torch.int32, device=device),
             torch.empty(0, dtype=torch.int32, device=device),
         )
-    # The layout kernel writes every entry of these three (the counts, the offsets from 0, and the
-    # -1 fill of permuted_idx before the scatter): no host-side fill launches.
-    tokens_per_expert = torch.empty(num_local, dtype=torch.int32, device=device)
-    offsets = torch.empty(num_local + 1, dtype=torch.int32, device=device)
-    permuted_idx = torch.empty(num_slots, dtype=torch.int32, device=device)
+    plan = route_plan(num_tokens, topk, num_experts, num_local, expert_map is not None)
     # Ids and map in their own dtypes: the kernels range-check before narrowing, nothing wraps.
-    ids = topk_ids.contiguous().view(-1)
-    emap = expert_map.contiguous() if expert_map is not None else None
-    plan, layout_grid = _route_plan(num_slots, num_experts, num_local, emap is not None)
-    logger.debug(
-        "moe sort: %d slots, E=%d, L=%d, %d runs, scratch %d bytes", num_slots, num_experts, num_local,
-        plan.runs, plan.scratch_bytes,
-    )  # fmt: skip
-    counts = sort_count(plan, ids, emap)
-    layout_cfg = {"BLOCK_S": _LAYOUT_FILL}
-    LaunchSpec(
-        name="moe_permute_layout",
-        kernel=_permute_layout_kernel,
-        grid=layout_grid,
-        args=dict(
-            counts_ptr=counts, permuted_idx_ptr=permuted_idx, tokens_per_expert_ptr=tokens_per_expert,
-            offsets_ptr=offsets, num_runs=plan.runs, num_local=num_local, numel=num_slots,
-        ),
-        constexprs=dict(BLOCK_E=bin_lanes(num_local), BLOCK_S=_LAYOUT_FILL),
-        config=layout_cfg,
-    ).launch()  # fmt: skip
-    # After the -1 fill (same stream): kept slots overwrite it; inv gets every slot's row or -1.
-    sort_scatter(plan, ids, emap, counts, permuted_idx, inv_idx, 1)
-    return tokens_per_expert, offsets, inv_idx, permuted_idx
+    return plan.run(topk_ids.contiguous(), expert_map.contiguous() if expert_map is not None else None)
 
 
-_PLANS = ShapeCache("fused_moe")
+def rows_spec(
+    kernel: str, jit_fn: Any, hidden: int, dtype: torch.dtype, rows: int, **scalars: int
+) -> LaunchSpec:
+    """The template of a row-parallel launch (`moe_permute_rows`, `moe_unpermute`), cached per size.
 
+    Args:
+        kernel: the launch's name (its config key). jit_fn: the kernel. hidden: H. dtype: the
+            caller's data dtype (configs are looked up by it, not by the interpreter's fp32 stand-in
+            for bf16, so a dry run and a real launch choose the same config). rows: rows the grid
+            covers. scalars: the kernel's other scalar arguments.
 
-def _route_plan(num_slots: int, num_experts: int, num_local: int, has_map: bool) -> tuple[Any, tuple[int]]:
-    """The sort plan and the layout grid of `_route` (cached per problem size)."""
-    plan_key = ("route", num_slots, num_experts, num_local, has_map)
+    Returns:
+        A validated `LaunchSpec` whose tensor arguments are None.
+    """
+    plan_key = (kernel, hidden, dtype, rows, *scalars.items())
     cached = _PLANS.get(plan_key)
     if cached is not None:
         return cached
-    dev = current_device()
-    plan = plan_sort(num_slots, num_experts, num_local, has_map=has_map, device=dev)
-    grid = persistent_grid(triton.cdiv(num_slots, _LAYOUT_FILL), device=dev)
-    return _PLANS.put(plan_key, (plan, grid))
-
-
-def _rows_plan(hidden: int, dtype: torch.dtype, kernel: str, rows: int) -> tuple[dict, tuple[int]]:
-    """Config and grid of a row-parallel launch (cached per problem size)."""
-    plan_key = (kernel, hidden, dtype, rows)
-    cached = _PLANS.get(plan_key)
-    if cached is not None:
-        return cached
-    return _PLANS.put(plan_key, (_rows_config(hidden, dtype, kernel), persistent_grid(rows)))
+    cfg = _rows_config(hidden, dtype, kernel)
+    args: dict[str, Any] = dict.fromkeys(kernel_facts(jit_fn).runtime)
+    args.update(scalars, hidden=hidden)
+    spec = LaunchSpec(
+        name=kernel,
+        kernel=jit_fn,
+        grid=persistent_grid(rows),
+        args=args,
+        constexprs=dict(BLOCK_H=cfg["BLOCK_H"]),
+        config=cfg,
+    )
+    return _PLANS.put(plan_key, spec)
 
 
 def _default_rows_config() -> dict:
@@ -311,6 +523,42 @@ def _rows_config(hidden: int, dtype: torch.dtype, kernel: str) -> dict:
     )
     cfg["BLOCK_H"] = min(cfg["BLOCK_H"], max(16, triton.next_power_of_2(hidden)))
     return cfg
+
+
+def _gather_spec(hidden: int, dtype: torch.dtype, num_rows: int, topk: int) -> LaunchSpec:
+    return rows_spec(
+        "moe_permute_rows", _gather_rows_kernel, hidden, dtype, num_rows, num_rows=num_rows, topk=topk
+    )
+
+
+def unpermute_spec(hidden: int, dtype: torch.dtype, num_tokens: int, num_rows: int, topk: int) -> LaunchSpec:
+    """The template of the weighted combine (`moe_unpermute`) for one size (as `rows_spec`).
+
+    Args:
+        hidden: H. dtype: the data dtype (config key). num_tokens: M. num_rows: R, rows of the
+            expert outputs. topk: k.
+
+    Returns:
+        A validated `LaunchSpec` whose tensor arguments are None.
+    """
+    return rows_spec(
+        "moe_unpermute", _unpermute_kernel, hidden, dtype, num_tokens, num_tokens=num_tokens,
+        num_rows=num_rows, topk=topk,
+    )  # fmt: skip
+
+
+def launch_unpermute(
+    spec: LaunchSpec, y: torch.Tensor, weights: torch.Tensor, inv_idx: torch.Tensor, out: torch.Tensor
+) -> None:
+    """Launch the combine template `spec` (from `unpermute_spec`) on these tensors.
+
+    Args:
+        spec: the template. y: `[R, H]` expert outputs (any contiguous shape of R x H). weights:
+            contiguous `[M, k]`. inv_idx: contiguous int32 `[M, k]`. out: `[M, H]`, written.
+    """
+    spec.with_args(
+        {**spec.args, "y_ptr": y, "weights_ptr": weights, "inv_idx_ptr": inv_idx, "out_ptr": out}
+    ).launch()
 
 
 def moe_permute(
@@ -341,38 +589,21 @@ def moe_permute(
             entries outside `[-1, L)`. With checks off such slots are dropped.
     """
     _check_routing(hidden_states, topk_ids, num_experts, expert_map)
+    if checks_enabled():
+        _check_ids(topk_ids, num_experts)
     num_local = _num_local(num_experts, expert_map, num_local_experts)
     num_tokens, hidden = hidden_states.shape
     topk = topk_ids.shape[1]
     tokens_per_expert, offsets, inv_idx, permuted_idx = _route(topk_ids, expert_map, num_experts, num_local)
     permuted = torch.empty(num_tokens * topk, hidden, dtype=hidden_states.dtype, device=hidden_states.device)
     if permuted.numel():
+        spec = _gather_spec(hidden, hidden_states.dtype, num_tokens * topk, topk)
         with bf16_shim() as shim:
-            _launch_gather_rows(
-                shim.input(hidden_states.contiguous()), permuted_idx, shim.output(permuted), topk,
-                hidden_states.dtype,
-            )  # fmt: skip
+            src, dst = shim.input(hidden_states.contiguous()), shim.output(permuted)
+            spec.with_args(
+                {**spec.args, "src_ptr": src, "permuted_idx_ptr": permuted_idx, "dst_ptr": dst}
+            ).launch()
     return MoePermuteResult(permuted, tokens_per_expert, offsets, inv_idx, permuted_idx)
-
-
-def _launch_gather_rows(
-    src: torch.Tensor, permuted_idx: torch.Tensor, dst: torch.Tensor, topk: int, dtype: torch.dtype
-) -> None:
-    """`dtype`: the caller's data dtype (configs are looked up by it, not by the interpreter's
-    fp32 stand-in for bf16, so a dry run and a real launch choose the same config)."""
-    num_rows, hidden = dst.shape
-    cfg, grid = _rows_plan(hidden, dtype, "moe_permute_rows", num_rows)
-    LaunchSpec(
-        name="moe_permute_rows",
-        kernel=_gather_rows_kernel,
-        grid=grid,
-        args=dict(
-            src_ptr=src, permuted_idx_ptr=permuted_idx, dst_ptr=dst, num_rows=num_rows, hidden=hidden,
-            topk=topk,
-        ),
-        constexprs=dict(BLOCK_H=cfg["BLOCK_H"]),
-        config=cfg,
-    ).launch()  # fmt: skip
 
 
 def moe_unpermute(
@@ -414,7 +645,7 @@ def moe_unpermute(
         if t.device != permuted_out.device:
             raise ValueError(f"{name} must be on {permuted_out.device}, got {t.device}")
     num_tokens, topk = topk_weights.shape
-    hidden = permuted_out.shape[1]
+    num_rows, hidden = permuted_out.shape
     if out is None:
         out = torch.empty(num_tokens, hidden, dtype=permuted_out.dtype, device=permuted_out.device)
     else:
@@ -425,38 +656,19 @@ def moe_unpermute(
             )
     if checks_enabled() and inv_permuted_idx.numel():
         lo, hi = int(inv_permuted_idx.min()), int(inv_permuted_idx.max())
-        if lo < -1 or hi >= permuted_out.shape[0]:
-            raise ValueError(
-                f"inv_permuted_idx values must be -1 or in [0, {permuted_out.shape[0]}), got [{lo}, {hi}]"
-            )
+        if lo < -1 or hi >= num_rows:
+            raise ValueError(f"inv_permuted_idx values must be -1 or in [0, {num_rows}), got [{lo}, {hi}]")
     if out.numel():
+        spec = unpermute_spec(hidden, permuted_out.dtype, num_tokens, num_rows, topk)
         with bf16_shim() as shim:
-            _launch_unpermute(
+            launch_unpermute(
+                spec,
                 shim.input(permuted_out.contiguous()),
                 shim.input(topk_weights.contiguous()),
                 inv_permuted_idx.contiguous(),
                 shim.output(out),
-                permuted_out.dtype,
             )
     return out
-
-
-def _launch_unpermute(
-    y: torch.Tensor, weights: torch.Tensor, inv_idx: torch.Tensor, out: torch.Tensor, dtype: torch.dtype
-) -> None:
-    num_tokens, hidden = out.shape
-    cfg, grid = _rows_plan(hidden, dtype, "moe_unpermute", num_tokens)
-    LaunchSpec(
-        name="moe_unpermute",
-        kernel=_unpermute_kernel,
-        grid=grid,
-        args=dict(
-            y_ptr=y, weights_ptr=weights, inv_idx_ptr=inv_idx, out_ptr=out, num_tokens=num_tokens,
-            num_rows=y.shape[0], hidden=hidden, topk=weights.shape[1],
-        ),
-        constexprs=dict(BLOCK_H=cfg["BLOCK_H"]),
-        config=cfg,
-    ).launch()  # fmt: skip
 
 
 def _gemm_ub_bytes(cfg: dict, gated: bool, elem_bytes: int) -> int:
@@ -487,51 +699,101 @@ def _gemm_config(kernel: str, n_out: int, k_dim: int, dtype: torch.dtype, defaul
     return cfg
 
 
-def _launch_grouped_gemm(
-    a: torch.Tensor,
-    b: torch.Tensor,
-    offsets: torch.Tensor,
-    c: torch.Tensor,
-    gated: bool,
+def grouped_gemm_spec(
     kernel: str,
-    default: dict,
-    dtype: torch.dtype,
-) -> None:
-    num_rows, k_dim = a.shape
-    n_out = c.shape[1]
-    num_local = b.shape[0]
-    plan_key = (kernel, n_out, k_dim, dtype, num_rows, num_local)
-    cached = _PLANS.get(plan_key)
-    if cached is None:
-        cfg = _gemm_config(kernel, n_out, k_dim, dtype, default)
-        max_row_tiles = triton.cdiv(num_rows, cfg["BLOCK_M"]) + min(num_local, num_rows)
-        work = max_row_tiles * triton.cdiv(n_out, cfg["BLOCK_N"])
-        cached = _PLANS.put(plan_key, (cfg, max_row_tiles, work, persistent_grid(work, uses_cube=True)))
-    cfg, max_row_tiles, work, grid = cached
-    logger.debug(
-        "%s: %d rows x %d x %d, %d work items (upper bound), config %s",
-        kernel,
-        num_rows,
-        n_out,
-        k_dim,
-        work,
-        cfg,
-    )
-    LaunchSpec(
+    jit_fn: Any,
+    cfg: dict,
+    gated: bool,
+    num_rows: int,
+    n_out: int,
+    k_dim: int,
+    num_local: int,
+) -> LaunchSpec:
+    """The template of one grouped-GEMM launch over the permuted rows (either precision).
+
+    Work items are (row tile of one expert, N tile); the row tiles are bounded without reading the
+    counts: each expert adds at most one partial tile.
+
+    Args:
+        kernel: the launch's name. jit_fn: `_grouped_gemm_kernel` or its W8A8 twin. cfg: the tiles.
+        gated: the gate-up GEMM (SiLU-and-mul epilogue). num_rows: R (M * k). n_out, k_dim: the GEMM's
+            N and K. num_local: L.
+
+    Returns:
+        A validated `LaunchSpec` whose tensor arguments are None.
+    """
+    max_row_tiles = triton.cdiv(num_rows, cfg["BLOCK_M"]) + min(num_local, num_rows)
+    work = max_row_tiles * triton.cdiv(n_out, cfg["BLOCK_N"])
+    logger.debug("%s: %d rows x %d x %d, %d work items (upper bound), config %s", kernel, num_rows, n_out,
+                 k_dim, work, cfg)  # fmt: skip
+    args: dict[str, Any] = dict.fromkeys(kernel_facts(jit_fn).runtime)
+    args.update(n_out=n_out, k_dim=k_dim, num_local=num_local, max_row_tiles=max_row_tiles)
+    return LaunchSpec(
         name=kernel,
-        kernel=_grouped_gemm_kernel,
-        grid=grid,
-        args=dict(
-            a_ptr=a, b_ptr=b, offsets_ptr=offsets, c_ptr=c, n_out=n_out, k_dim=k_dim, num_local=num_local,
-            max_row_tiles=max_row_tiles,
-        ),
+        kernel=jit_fn,
+        grid=persistent_grid(work, uses_cube=True),
+        args=args,
         constexprs=dict(
             GATED=gated, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
             BLOCK_E=_block_e(num_local),
         ),
         config=cfg,
         uses_cube=True,
-    ).launch()  # fmt: skip
+    )  # fmt: skip
+
+
+def _gemm_spec(
+    kernel: str,
+    gated: bool,
+    default: dict,
+    dtype: torch.dtype,
+    rows: int,
+    n_out: int,
+    k_dim: int,
+    num_local: int,
+) -> LaunchSpec:
+    cfg = _gemm_config(kernel, n_out, k_dim, dtype, default)
+    return grouped_gemm_spec(kernel, _grouped_gemm_kernel, cfg, gated, rows, n_out, k_dim, num_local)
+
+
+@dataclasses.dataclass(frozen=True)
+class _ExpertsPlan:
+    shape: ExpertsShape
+    route: RoutePlan
+    gather: LaunchSpec  # templates
+    gemm1: LaunchSpec
+    gemm2: LaunchSpec
+    combine: LaunchSpec
+
+
+def _plan_experts(shape: ExpertsShape, dtype: torch.dtype, has_map: bool) -> _ExpertsPlan | None:
+    """The launches of one fused_experts size (None without tokens: nothing is launched)."""
+    m, k, h, i, num_local = shape.num_tokens, shape.topk, shape.hidden, shape.inter, shape.num_local
+    if m == 0:
+        return None
+    rows = m * k
+    return _ExpertsPlan(
+        shape,
+        route_plan(m, k, shape.num_experts, num_local, has_map),
+        _gather_spec(h, dtype, rows, k),
+        _gemm_spec("moe_gemm_gate_up", True, DEFAULT_GEMM1_CONFIG, dtype, rows, i, h, num_local),
+        _gemm_spec("moe_gemm_down", False, DEFAULT_GEMM2_CONFIG, dtype, rows, h, i, num_local),
+        unpermute_spec(h, dtype, m, rows, k),
+    )
+
+
+def check_route_values(topk_ids: torch.Tensor, expert_map: torch.Tensor | None, shape: ExpertsShape) -> None:
+    """The data-dependent checks of an expert-MLP call (only with input checks on: a device sync).
+
+    Args:
+        topk_ids: the ids. expert_map: the map or None. shape: the call's `ExpertsShape`.
+
+    Raises:
+        ValueError: an id outside `[0, E)` or a map entry outside `[-1, L)`.
+    """
+    _check_ids(topk_ids, shape.num_experts)
+    if expert_map is not None:
+        check_expert_map_values(expert_map, shape.num_local)
 
 
 def fused_experts(
@@ -566,64 +828,67 @@ def fused_experts(
         ValueError: a wrong shape, activation, device or limit; with input checks on, ids or map
             entries out of range. With checks off such slots are dropped (module docstring).
     """
-    check_tensor("hidden_states", hidden_states, dtypes=FLOAT_DTYPES, ndim=2)
-    check_tensor("w13", w13, dtypes=FLOAT_DTYPES, ndim=3)
-    check_tensor("w2", w2, dtypes=FLOAT_DTYPES, ndim=3)
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-    num_local, two_i, hidden = w13.shape
-    if hidden_states.shape[1] != hidden:
-        raise ValueError(
-            f"hidden_states must have {hidden} columns (w13 is {tuple(w13.shape)}), "
-            f"got shape {tuple(hidden_states.shape)}"
+    key = experts_key(
+        "fused_experts", hidden_states, w13, w2, topk_weights, topk_ids, activation, expert_map,
+        global_num_experts,
+    )  # fmt: skip
+    plan = _PLANS.get(key) if key is not None else None
+    if plan is None:
+        shape = check_experts(
+            hidden_states, w13, w2, topk_weights, topk_ids, activation, expert_map, global_num_experts, None
         )
-    if two_i % 2 or two_i == 0:
-        raise ValueError(f"w13 dim 1 must be 2 * intermediate_size (even, > 0), got shape {tuple(w13.shape)}")
-    inter = two_i // 2
-    if w2.shape != (num_local, hidden, inter):
-        raise ValueError(
-            f"w2 must have shape {(num_local, hidden, inter)} to match w13 {tuple(w13.shape)}, "
-            f"got {tuple(w2.shape)}"
-        )
-    if global_num_experts is None:
-        global_num_experts = expert_map.shape[0] if isinstance(expert_map, torch.Tensor) else num_local
-    _check_routing(hidden_states, topk_ids, global_num_experts, expert_map, topk_weights)
-    for name, t in (("w13", w13), ("w2", w2)):
-        if t.dtype != hidden_states.dtype:
-            raise TypeError(f"{name} must have hidden_states' dtype {hidden_states.dtype}, got {t.dtype}")
-        if t.device != hidden_states.device:
-            raise ValueError(f"{name} must be on {hidden_states.device}, got {t.device}")
-    if expert_map is None and global_num_experts != num_local:
-        raise ValueError(
-            f"without an expert_map, global_num_experts ({global_num_experts}) must equal "
-            f"w13's expert count ({num_local})"
-        )
-    if expert_map is not None:
-        _num_local(global_num_experts, expert_map, num_local)  # values fit w13's expert count
-    num_tokens, topk = topk_ids.shape
-    num_slots = num_tokens * topk
-    # Activation rows use int64 bases; inside one expert's weights offsets stay int32.
-    _check_int32_extent("w13 per expert", two_i, hidden)
-
-    out = torch.empty(num_tokens, hidden, dtype=hidden_states.dtype, device=hidden_states.device)
-    if num_tokens == 0:
+        plan = _plan_experts(shape, hidden_states.dtype, expert_map is not None) or shape
+        if key is not None:
+            _PLANS.put(key, plan)
+    shape = plan if isinstance(plan, ExpertsShape) else plan.shape
+    if checks_enabled():
+        check_route_values(topk_ids, expert_map, shape)
+    out = torch.empty(shape.num_tokens, shape.hidden, dtype=hidden_states.dtype, device=hidden_states.device)
+    if plan is shape:  # no tokens
         return out
-    _, offsets, inv_idx, permuted_idx = _route(topk_ids, expert_map, global_num_experts, num_local)
-    with bf16_shim() as shim:
-        x = shim.input(hidden_states.contiguous())
-        w13_c = shim.input(w13.contiguous())
-        w2_c = shim.input(w2.contiguous())
-        weights = shim.input(topk_weights.contiguous())
-        work_dtype = x.dtype
-        x_perm = torch.empty(num_slots, hidden, dtype=work_dtype, device=x.device)
-        _launch_gather_rows(x, permuted_idx, x_perm, topk, hidden_states.dtype)
-        act = torch.empty(num_slots, inter, dtype=work_dtype, device=x.device)
-        _launch_grouped_gemm(
-            x_perm, w13_c, offsets, act, True, "moe_gemm_gate_up", DEFAULT_GEMM1_CONFIG, hidden_states.dtype
-        )
-        y = torch.empty(num_slots, hidden, dtype=work_dtype, device=x.device)
-        _launch_grouped_gemm(
-            act, w2_c, offsets, y, False, "moe_gemm_down", DEFAULT_GEMM2_CONFIG, hidden_states.dtype
-        )
-        _launch_unpermute(y, weights, inv_idx, shim.output(out), hidden_states.dtype)
+    ids = topk_ids.contiguous()
+    _, offsets, inv_idx, permuted_idx = plan.route.run(
+        ids, expert_map.contiguous() if expert_map is not None else None
+    )
+    if hidden_states.dtype is torch.bfloat16 or topk_weights.dtype is torch.bfloat16:
+        with bf16_shim() as shim:
+            _experts_mlp(
+                plan, shim.input(hidden_states.contiguous()), shim.input(w13.contiguous()),
+                shim.input(w2.contiguous()), shim.input(topk_weights.contiguous()), offsets, inv_idx,
+                permuted_idx, shim.output(out),
+            )  # fmt: skip
+    else:
+        _experts_mlp(
+            plan, hidden_states.contiguous(), w13.contiguous(), w2.contiguous(), topk_weights.contiguous(),
+            offsets, inv_idx, permuted_idx, out,
+        )  # fmt: skip
     return out
+
+
+def _experts_mlp(
+    plan: _ExpertsPlan,
+    x: torch.Tensor,
+    w13: torch.Tensor,
+    w2: torch.Tensor,
+    weights: torch.Tensor,
+    offsets: torch.Tensor,
+    inv_idx: torch.Tensor,
+    permuted_idx: torch.Tensor,
+    out: torch.Tensor,
+) -> None:
+    """Gather, the two grouped GEMMs and the combine, on contiguous (shimmed) tensors."""
+    shape = plan.shape
+    rows = shape.num_tokens * shape.topk
+    # The permuted activations and the expert outputs are both [R, H]: the down GEMM writes its
+    # outputs over the gathered rows, which the gate-up GEMM before it (same stream) has consumed.
+    rows_h = torch.empty(rows * shape.hidden, dtype=x.dtype, device=x.device)
+    act = torch.empty(rows * shape.inter, dtype=x.dtype, device=x.device)
+    spec = plan.gather
+    spec.with_args({**spec.args, "src_ptr": x, "permuted_idx_ptr": permuted_idx, "dst_ptr": rows_h}).launch()
+    spec = plan.gemm1
+    spec.with_args(
+        {**spec.args, "a_ptr": rows_h, "b_ptr": w13, "offsets_ptr": offsets, "c_ptr": act}
+    ).launch()
+    spec = plan.gemm2
+    spec.with_args({**spec.args, "a_ptr": act, "b_ptr": w2, "offsets_ptr": offsets, "c_ptr": rows_h}).launch()
+    launch_unpermute(plan.combine, rows_h, weights, inv_idx, out)

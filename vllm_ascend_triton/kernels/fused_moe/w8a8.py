@@ -52,18 +52,24 @@ accumulator cannot overflow (127 * 128 * K < 2^31).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import torch
 import triton
 
 from vllm_ascend_triton.kernels.fused_moe import (
-    ACTIVATIONS,
+    _PLANS,
+    ExpertsShape,
+    RoutePlan,
     _check_int32_extent,
-    _check_routing,
-    _launch_unpermute,
-    _num_local,
-    _route,
+    check_experts,
+    check_route_values,
+    experts_key,
+    grouped_gemm_spec,
+    launch_unpermute,
+    route_plan,
+    unpermute_spec,
 )
 from vllm_ascend_triton.kernels.fused_moe._w8a8_kernels import (
     _per_token_quant_kernel,
@@ -76,9 +82,9 @@ from vllm_ascend_triton.kernels.fused_moe.w8a8_reference import (
 from vllm_ascend_triton.kernels.limits import W8A8_MAX_K
 from vllm_ascend_triton.runtime.backend import Backend, current_backend
 from vllm_ascend_triton.runtime.checks import FLOAT_DTYPES, check_tensor
-from vllm_ascend_triton.runtime.configs import ShapeCache, lookup_config
+from vllm_ascend_triton.runtime.configs import dtype_key, lookup_config
 from vllm_ascend_triton.runtime.device import current_device
-from vllm_ascend_triton.runtime.launch import LaunchSpec, bf16_shim, persistent_grid
+from vllm_ascend_triton.runtime.launch import LaunchSpec, bf16_shim, checks_enabled, persistent_grid
 from vllm_ascend_triton.runtime.ub import tile_elements, ub_budget_bytes
 
 logger = logging.getLogger(__name__)
@@ -102,13 +108,6 @@ DEFAULT_W8A8_GEMM2_CONFIG = {"BLOCK_M": 32, "BLOCK_N": 128, "BLOCK_K": 256}
 FRACTAL_ROWS = 16
 FRACTAL_K = 32
 _MAX_ROW_TILE = 2048
-# Launch decisions per shape (configs, grids): computed once, not per call.
-_PLANS = ShapeCache("fused_moe_w8a8")
-
-
-def _dtype_key(dtype: torch.dtype) -> str:
-    # The config files' spelling of a dtype: "float16" (no "torch." prefix).
-    return str(dtype).removeprefix("torch.")
 
 
 def w8a8_gemm_ub_bytes(cfg: dict, gated: bool) -> int:
@@ -143,7 +142,7 @@ def _default_gemm_config(default: dict, gated: bool) -> dict:
 def _gemm_config(kernel: str, n_out: int, k_dim: int, dtype: torch.dtype, default: dict) -> dict:
     base = _default_gemm_config(default, kernel == GEMM1_KERNEL)
     cfg = lookup_config(
-        current_device().sku.name, kernel, {"n": n_out, "k": k_dim, "dtype": _dtype_key(dtype)}, base
+        current_device().sku.name, kernel, {"n": n_out, "k": k_dim, "dtype": dtype_key(dtype)}, base
     )
     # Whole fractals, but no padding of tiny problems beyond the next power of two.
     cfg["BLOCK_N"] = max(FRACTAL_ROWS, min(cfg["BLOCK_N"], triton.next_power_of_2(n_out)))
@@ -160,38 +159,46 @@ def _quant_config(hidden: int, dtype: torch.dtype) -> dict:
     # Live tiles: the loaded row tile, its fp32 copy, the running absmax / NaN flags, the int8 out.
     default = {"BLOCK_H": min(_MAX_ROW_TILE, tile_elements(4, 4))}
     cfg = lookup_config(
-        current_device().sku.name, QUANT_KERNEL, {"hidden": hidden, "dtype": _dtype_key(dtype)}, default
+        current_device().sku.name, QUANT_KERNEL, {"hidden": hidden, "dtype": dtype_key(dtype)}, default
     )
     cfg["BLOCK_H"] = min(cfg["BLOCK_H"], max(32, triton.next_power_of_2(hidden)))
     return cfg
 
 
+def _quant_spec(
+    hidden: int, dtype: torch.dtype, num_rows: int, topk: int, has_idx: bool, gather: bool
+) -> LaunchSpec:
+    """The template of one per-token quant launch, cached per size (tensor arguments None)."""
+    plan_key = (QUANT_KERNEL, hidden, dtype, num_rows, topk, has_idx, gather)
+    spec = _PLANS.get(plan_key)
+    if spec is None:
+        cfg = _quant_config(hidden, dtype)
+        spec = LaunchSpec(
+            name=QUANT_KERNEL,
+            kernel=_per_token_quant_kernel,
+            grid=persistent_grid(num_rows),
+            args=dict(
+                src_ptr=None, idx_ptr=None, q_ptr=None, scale_ptr=None, num_rows=num_rows, hidden=hidden,
+                topk=topk,
+            ),
+            constexprs=dict(HAS_IDX=has_idx, GATHER=gather, BLOCK_H=cfg["BLOCK_H"]),
+            config=cfg,
+        )  # fmt: skip
+        _PLANS.put(plan_key, spec)
+    return spec
+
+
 def _launch_quant(
-    src: torch.Tensor,
-    idx: torch.Tensor | None,
-    q: torch.Tensor,
-    scale: torch.Tensor,
-    topk: int,
-    dtype: torch.dtype,
-    gather: bool = False,
+    spec: LaunchSpec, src: torch.Tensor, idx: torch.Tensor | None, q: torch.Tensor, scale: torch.Tensor
 ) -> None:
-    num_rows, hidden = q.shape
-    plan_key = (QUANT_KERNEL, hidden, dtype, num_rows)
-    plan = _PLANS.get(plan_key)
-    if plan is None:
-        plan = _PLANS.put(plan_key, (_quant_config(hidden, dtype), persistent_grid(num_rows)))
-    cfg, grid = plan
-    LaunchSpec(
-        name=QUANT_KERNEL,
-        kernel=_per_token_quant_kernel,
-        grid=grid,
-        args=dict(
-            src_ptr=src, idx_ptr=idx if idx is not None else scale, q_ptr=q, scale_ptr=scale,
-            num_rows=num_rows, hidden=hidden, topk=topk,
-        ),
-        constexprs=dict(HAS_IDX=idx is not None, GATHER=gather, BLOCK_H=cfg["BLOCK_H"]),
-        config=cfg,
-    ).launch()  # fmt: skip
+    args = {
+        **spec.args,
+        "src_ptr": src,
+        "idx_ptr": idx if idx is not None else scale,
+        "q_ptr": q,
+        "scale_ptr": scale,
+    }
+    spec.with_args(args).launch()
 
 
 def dynamic_per_token_quant(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -217,9 +224,9 @@ def dynamic_per_token_quant(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     q = torch.empty(x.shape, dtype=torch.int8, device=x.device)
     scale = torch.empty(rows, 1, dtype=torch.float32, device=x.device)
     if rows:
+        spec = _quant_spec(hidden, x.dtype, rows, 1, has_idx=False, gather=False)
         with bf16_shim() as shim:
-            src = shim.input(x.reshape(rows, hidden).contiguous())
-            _launch_quant(src, None, q.view(rows, hidden), scale, 1, x.dtype)
+            _launch_quant(spec, shim.input(x.contiguous()), None, q, scale)
     return q, scale
 
 
@@ -234,8 +241,14 @@ def _check_scale(name: str, scale: object, rows: int, num_local: int, device: to
     if scale.device != device:
         raise ValueError(f"{name} must be on {device}, got {scale.device}")
     # fp16/bf16 scales (vllm-ascend keeps modelslim's in the model dtype) are widened: the
-    # epilogue multiplies in fp32.
-    return scale.reshape(num_local, rows).to(torch.float32).contiguous()
+    # epilogue multiplies in fp32. The kernel reads [L, rows] row-major: either shape's memory.
+    return _fp32_scale(scale)
+
+
+def _fp32_scale(scale: torch.Tensor) -> torch.Tensor:
+    if scale.dtype is not torch.float32:
+        scale = scale.to(torch.float32)
+    return scale.contiguous()
 
 
 def _interpreted_rounding(t: torch.Tensor, dtype: torch.dtype) -> None:
@@ -243,6 +256,15 @@ def _interpreted_rounding(t: torch.Tensor, dtype: torch.dtype) -> None:
     to bf16 are rounded here on purpose, so the interpreter computes what the NPU does."""
     if t.dtype != dtype and current_backend() is Backend.INTERPRETER:
         t.copy_(t.to(dtype))
+
+
+def _gemm_spec(
+    kernel: str, default: dict, dtype: torch.dtype, rows: int, n_out: int, k_dim: int, num_local: int
+) -> LaunchSpec:
+    cfg = _gemm_config(kernel, n_out, k_dim, dtype, default)
+    return grouped_gemm_spec(
+        kernel, _w8a8_grouped_gemm_kernel, cfg, kernel == GEMM1_KERNEL, rows, n_out, k_dim, num_local
+    )
 
 
 def _launch_gemm(
@@ -256,34 +278,74 @@ def _launch_gemm(
     default: dict,
     dtype: torch.dtype,
 ) -> None:
-    num_rows, k_dim = a.shape
-    n_out = c.shape[1]
-    num_local = b.shape[0]
-    gated = kernel == GEMM1_KERNEL
-    plan_key = (kernel, n_out, k_dim, dtype, num_rows, num_local)
-    plan = _PLANS.get(plan_key)
-    if plan is None:
-        cfg = _gemm_config(kernel, n_out, k_dim, dtype, default)
-        # Row tiles bounded without reading the counts: each expert adds at most one partial tile.
-        max_row_tiles = triton.cdiv(num_rows, cfg["BLOCK_M"]) + min(num_local, num_rows)
-        work = max_row_tiles * triton.cdiv(n_out, cfg["BLOCK_N"])
-        plan = _PLANS.put(plan_key, (cfg, max_row_tiles, persistent_grid(work, uses_cube=True)))
-    cfg, max_row_tiles, grid = plan
-    LaunchSpec(
-        name=kernel,
-        kernel=_w8a8_grouped_gemm_kernel,
-        grid=grid,
-        args=dict(
-            a_ptr=a, a_scale_ptr=a_scale, b_ptr=b, b_scale_ptr=b_scale, offsets_ptr=offsets, c_ptr=c,
-            n_out=n_out, k_dim=k_dim, num_local=num_local, max_row_tiles=max_row_tiles,
-        ),
-        constexprs=dict(
-            GATED=gated, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
-            BLOCK_E=max(16, triton.next_power_of_2(num_local)),
-        ),
-        config=cfg,
-        uses_cube=True,
-    ).launch()  # fmt: skip
+    """One W8A8 grouped GEMM on these tensors (`c` is `[R, N]`, `b` `[L, N or 2N, K]`), planned
+    afresh: for tests; `fused_experts_w8a8` launches its cached templates."""
+    spec = _gemm_spec(kernel, default, dtype, a.shape[0], c.shape[1], a.shape[1], b.shape[0])
+    _launch_gemm_spec(spec, a, a_scale, b, b_scale, offsets, c)
+
+
+def _launch_gemm_spec(
+    spec: LaunchSpec,
+    a: torch.Tensor,
+    a_scale: torch.Tensor,
+    b: torch.Tensor,
+    b_scale: torch.Tensor,
+    offsets: torch.Tensor,
+    c: torch.Tensor,
+) -> None:
+    args = {
+        **spec.args, "a_ptr": a, "a_scale_ptr": a_scale, "b_ptr": b, "b_scale_ptr": b_scale,
+        "offsets_ptr": offsets, "c_ptr": c,
+    }  # fmt: skip
+    spec.with_args(args).launch()
+
+
+@dataclasses.dataclass(frozen=True)
+class _W8A8Plan:
+    shape: ExpertsShape
+    route: RoutePlan
+    quant1: LaunchSpec  # templates
+    gemm1: LaunchSpec
+    quant2: LaunchSpec
+    gemm2: LaunchSpec
+    combine: LaunchSpec
+
+
+def _plan_w8a8(
+    hidden_states: torch.Tensor,
+    w13: torch.Tensor,
+    w2: torch.Tensor,
+    w13_scale: torch.Tensor,
+    w2_scale: torch.Tensor,
+    topk_weights: torch.Tensor,
+    topk_ids: torch.Tensor,
+    activation: str,
+    expert_map: torch.Tensor | None,
+    global_num_experts: int | None,
+) -> _W8A8Plan | ExpertsShape:
+    """Validate a call and plan its launches (an `ExpertsShape` alone without tokens)."""
+    shape = check_experts(
+        hidden_states, w13, w2, topk_weights, topk_ids, activation, expert_map, global_num_experts, torch.int8
+    )
+    m, k, h, i, num_local = shape.num_tokens, shape.topk, shape.hidden, shape.inter, shape.num_local
+    for name, size in (("hidden size", h), ("intermediate size", i)):
+        if size > W8A8_MAX_K:
+            raise ValueError(f"{name} {size} exceeds {W8A8_MAX_K} (an int32 accumulator could overflow)")
+    _check_scale("w13_scale", w13_scale, 2 * i, num_local, hidden_states.device)
+    _check_scale("w2_scale", w2_scale, h, num_local, hidden_states.device)
+    if m == 0:
+        return shape
+    dtype, rows = hidden_states.dtype, m * k
+    return _W8A8Plan(
+        shape,
+        route_plan(m, k, shape.num_experts, num_local, expert_map is not None),
+        _quant_spec(h, dtype, rows, k, has_idx=True, gather=True),
+        _gemm_spec(GEMM1_KERNEL, DEFAULT_W8A8_GEMM1_CONFIG, dtype, rows, i, h, num_local),
+        # Only the kept rows (GEMM1 wrote nothing else).
+        _quant_spec(i, dtype, rows, 1, has_idx=True, gather=False),
+        _gemm_spec(GEMM2_KERNEL, DEFAULT_W8A8_GEMM2_CONFIG, dtype, rows, h, i, num_local),
+        unpermute_spec(h, dtype, m, rows, k),
+    )
 
 
 def fused_experts_w8a8(
@@ -321,73 +383,45 @@ def fused_experts_w8a8(
         ValueError: wrong shapes, devices or (with input checks on) out-of-range ids/map entries;
             a limit of `kernels.limits` exceeded.
     """
-    check_tensor("hidden_states", hidden_states, dtypes=FLOAT_DTYPES, ndim=2)
-    check_tensor("w13", w13, dtypes=(torch.int8,), ndim=3)
-    check_tensor("w2", w2, dtypes=(torch.int8,), ndim=3)
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-    num_local, two_i, hidden = w13.shape
-    if hidden_states.shape[1] != hidden:
-        raise ValueError(
-            f"hidden_states must have {hidden} columns (w13 is {tuple(w13.shape)}), "
-            f"got shape {tuple(hidden_states.shape)}"
-        )
-    if two_i % 2 or two_i == 0 or hidden == 0:
-        raise ValueError(
-            f"w13 must be [L, 2 * intermediate_size, hidden] with both > 0, got shape {tuple(w13.shape)}"
-        )
-    inter = two_i // 2
-    if w2.shape != (num_local, hidden, inter):
-        raise ValueError(
-            f"w2 must have shape {(num_local, hidden, inter)} to match w13 {tuple(w13.shape)}, "
-            f"got {tuple(w2.shape)}"
-        )
-    for name, k in (("hidden size", hidden), ("intermediate size", inter)):
-        if k > W8A8_MAX_K:
-            raise ValueError(f"{name} {k} exceeds {W8A8_MAX_K} (an int32 accumulator could overflow)")
-    device = hidden_states.device
-    for name, t in (("w13", w13), ("w2", w2)):
-        if t.device != device:
-            raise ValueError(f"{name} must be on {device}, got {t.device}")
-    s13 = _check_scale("w13_scale", w13_scale, two_i, num_local, device)
-    s2 = _check_scale("w2_scale", w2_scale, hidden, num_local, device)
-    if global_num_experts is None:
-        global_num_experts = expert_map.shape[0] if isinstance(expert_map, torch.Tensor) else num_local
-    _check_routing(hidden_states, topk_ids, global_num_experts, expert_map, topk_weights)
-    if expert_map is None and global_num_experts != num_local:
-        raise ValueError(
-            f"without an expert_map, global_num_experts ({global_num_experts}) must equal "
-            f"w13's expert count ({num_local})"
-        )
-    if expert_map is not None:
-        _num_local(global_num_experts, expert_map, num_local)
-    _check_int32_extent("w13 per expert", two_i, hidden)
-    num_tokens, topk = topk_ids.shape
-    num_slots = num_tokens * topk
-    dtype = hidden_states.dtype
-
-    out = torch.empty(num_tokens, hidden, dtype=dtype, device=device)
-    if num_tokens == 0:
+    key = experts_key(
+        "fused_experts_w8a8", hidden_states, w13, w2, topk_weights, topk_ids, activation, expert_map,
+        global_num_experts, w13_scale, w2_scale,
+    )  # fmt: skip
+    plan = _PLANS.get(key) if key is not None else None
+    if plan is None:
+        plan = _plan_w8a8(
+            hidden_states, w13, w2, w13_scale, w2_scale, topk_weights, topk_ids, activation, expert_map,
+            global_num_experts,
+        )  # fmt: skip
+        if key is not None:
+            _PLANS.put(key, plan)
+    shape = plan if isinstance(plan, ExpertsShape) else plan.shape
+    if checks_enabled():
+        check_route_values(topk_ids, expert_map, shape)
+    dtype, device = hidden_states.dtype, hidden_states.device
+    out = torch.empty(shape.num_tokens, shape.hidden, dtype=dtype, device=device)
+    if plan is shape:  # no tokens
         return out
-    _, offsets, inv_idx, permuted_idx = _route(topk_ids, expert_map, global_num_experts, num_local)
+    emap = expert_map.contiguous() if expert_map is not None else None
+    _, offsets, inv_idx, permuted_idx = plan.route.run(topk_ids.contiguous(), emap)
+    s13, s2 = _fp32_scale(w13_scale), _fp32_scale(w2_scale)
+    rows = shape.num_tokens * shape.topk
+    width = max(shape.hidden, shape.inter)
     with bf16_shim() as shim:
         x = shim.input(hidden_states.contiguous())
         weights = shim.input(topk_weights.contiguous())
         work_dtype = x.dtype
-        xq = torch.empty(num_slots, hidden, dtype=torch.int8, device=device)
-        xs = torch.empty(num_slots, dtype=torch.float32, device=device)
-        _launch_quant(x, permuted_idx, xq, xs, topk, dtype, gather=True)
-        act = torch.empty(num_slots, inter, dtype=work_dtype, device=device)
-        _launch_gemm(
-            xq, xs, w13.contiguous(), s13, offsets, act, GEMM1_KERNEL, DEFAULT_W8A8_GEMM1_CONFIG, dtype
-        )
-        _interpreted_rounding(act, dtype)
-        aq = torch.empty(num_slots, inter, dtype=torch.int8, device=device)
-        as_ = torch.empty(num_slots, dtype=torch.float32, device=device)
-        # Only the kept rows (GEMM1 wrote nothing else).
-        _launch_quant(act, permuted_idx, aq, as_, 1, dtype)
-        y = torch.empty(num_slots, hidden, dtype=work_dtype, device=device)
-        _launch_gemm(aq, as_, w2.contiguous(), s2, offsets, y, GEMM2_KERNEL, DEFAULT_W8A8_GEMM2_CONFIG, dtype)
-        _interpreted_rounding(y, dtype)
-        _launch_unpermute(y, weights, inv_idx, shim.output(out), dtype)
+        # Buffers shared by consecutive steps of one stream: the int8 rows and their scales of the
+        # second quant overwrite the first's (consumed by GEMM1), and GEMM2's outputs overwrite
+        # the intermediate (consumed by the second quant).
+        q_rows = torch.empty(rows * width, dtype=torch.int8, device=device)
+        q_scales = torch.empty(rows, dtype=torch.float32, device=device)
+        f_rows = torch.empty(rows * width, dtype=work_dtype, device=device)
+        _launch_quant(plan.quant1, x, permuted_idx, q_rows, q_scales)
+        _launch_gemm_spec(plan.gemm1, q_rows, q_scales, w13.contiguous(), s13, offsets, f_rows)
+        _interpreted_rounding(f_rows, dtype)
+        _launch_quant(plan.quant2, f_rows, permuted_idx, q_rows, q_scales)
+        _launch_gemm_spec(plan.gemm2, q_rows, q_scales, w2.contiguous(), s2, offsets, f_rows)
+        _interpreted_rounding(f_rows, dtype)
+        launch_unpermute(plan.combine, f_rows, weights, inv_idx, shim.output(out))
     return out

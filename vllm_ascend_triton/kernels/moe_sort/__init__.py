@@ -19,6 +19,7 @@ to one address executes once on the NPU), deterministic, stable by route index w
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import torch
 import triton
@@ -121,6 +122,66 @@ def sort_scratch_bytes(
     return plan_sort(numel, num_bins, num_bins, has_map, device).scratch_bytes
 
 
+def _count_args(plan: SortPlan, ids: Any, expert_map: Any, counts: Any) -> dict[str, Any]:
+    return {
+        "ids_ptr": ids,
+        "map_ptr": expert_map if expert_map is not None else ids,  # read only with HAS_MAP
+        "counts_ptr": counts,
+        "numel": plan.numel,
+        "num_ids": plan.num_ids,
+        "num_bins": plan.num_bins,
+        "tiles_per_program": plan.tiles_per_program,
+    }
+
+
+def _count_spec(plan: SortPlan, args: dict[str, Any]) -> LaunchSpec:
+    return LaunchSpec(
+        name="moe_sort_count",
+        kernel=_sort_count_kernel,
+        grid=(plan.runs,),
+        args=args,
+        constexprs=dict(
+            HAS_MAP=plan.has_map, BLOCK_N=plan.config["BLOCK_N"], BLOCK_B=plan.block_b, BLOCK_I=plan.block_i
+        ),
+        config=plan.config,
+    )
+
+
+def _scatter_args(
+    plan: SortPlan, ids: Any, expert_map: Any, counts: Any, sorted_out: Any, inv_out: Any, block_size: int
+) -> dict[str, Any]:
+    return {
+        "ids_ptr": ids,
+        "map_ptr": expert_map if expert_map is not None else ids,
+        "counts_ptr": counts,
+        "sorted_ptr": sorted_out,
+        "inv_ptr": inv_out if inv_out is not None else sorted_out,  # written only with WRITE_INV
+        "num_runs": plan.runs,
+        "numel": plan.numel,
+        "num_ids": plan.num_ids,
+        "num_bins": plan.num_bins,
+        "block_size": block_size,
+        "tiles_per_program": plan.tiles_per_program,
+    }
+
+
+def _scatter_spec(plan: SortPlan, args: dict[str, Any], write_inv: bool) -> LaunchSpec:
+    return LaunchSpec(
+        name="moe_sort_scatter",
+        kernel=_sort_scatter_kernel,
+        grid=(plan.runs,),
+        args=args,
+        constexprs=dict(
+            HAS_MAP=plan.has_map,
+            WRITE_INV=write_inv,
+            BLOCK_N=plan.config["BLOCK_N"],
+            BLOCK_B=plan.block_b,
+            BLOCK_I=plan.block_i,
+        ),
+        config=plan.config,
+    )
+
+
 def sort_count(plan: SortPlan, ids: torch.Tensor, expert_map: torch.Tensor | None) -> torch.Tensor:
     """Launch the histogram (`moe_sort_count`).
 
@@ -133,24 +194,7 @@ def sort_count(plan: SortPlan, ids: torch.Tensor, expert_map: torch.Tensor | Non
         The int32 `[plan.runs, plan.num_bins]` scratch the layout and scatter launches read.
     """
     counts = torch.empty(plan.runs, plan.num_bins, dtype=torch.int32, device=ids.device)
-    LaunchSpec(
-        name="moe_sort_count",
-        kernel=_sort_count_kernel,
-        grid=(plan.runs,),
-        args=dict(
-            ids_ptr=ids,
-            map_ptr=expert_map if expert_map is not None else ids,  # read only with HAS_MAP
-            counts_ptr=counts,
-            numel=plan.numel,
-            num_ids=plan.num_ids,
-            num_bins=plan.num_bins,
-            tiles_per_program=plan.tiles_per_program,
-        ),
-        constexprs=dict(
-            HAS_MAP=plan.has_map, BLOCK_N=plan.config["BLOCK_N"], BLOCK_B=plan.block_b, BLOCK_I=plan.block_i
-        ),
-        config=plan.config,
-    ).launch()
+    _count_spec(plan, _count_args(plan, ids, expert_map, counts)).launch()
     return counts
 
 
@@ -176,32 +220,87 @@ def sort_scatter(
     Returns:
         None (writes `sorted_out` and `inv_out` in place).
     """
-    LaunchSpec(
-        name="moe_sort_scatter",
-        kernel=_sort_scatter_kernel,
-        grid=(plan.runs,),
-        args=dict(
-            ids_ptr=ids,
-            map_ptr=expert_map if expert_map is not None else ids,
-            counts_ptr=counts,
-            sorted_ptr=sorted_out,
-            inv_ptr=inv_out if inv_out is not None else sorted_out,  # written only with WRITE_INV
-            num_runs=plan.runs,
-            numel=plan.numel,
-            num_ids=plan.num_ids,
-            num_bins=plan.num_bins,
-            block_size=block_size,
-            tiles_per_program=plan.tiles_per_program,
-        ),
-        constexprs=dict(
-            HAS_MAP=plan.has_map,
-            WRITE_INV=inv_out is not None,
-            BLOCK_N=plan.config["BLOCK_N"],
-            BLOCK_B=plan.block_b,
-            BLOCK_I=plan.block_i,
-        ),
-        config=plan.config,
-    ).launch()
+    args = _scatter_args(plan, ids, expert_map, counts, sorted_out, inv_out, block_size)
+    _scatter_spec(plan, args, inv_out is not None).launch()
+
+
+@dataclasses.dataclass(frozen=True)
+class SortLaunches:
+    """The count and scatter launches of one `SortPlan`, built and validated once (`sort_launches`):
+    a serving call only hands its tensors over. They launch exactly what `sort_count` and
+    `sort_scatter` launch for the same plan."""
+
+    plan: SortPlan
+    block_size: int
+    count_spec: LaunchSpec  # templates: their tensor arguments are placeholders
+    scatter_spec: LaunchSpec
+
+    def count(self, ids: torch.Tensor, expert_map: torch.Tensor | None) -> torch.Tensor:
+        """As `sort_count(self.plan, ids, expert_map)`.
+
+        Args:
+            ids: the route ids (any shape, contiguous, `plan.numel` of them).
+            expert_map: the map when `plan.has_map`, else None.
+
+        Returns:
+            The count scratch.
+        """
+        plan = self.plan
+        counts = torch.empty(plan.runs, plan.num_bins, dtype=torch.int32, device=ids.device)
+        args = {
+            **self.count_spec.args,
+            "ids_ptr": ids,
+            "map_ptr": expert_map if expert_map is not None else ids,
+            "counts_ptr": counts,
+        }
+        self.count_spec.with_args(args).launch()
+        return counts
+
+    def scatter(
+        self,
+        ids: torch.Tensor,
+        expert_map: torch.Tensor | None,
+        counts: torch.Tensor,
+        sorted_out: torch.Tensor,
+        inv_out: torch.Tensor | None,
+    ) -> None:
+        """As `sort_scatter(self.plan, ids, expert_map, counts, sorted_out, inv_out, self.block_size)`.
+
+        Args:
+            ids, expert_map, counts, sorted_out: as `sort_scatter`'s.
+            inv_out: given exactly when the launches were built with `write_inv`.
+
+        Returns:
+            None (writes `sorted_out` and `inv_out` in place).
+        """
+        args = {
+            **self.scatter_spec.args,
+            "ids_ptr": ids,
+            "map_ptr": expert_map if expert_map is not None else ids,
+            "counts_ptr": counts,
+            "sorted_ptr": sorted_out,
+            "inv_ptr": inv_out if inv_out is not None else sorted_out,
+        }
+        self.scatter_spec.with_args(args).launch()
+
+
+def sort_launches(plan: SortPlan, block_size: int, write_inv: bool) -> SortLaunches:
+    """The count and scatter launches of `plan`, validated once, for a caller to cache per shape.
+
+    Args:
+        plan: from `plan_sort`.
+        block_size: as `sort_scatter`'s.
+        write_inv: whether the scatter writes the inverse permutation.
+
+    Returns:
+        A frozen `SortLaunches` holding no tensors.
+    """
+    return SortLaunches(
+        plan,
+        block_size,
+        _count_spec(plan, _count_args(plan, None, None, None)),
+        _scatter_spec(plan, _scatter_args(plan, None, None, None, None, None, block_size), write_inv),
+    )
 
 
 def check_expert_map_values(expert_map: torch.Tensor, bound: int) -> None:
