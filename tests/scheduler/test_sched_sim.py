@@ -176,6 +176,8 @@ def test_cli_json_and_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
 def test_cli_errors_and_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["sim", "--policy", "fastest", "--jobs", "1"]) == 2
     assert main(["sim", "--workload", "z", "--jobs", "1"]) == 2
+    assert main(["sim", "--drain", "--steps", "10", "--jobs", "1"]) == 2  # drain needs a time bound
+    assert main(["sim", "--hold-steps", "6", "--escalate-steps", "6", "--jobs", "1"]) == 2
     with pytest.raises(SystemExit) as e:
         main(["sim", "--help"])
     assert e.value.code == 0
@@ -403,3 +405,13 @@ def test_drain_runs_until_every_request_finishes_and_keeps_the_window_metrics() 
     assert drained.drain_tok_s == pytest.approx(sum(r.n_out for r in reqs) / last)
     with pytest.raises(ValueError, match="drain"):
         run_simulation(make_workload("low", 2, 4, 0), Policy.parse("default"), 2, max_steps=10, drain=True)
+
+
+def test_drain_experiments_leave_the_closed_loop_alone() -> None:
+    from vllm_ascend_triton.scheduler.sim.experiment import plan_experiment
+
+    exp = plan_experiment(2, ["a", "burst"], ["default", "balance"], [0, 1], quick=True, drain=True)
+    assert {(j["workload"], j["drain"]) for j in exp.jobs} == {("a", False), ("burst", True)}
+    assert not any(j["drain"] for j in plan_experiment(2, ["burst"], ["default"], [0], quick=True).jobs)
+    with pytest.raises(ValueError, match="drain"):
+        plan_experiment(2, ["burst"], ["default"], [0], steps=10, drain=True)

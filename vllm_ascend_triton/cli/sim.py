@@ -99,6 +99,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     b.add_argument("--min-chunk", type=int, default=None)
     b.add_argument("--quorum", type=float, default=None)
     b.add_argument("--escalate-steps", type=int, default=None)
+    b.add_argument("--hold-steps", type=int, default=None, help="must stay below --escalate-steps")
     p.add_argument(
         "--plan-cost",
         action="store_true",
@@ -219,6 +220,7 @@ def _run_sim(args: argparse.Namespace) -> int:
             ("min_chunk", args.min_chunk),
             ("quorum", args.quorum),
             ("escalate_steps", args.escalate_steps),
+            ("hold_steps", args.hold_steps),
         )
         if v is not None
     }
