@@ -337,7 +337,8 @@ def experts_key(
     activation: Any,
     expert_map: Any,
     global_num_experts: Any,
-    *more: Any,
+    w13_scale: Any = None,
+    w2_scale: Any = None,
 ) -> tuple | None:
     """The plan-cache key of an expert-MLP call: every property its validation and launch plan read
     (types, shapes, dtypes, devices, the plain arguments), None when an argument is not a tensor
@@ -345,8 +346,8 @@ def experts_key(
     validated and planned is valid and plans the same launches.
 
     Args:
-        tag: the op. hidden_states ... global_num_experts: as `fused_experts`. more: further tensors
-            (weight scales).
+        tag: the op. hidden_states ... global_num_experts: as `fused_experts`. w13_scale, w2_scale:
+            the W8A8 weight scales (None for the unquantized op).
 
     Returns:
         A hashable key, or None.
@@ -361,9 +362,9 @@ def experts_key(
             topk_ids.shape, topk_ids.dtype, topk_ids.device,
             activation, type(global_num_experts), global_num_experts,
             None if expert_map is None else (expert_map.shape, expert_map.dtype, expert_map.device),
+            None if w13_scale is None else (w13_scale.shape, w13_scale.dtype, w13_scale.device),
+            None if w2_scale is None else (w2_scale.shape, w2_scale.dtype, w2_scale.device),
         )  # fmt: skip
-        for t in more:
-            key += (t.shape, t.dtype, t.device)
     except AttributeError:
         return None
     return key
@@ -383,12 +384,13 @@ class RoutePlan:
     num_tokens: int
     topk: int
     num_local: int
+    write_counts: bool  # tokens_per_expert is an output (moe_permute), not only scratch
     sort: SortLaunches
     layout: LaunchSpec  # template
 
     def run(
         self, ids: torch.Tensor, expert_map: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Launch the sort of `ids` (contiguous int32/int64 `[M, k]`, validated by the caller).
 
         Args:
@@ -396,24 +398,29 @@ class RoutePlan:
             expert_map: the contiguous map, or None.
 
         Returns:
-            (tokens_per_expert, expert_first_token_offset, inv_permuted_idx, permuted_idx).
+            (tokens_per_expert or None without `write_counts`, expert_first_token_offset,
+            inv_permuted_idx, permuted_idx).
         """
-        device = ids.device
         num_local = self.num_local
-        inv_idx = torch.empty(self.num_tokens, self.topk, dtype=torch.int32, device=device)
-        # The layout kernel writes every entry of these three (the counts, the offsets from 0, and
-        # the -1 fill of permuted_idx before the scatter): no host-side fill launches.
-        tokens_per_expert = torch.empty(num_local, dtype=torch.int32, device=device)
-        offsets = torch.empty(num_local + 1, dtype=torch.int32, device=device)
-        permuted_idx = torch.empty(self.num_tokens * self.topk, dtype=torch.int32, device=device)
-        counts = self.sort.count(ids, expert_map)
+        # The layout kernel writes every entry of these (the counts, the offsets from 0, and the -1
+        # fill of permuted_idx before the scatter): no host-side fill launches. `new_empty` of a
+        # 1-D size: the cheapest allocation call on the host (the kernels address raw pointers).
+        counts = ids.new_empty(self.sort.plan.runs * num_local, dtype=torch.int32)
+        offsets = counts.new_empty(num_local + 1)
+        num_slots = self.num_tokens * self.topk
+        permuted_idx = counts.new_empty(num_slots)
+        # moe_permute returns it as [M, k]; the expert MLPs only hand it to their combine.
+        inv_idx = counts.new_empty((self.num_tokens, self.topk) if self.write_counts else num_slots)
+        tokens_per_expert = counts.new_empty(num_local) if self.write_counts else None
+        self.sort.count_into(ids, expert_map, counts)
         layout = self.layout
         layout.with_args(
             {
                 **layout.args,
                 "counts_ptr": counts,
                 "permuted_idx_ptr": permuted_idx,
-                "tokens_per_expert_ptr": tokens_per_expert,
+                # Never written without WRITE_COUNTS.
+                "tokens_per_expert_ptr": tokens_per_expert if tokens_per_expert is not None else offsets,
                 "offsets_ptr": offsets,
             }
         ).launch()
@@ -422,17 +429,20 @@ class RoutePlan:
         return tokens_per_expert, offsets, inv_idx, permuted_idx
 
 
-def route_plan(num_tokens: int, topk: int, num_experts: int, num_local: int, has_map: bool) -> RoutePlan:
+def route_plan(
+    num_tokens: int, topk: int, num_experts: int, num_local: int, has_map: bool, write_counts: bool = True
+) -> RoutePlan:
     """The permutation's launches for `num_tokens` x `topk` routes (>= 1), cached per size.
 
     Args:
         num_tokens, topk: the routes. num_experts: E (ids outside `[0, E)` are dropped).
         num_local: L (the bins). has_map: ids go through an expert map.
+        write_counts: tokens_per_expert is wanted (the expert MLPs read only the offsets).
 
     Returns:
         A `RoutePlan` (no tensors held).
     """
-    plan_key = ("route", num_tokens, topk, num_experts, num_local, has_map)
+    plan_key = ("route", num_tokens, topk, num_experts, num_local, has_map, write_counts)
     cached = _PLANS.get(plan_key)
     if cached is not None:
         return cached
@@ -451,10 +461,12 @@ def route_plan(num_tokens: int, topk: int, num_experts: int, num_local: int, has
             counts_ptr=None, permuted_idx_ptr=None, tokens_per_expert_ptr=None, offsets_ptr=None,
             num_runs=sort.runs, num_local=num_local, numel=num_slots,
         ),
-        constexprs=dict(BLOCK_E=bin_lanes(num_local), BLOCK_S=_LAYOUT_FILL),
+        constexprs=dict(WRITE_COUNTS=write_counts, BLOCK_E=bin_lanes(num_local), BLOCK_S=_LAYOUT_FILL),
         config={"BLOCK_S": _LAYOUT_FILL},
     )  # fmt: skip
-    plan = RoutePlan(num_tokens, topk, num_local, sort_launches(sort, 1, write_inv=True), layout)
+    plan = RoutePlan(
+        num_tokens, topk, num_local, write_counts, sort_launches(sort, 1, write_inv=True), layout
+    )
     return _PLANS.put(plan_key, plan)
 
 
@@ -774,7 +786,7 @@ def _plan_experts(shape: ExpertsShape, dtype: torch.dtype, has_map: bool) -> _Ex
     rows = m * k
     return _ExpertsPlan(
         shape,
-        route_plan(m, k, shape.num_experts, num_local, has_map),
+        route_plan(m, k, shape.num_experts, num_local, has_map, write_counts=False),
         _gather_spec(h, dtype, rows, k),
         _gemm_spec("moe_gemm_gate_up", True, DEFAULT_GEMM1_CONFIG, dtype, rows, i, h, num_local),
         _gemm_spec("moe_gemm_down", False, DEFAULT_GEMM2_CONFIG, dtype, rows, h, i, num_local),
@@ -843,25 +855,21 @@ def fused_experts(
     shape = plan if isinstance(plan, ExpertsShape) else plan.shape
     if checks_enabled():
         check_route_values(topk_ids, expert_map, shape)
-    out = torch.empty(shape.num_tokens, shape.hidden, dtype=hidden_states.dtype, device=hidden_states.device)
+    x = hidden_states.contiguous()
+    out = torch.empty_like(x)  # contiguous, as x
     if plan is shape:  # no tokens
         return out
-    ids = topk_ids.contiguous()
-    _, offsets, inv_idx, permuted_idx = plan.route.run(
-        ids, expert_map.contiguous() if expert_map is not None else None
-    )
-    if hidden_states.dtype is torch.bfloat16 or topk_weights.dtype is torch.bfloat16:
+    emap = expert_map.contiguous() if expert_map is not None else None
+    _, offsets, inv_idx, permuted_idx = plan.route.run(topk_ids.contiguous(), emap)
+    weights = topk_weights.contiguous()
+    if x.dtype is torch.bfloat16 or weights.dtype is torch.bfloat16:
         with bf16_shim() as shim:
             _experts_mlp(
-                plan, shim.input(hidden_states.contiguous()), shim.input(w13.contiguous()),
-                shim.input(w2.contiguous()), shim.input(topk_weights.contiguous()), offsets, inv_idx,
-                permuted_idx, shim.output(out),
+                plan, shim.input(x), shim.input(w13.contiguous()), shim.input(w2.contiguous()),
+                shim.input(weights), offsets, inv_idx, permuted_idx, shim.output(out),
             )  # fmt: skip
     else:
-        _experts_mlp(
-            plan, hidden_states.contiguous(), w13.contiguous(), w2.contiguous(), topk_weights.contiguous(),
-            offsets, inv_idx, permuted_idx, out,
-        )  # fmt: skip
+        _experts_mlp(plan, x, w13.contiguous(), w2.contiguous(), weights, offsets, inv_idx, permuted_idx, out)
     return out
 
 
@@ -881,8 +889,8 @@ def _experts_mlp(
     rows = shape.num_tokens * shape.topk
     # The permuted activations and the expert outputs are both [R, H]: the down GEMM writes its
     # outputs over the gathered rows, which the gate-up GEMM before it (same stream) has consumed.
-    rows_h = torch.empty(rows * shape.hidden, dtype=x.dtype, device=x.device)
-    act = torch.empty(rows * shape.inter, dtype=x.dtype, device=x.device)
+    rows_h = x.new_empty(rows * shape.hidden)
+    act = x.new_empty(rows * shape.inter)
     spec = plan.gather
     spec.with_args({**spec.args, "src_ptr": x, "permuted_idx_ptr": permuted_idx, "dst_ptr": rows_h}).launch()
     spec = plan.gemm1

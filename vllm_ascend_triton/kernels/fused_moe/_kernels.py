@@ -69,6 +69,87 @@ def _unpermute_kernel(
 
 
 @triton.jit
+def expert_tiles(offsets_ptr, num_local, BLOCK_M: tl.constexpr, BLOCK_E: tl.constexpr):
+    """The row tiles of every local expert (from `expert_first_token_offset`), computed once per
+    program: (expert lanes, tiles per expert, their inclusive cumsum, the total). Counts are fp32
+    (exact below 2^24, native vector reductions)."""
+    e_offs = tl.arange(0, BLOCK_E)
+    emask = e_offs < num_local
+    start = tl.load(offsets_ptr + e_offs, mask=emask, other=0)
+    end = tl.load(offsets_ptr + 1 + e_offs, mask=emask, other=0)
+    tiles = ((end - start + BLOCK_M - 1) // BLOCK_M).to(tl.float32)
+    tiles_end = tl.cumsum(tiles, axis=0)  # row tiles of experts 0..e
+    total_tiles = tl.sum(tiles, axis=0).to(tl.int32)
+    return e_offs, tiles, tiles_end, total_tiles
+
+
+@triton.jit
+def expert_tile_dot(
+    a_ptr,
+    b_ptr,
+    offsets_ptr,
+    m_tile,
+    n_tile,
+    e_offs,
+    tiles,
+    tiles_end,
+    n_out,
+    k_dim,
+    acc,
+    acc_up,
+    GATED: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """One work item of a grouped GEMM (either precision): row tile `m_tile` of the permuted rows
+    (mapped to its expert by the tile cumsum), N tile `n_tile`; accumulates a @ b[e, cols].T into
+    `acc` (and the up rows `n_out + cols` into `acc_up` when GATED) over K.
+
+    Returns (expert, row_start, rmask, cols, cmask, acc, acc_up)."""
+    expert = tl.sum((tiles_end <= m_tile).to(tl.float32), axis=0).to(tl.int32)
+    first_tile = tl.sum(tl.where(e_offs == expert, tiles_end - tiles, 0.0), axis=0).to(tl.int32)
+    row_start = tl.load(offsets_ptr + expert) + (m_tile - first_tile) * BLOCK_M
+    row_end = tl.load(offsets_ptr + expert + 1)
+    m_offs = tl.arange(0, BLOCK_M)
+    k_offs = tl.arange(0, BLOCK_K)
+    rmask = row_start + m_offs < row_end
+    # Scalar int64 tile bases (rows x width may pass 2^31); int32 offsets inside the tile.
+    a_tile = a_ptr + row_start.to(tl.int64) * k_dim
+    cols = n_tile * BLOCK_N + tl.arange(0, BLOCK_N)
+    cmask = cols < n_out
+    b_rows = 2 * n_out if GATED else n_out
+    b_expert = b_ptr + expert.to(tl.int64) * b_rows * k_dim
+    for k0 in range(0, k_dim, BLOCK_K):
+        ks = k0 + k_offs
+        kmask = ks < k_dim
+        a = tl.load(
+            a_tile + m_offs[:, None] * k_dim + ks[None, :], mask=rmask[:, None] & kmask[None, :], other=0
+        )
+        # Weight rows are contiguous along K: load [BLOCK_N, BLOCK_K] tiles (tail axis contiguous
+        # for the DMA) and transpose on chip.
+        bmask = cmask[:, None] & kmask[None, :]
+        b = tl.load(b_expert + cols[:, None] * k_dim + ks[None, :], mask=bmask, other=0)
+        acc = tl.dot(a, tl.trans(b), acc)
+        if GATED:
+            b_up = tl.load(b_expert + (cols[:, None] + n_out) * k_dim + ks[None, :], mask=bmask, other=0)
+            acc_up = tl.dot(a, tl.trans(b_up), acc_up)
+    return expert, row_start, rmask, cols, cmask, acc, acc_up
+
+
+@triton.jit
+def store_tile(c_ptr, row_start, rmask, cols, cmask, n_out, val, BLOCK_M: tl.constexpr):
+    """c[row_start + i, cols] = val (rows and columns masked), in c's dtype."""
+    m_offs = tl.arange(0, BLOCK_M)
+    c_tile = c_ptr + row_start.to(tl.int64) * n_out
+    tl.store(
+        c_tile + m_offs[:, None] * n_out + cols[None, :],
+        val.to(c_ptr.dtype.element_ty),
+        mask=rmask[:, None] & cmask[None, :],
+    )
+
+
+@triton.jit
 def _grouped_gemm_kernel(
     a_ptr,
     b_ptr,
@@ -89,60 +170,19 @@ def _grouped_gemm_kernel(
     else:  c = a @ b[e].T                                              (b is [L, n_out, k_dim])
     a is [R, k_dim], c is [R, n_out], both in permuted row order."""
     pid = tl.program_id(0)
-    e_offs = tl.arange(0, BLOCK_E)
-    emask = e_offs < num_local
-    start = tl.load(offsets_ptr + e_offs, mask=emask, other=0)
-    end = tl.load(offsets_ptr + 1 + e_offs, mask=emask, other=0)
-    tiles = ((end - start + BLOCK_M - 1) // BLOCK_M).to(tl.float32)
-    tiles_end = tl.cumsum(tiles, axis=0)  # row tiles of experts 0..e
-    total_tiles = tl.sum(tiles, axis=0).to(tl.int32)
+    e_offs, tiles, tiles_end, total_tiles = expert_tiles(offsets_ptr, num_local, BLOCK_M, BLOCK_E)
     n_tiles = tl.cdiv(n_out, BLOCK_N)
-    b_rows = 2 * n_out if GATED else n_out
-    m_offs = tl.arange(0, BLOCK_M)
-    n_offs = tl.arange(0, BLOCK_N)
-    k_offs = tl.arange(0, BLOCK_K)
     for w in range(pid, max_row_tiles * n_tiles, tl.num_programs(0)):
         m_tile = w // n_tiles
-        n_tile = w % n_tiles
         if m_tile < total_tiles:
-            expert = tl.sum((tiles_end <= m_tile).to(tl.float32), axis=0).to(tl.int32)
-            first_tile = tl.sum(tl.where(e_offs == expert, tiles_end - tiles, 0.0), axis=0).to(tl.int32)
-            row_start = tl.load(offsets_ptr + expert) + (m_tile - first_tile) * BLOCK_M
-            row_end = tl.load(offsets_ptr + expert + 1)
-            rmask = row_start + m_offs < row_end
-            # Scalar int64 tile bases (rows x width may pass 2^31); int32 offsets inside the tile.
-            a_tile = a_ptr + row_start.to(tl.int64) * k_dim
-            c_tile = c_ptr + row_start.to(tl.int64) * n_out
-            cols = n_tile * BLOCK_N + n_offs
-            cmask = cols < n_out
-            b_expert = b_ptr + expert.to(tl.int64) * b_rows * k_dim
-            acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-            acc_up = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-            for k0 in range(0, k_dim, BLOCK_K):
-                ks = k0 + k_offs
-                kmask = ks < k_dim
-                a = tl.load(
-                    a_tile + m_offs[:, None] * k_dim + ks[None, :],
-                    mask=rmask[:, None] & kmask[None, :],
-                    other=0.0,
-                )
-                # weight rows are contiguous along K: load [BLOCK_N, BLOCK_K] tiles (tail axis
-                # contiguous for the DMA) and transpose on chip
-                bmask = cmask[:, None] & kmask[None, :]
-                b = tl.load(b_expert + cols[:, None] * k_dim + ks[None, :], mask=bmask, other=0.0)
-                acc = tl.dot(a, tl.trans(b), acc)
-                if GATED:
-                    b_up = tl.load(
-                        b_expert + (cols[:, None] + n_out) * k_dim + ks[None, :], mask=bmask, other=0.0
-                    )
-                    acc_up = tl.dot(a, tl.trans(b_up), acc_up)
+            zeros = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+            _, row_start, rmask, cols, cmask, acc, acc_up = expert_tile_dot(
+                a_ptr, b_ptr, offsets_ptr, m_tile, w % n_tiles, e_offs, tiles, tiles_end, n_out, k_dim,
+                zeros, zeros, GATED, BLOCK_M, BLOCK_N, BLOCK_K,
+            )  # fmt: skip
             if GATED:
                 acc = acc / (1.0 + tl.exp(-acc)) * acc_up
-            tl.store(
-                c_tile + m_offs[:, None] * n_out + cols[None, :],
-                acc.to(c_ptr.dtype.element_ty),
-                mask=rmask[:, None] & cmask[None, :],
-            )
+            store_tile(c_ptr, row_start, rmask, cols, cmask, n_out, acc, BLOCK_M)
 
 
 @triton.jit
@@ -154,16 +194,19 @@ def _permute_layout_kernel(
     num_runs,
     num_local,
     numel,
+    WRITE_COUNTS: tl.constexpr,
     BLOCK_E: tl.constexpr,
     BLOCK_S: tl.constexpr,
 ):
-    """moe_permute's outputs besides the scatter: rows per local expert, their exclusive prefix
-    offsets, and the -1 fill of permuted_idx (before the scatter)."""
+    """moe_permute's outputs besides the scatter: rows per local expert (WRITE_COUNTS; the expert
+    MLPs need only the offsets), their exclusive prefix offsets, and the -1 fill of permuted_idx
+    (before the scatter)."""
     offs_e = tl.arange(0, BLOCK_E)
     e_ok = offs_e < num_local
     if tl.program_id(0) == 0:
         ends, _padded, _before, totals = bin_layout(counts_ptr, num_runs, 0, num_local, 1, BLOCK_E)
-        tl.store(tokens_per_expert_ptr + offs_e, totals, mask=e_ok)
+        if WRITE_COUNTS:
+            tl.store(tokens_per_expert_ptr + offs_e, totals, mask=e_ok)
         tl.store(offsets_ptr + 1 + offs_e, ends, mask=e_ok)
         tl.store(offsets_ptr + offs_e, tl.zeros([BLOCK_E], tl.int32), mask=offs_e == 0)
     fill = tl.zeros([BLOCK_S], tl.int32) - 1

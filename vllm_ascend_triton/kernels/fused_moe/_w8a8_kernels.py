@@ -3,6 +3,7 @@
 import triton
 import triton.language as tl
 
+from vllm_ascend_triton.kernels.fused_moe._kernels import expert_tile_dot, expert_tiles, store_tile
 from vllm_ascend_triton.runtime import launch as _launch  # noqa: F401  (applies VAT_BACKEND before @triton.jit)
 
 
@@ -104,53 +105,18 @@ def _w8a8_grouped_gemm_kernel(
     else:  c = deq(a @ b[e].T)                                                (b [L, n_out, K])
     a int8 [R, K] with a_scale fp32 [R]; b_scale fp32 [L, rows of b]; c [R, n_out]."""
     pid = tl.program_id(0)
-    e_offs = tl.arange(0, BLOCK_E)
-    emask = e_offs < num_local
-    start = tl.load(offsets_ptr + e_offs, mask=emask, other=0)
-    end = tl.load(offsets_ptr + 1 + e_offs, mask=emask, other=0)
-    tiles = ((end - start + BLOCK_M - 1) // BLOCK_M).to(tl.float32)
-    tiles_end = tl.cumsum(tiles, axis=0)  # row tiles of experts 0..e
-    total_tiles = tl.sum(tiles, axis=0).to(tl.int32)
+    e_offs, tiles, tiles_end, total_tiles = expert_tiles(offsets_ptr, num_local, BLOCK_M, BLOCK_E)
     n_tiles = tl.cdiv(n_out, BLOCK_N)
     b_rows = 2 * n_out if GATED else n_out
     m_offs = tl.arange(0, BLOCK_M)
-    n_offs = tl.arange(0, BLOCK_N)
-    k_offs = tl.arange(0, BLOCK_K)
     for w in range(pid, max_row_tiles * n_tiles, tl.num_programs(0)):
         m_tile = w // n_tiles
-        n_tile = w % n_tiles
         if m_tile < total_tiles:
-            expert = tl.sum((tiles_end <= m_tile).to(tl.float32), axis=0).to(tl.int32)
-            first_tile = tl.sum(tl.where(e_offs == expert, tiles_end - tiles, 0.0), axis=0).to(tl.int32)
-            row_start = tl.load(offsets_ptr + expert) + (m_tile - first_tile) * BLOCK_M
-            row_end = tl.load(offsets_ptr + expert + 1)
-            rmask = row_start + m_offs < row_end
-            # Scalar int64 tile bases (rows x width may pass 2^31); int32 offsets inside the tile.
-            a_tile = a_ptr + row_start.to(tl.int64) * k_dim
-            c_tile = c_ptr + row_start.to(tl.int64) * n_out
-            cols = n_tile * BLOCK_N + n_offs
-            cmask = cols < n_out
-            b_expert = b_ptr + expert.to(tl.int64) * b_rows * k_dim
-            acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)
-            acc_up = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)
-            for k0 in range(0, k_dim, BLOCK_K):
-                ks = k0 + k_offs
-                kmask = ks < k_dim
-                a = tl.load(
-                    a_tile + m_offs[:, None] * k_dim + ks[None, :],
-                    mask=rmask[:, None] & kmask[None, :],
-                    other=0,
-                )
-                # Weight rows are contiguous along K: [BLOCK_N, BLOCK_K] tiles (contiguous DMA
-                # tail axis), transposed on chip.
-                bmask = cmask[:, None] & kmask[None, :]
-                b = tl.load(b_expert + cols[:, None] * k_dim + ks[None, :], mask=bmask, other=0)
-                acc = tl.dot(a, tl.trans(b), acc)
-                if GATED:
-                    b_up = tl.load(
-                        b_expert + (cols[:, None] + n_out) * k_dim + ks[None, :], mask=bmask, other=0
-                    )
-                    acc_up = tl.dot(a, tl.trans(b_up), acc_up)
+            zeros = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)
+            expert, row_start, rmask, cols, cmask, acc, acc_up = expert_tile_dot(
+                a_ptr, b_ptr, offsets_ptr, m_tile, w % n_tiles, e_offs, tiles, tiles_end, n_out, k_dim,
+                zeros, zeros, GATED, BLOCK_M, BLOCK_N, BLOCK_K,
+            )  # fmt: skip
             a_s = tl.load(a_scale_ptr + row_start + m_offs, mask=rmask, other=0.0)
             bs_row = b_scale_ptr + expert.to(tl.int64) * b_rows
             b_s = tl.load(bs_row + cols, mask=cmask, other=0.0)
@@ -159,8 +125,4 @@ def _w8a8_grouped_gemm_kernel(
                 b_s_up = tl.load(bs_row + n_out + cols, mask=cmask, other=0.0)
                 up = acc_up.to(tl.float32) * a_s[:, None] * b_s_up[None, :]
                 val = val / (1.0 + tl.exp(-val)) * up
-            tl.store(
-                c_tile + m_offs[:, None] * n_out + cols[None, :],
-                val.to(c_ptr.dtype.element_ty),
-                mask=rmask[:, None] & cmask[None, :],
-            )
+            store_tile(c_ptr, row_start, rmask, cols, cmask, n_out, val, BLOCK_M)

@@ -338,7 +338,7 @@ def _plan_w8a8(
     dtype, rows = hidden_states.dtype, m * k
     return _W8A8Plan(
         shape,
-        route_plan(m, k, shape.num_experts, num_local, expert_map is not None),
+        route_plan(m, k, shape.num_experts, num_local, expert_map is not None, write_counts=False),
         _quant_spec(h, dtype, rows, k, has_idx=True, gather=True),
         _gemm_spec(GEMM1_KERNEL, DEFAULT_W8A8_GEMM1_CONFIG, dtype, rows, i, h, num_local),
         # Only the kept rows (GEMM1 wrote nothing else).
@@ -398,30 +398,55 @@ def fused_experts_w8a8(
     shape = plan if isinstance(plan, ExpertsShape) else plan.shape
     if checks_enabled():
         check_route_values(topk_ids, expert_map, shape)
-    dtype, device = hidden_states.dtype, hidden_states.device
-    out = torch.empty(shape.num_tokens, shape.hidden, dtype=dtype, device=device)
+    x = hidden_states.contiguous()
+    out = torch.empty_like(x)  # contiguous, as x
     if plan is shape:  # no tokens
         return out
+    dtype = x.dtype
     emap = expert_map.contiguous() if expert_map is not None else None
     _, offsets, inv_idx, permuted_idx = plan.route.run(topk_ids.contiguous(), emap)
     s13, s2 = _fp32_scale(w13_scale), _fp32_scale(w2_scale)
+    weights = topk_weights.contiguous()
+    if dtype is torch.bfloat16 or weights.dtype is torch.bfloat16:
+        with bf16_shim() as shim:
+            _w8a8_mlp(
+                plan, shim.input(x), w13, w2, s13, s2, shim.input(weights), offsets, inv_idx,
+                permuted_idx, shim.output(out), dtype,
+            )  # fmt: skip
+    else:
+        _w8a8_mlp(plan, x, w13, w2, s13, s2, weights, offsets, inv_idx, permuted_idx, out, dtype)
+    return out
+
+
+def _w8a8_mlp(
+    plan: _W8A8Plan,
+    x: torch.Tensor,
+    w13: torch.Tensor,
+    w2: torch.Tensor,
+    s13: torch.Tensor,
+    s2: torch.Tensor,
+    weights: torch.Tensor,
+    offsets: torch.Tensor,
+    inv_idx: torch.Tensor,
+    permuted_idx: torch.Tensor,
+    out: torch.Tensor,
+    dtype: torch.dtype,
+) -> None:
+    """Quant-gather, the two int8 GEMMs with the requant between them, and the combine, on
+    contiguous (shimmed) activations; `dtype` is the caller's (the intermediates' rounding)."""
+    shape = plan.shape
     rows = shape.num_tokens * shape.topk
     width = max(shape.hidden, shape.inter)
-    with bf16_shim() as shim:
-        x = shim.input(hidden_states.contiguous())
-        weights = shim.input(topk_weights.contiguous())
-        work_dtype = x.dtype
-        # Buffers shared by consecutive steps of one stream: the int8 rows and their scales of the
-        # second quant overwrite the first's (consumed by GEMM1), and GEMM2's outputs overwrite
-        # the intermediate (consumed by the second quant).
-        q_rows = torch.empty(rows * width, dtype=torch.int8, device=device)
-        q_scales = torch.empty(rows, dtype=torch.float32, device=device)
-        f_rows = torch.empty(rows * width, dtype=work_dtype, device=device)
-        _launch_quant(plan.quant1, x, permuted_idx, q_rows, q_scales)
-        _launch_gemm_spec(plan.gemm1, q_rows, q_scales, w13.contiguous(), s13, offsets, f_rows)
-        _interpreted_rounding(f_rows, dtype)
-        _launch_quant(plan.quant2, f_rows, permuted_idx, q_rows, q_scales)
-        _launch_gemm_spec(plan.gemm2, q_rows, q_scales, w2.contiguous(), s2, offsets, f_rows)
-        _interpreted_rounding(f_rows, dtype)
-        launch_unpermute(plan.combine, f_rows, weights, inv_idx, shim.output(out))
-    return out
+    # Buffers shared by consecutive steps of one stream: the int8 rows and their scales of the
+    # second quant overwrite the first's (consumed by GEMM1), and GEMM2's outputs overwrite the
+    # intermediate (consumed by the second quant).
+    q_rows = w13.new_empty(rows * width)  # int8, as the weights
+    q_scales = s13.new_empty(rows)  # fp32, as the scales
+    f_rows = x.new_empty(rows * width)
+    _launch_quant(plan.quant1, x, permuted_idx, q_rows, q_scales)
+    _launch_gemm_spec(plan.gemm1, q_rows, q_scales, w13.contiguous(), s13, offsets, f_rows)
+    _interpreted_rounding(f_rows, dtype)
+    _launch_quant(plan.quant2, f_rows, permuted_idx, q_rows, q_scales)
+    _launch_gemm_spec(plan.gemm2, q_rows, q_scales, w2.contiguous(), s2, offsets, f_rows)
+    _interpreted_rounding(f_rows, dtype)
+    launch_unpermute(plan.combine, f_rows, weights, inv_idx, out)

@@ -247,6 +247,16 @@ class SortLaunches:
         """
         plan = self.plan
         counts = torch.empty(plan.runs, plan.num_bins, dtype=torch.int32, device=ids.device)
+        self.count_into(ids, expert_map, counts)
+        return counts
+
+    def count_into(self, ids: torch.Tensor, expert_map: torch.Tensor | None, counts: torch.Tensor) -> None:
+        """As `count`, into the caller's contiguous int32 scratch of `plan.runs * plan.num_bins`
+        elements (any shape).
+
+        Args:
+            ids, expert_map: as `count`'s. counts: the scratch, written.
+        """
         args = {
             **self.count_spec.args,
             "ids_ptr": ids,
@@ -254,7 +264,6 @@ class SortLaunches:
             "counts_ptr": counts,
         }
         self.count_spec.with_args(args).launch()
-        return counts
 
     def scatter(
         self,
