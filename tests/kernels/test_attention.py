@@ -486,3 +486,52 @@ def test_lowering_all_variants(lowered):
             assert report.mix_mode != "aiv", f"{res.request.label} must use the cube cores"
         else:
             assert report.mix_mode == "aiv", f"{res.request.label} should be vector-only"
+
+
+def test_cached_plans_are_keyed_on_strides_and_still_check_per_call_values():
+    """The per-shape plan (issue 20's host cost) is keyed on every static fact: a strided q of the
+    same shape gets its own plan and the right result; per-call values and a non-bool causal are
+    still refused after a plan exists."""
+    c = make_paged_case([1, 1], [40, 9], 4, 2, 32, 16, F32, seed=9)
+    q, kc, vc, bt = c["q"], c["k_cache"], c["v_cache"], c["block_table"]
+    cu, used = c["cu_seqlens_q"], c["seqused_k"]
+
+    def call(q_, out_, *, scale=0.2, window=(-1, -1), causal=True, max_k=40):
+        return unified_attention(q_, kc, vc, out_, cu, 1, used, max_k, scale, causal, window, bt, 0.0)
+
+    ref = unified_attention_reference(q, kc, vc, cu, used, 0.2, True, (-1, -1), bt, 0.0)
+    call(q, torch.zeros_like(q))
+    big = torch.zeros(2, 9, 32)
+    big[:, 3:7] = q
+    out = torch.zeros_like(q)
+    call(big[:, 3:7], out)  # same shape and dtype, other strides and storage offset
+    torch.testing.assert_close(out, ref.to(out.dtype), atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="softmax_scale"):
+        call(q, out, scale=float("inf"))
+    with pytest.raises(ValueError, match="window_size"):
+        call(q, out, window=(-2, 0))
+    with pytest.raises(ValueError, match="max_seqlen_k"):
+        call(q, out, max_k=-3)
+    with pytest.raises(TypeError, match="causal"):
+        call(q, out, causal=1)
+    with pytest.raises(ValueError, match="contiguous in its last dim"):
+        call(torch.zeros(2, 4, 64)[:, :, ::2], out)
+
+
+def test_cached_plans_keep_no_caller_tensor():
+    """Plans and their launch templates hold placeholders, never a caller's tensors."""
+    import gc
+    import weakref
+
+    c = make_paged_case([1, 3], [40, 9], 4, 2, 32, 16, F32, seed=10)
+    refs = [weakref.ref(c["k_cache"]), weakref.ref(c["q"])]
+    out = torch.zeros_like(c["q"])
+    unified_attention(
+        c["q"], c["k_cache"], c["v_cache"], out, c["cu_seqlens_q"], 3, c["seqused_k"], 40, 0.2, True,
+        (-1, -1), c["block_table"], 0.0,
+    )  # fmt: skip
+    key, value = torch.randn(2, 2, 32), torch.randn(2, 2, 32)
+    reshape_and_cache(key, value, c["k_cache"], c["v_cache"], torch.tensor([3, -1]))
+    del c, out
+    gc.collect()
+    assert all(r() is None for r in refs)

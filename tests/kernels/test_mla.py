@@ -256,3 +256,44 @@ def test_decode_specs_fit_the_modelled_budget_and_split_small_batches() -> None:
     assert k["BLOCK_M"] >= 16 and 128 % k["TILE_N"] == 0 and k["DV"] < 512
     assert decode_ub_estimate(k["BLOCK_M"], k["TILE_N"], k["KC"], k["DV"], k["ROPE_PAD"], 2) <= 72 * 1024
     assert specs[0].uses_cube and specs[0].args["num_segments"] > 1
+
+
+def test_cached_plans_are_keyed_on_strides_and_still_check_per_call_values() -> None:
+    """The per-shape plan (issue 20's host cost) is keyed on every static fact: a strided q of
+    the same shape gets its own plan and the right result; per-call values and a bool where an
+    int is wanted are still refused after a plan exists."""
+    c = make_latent_case([20, 5], 4, 64, 16, 16, torch.float32, seed=3)
+    q, cache, table, lens = c["q"], c["kv_cache"], c["block_table"], c["seq_lens"]
+    ref, _ = mla_decode_reference(q, cache, table, lens, 0.1, 64, 1)
+    out = torch.zeros(2, 4, 64)
+    mla_decode(q, cache, out, table, lens, 20, 0.1, 64)
+    big = torch.zeros(2, 8, q.shape[2])
+    big[:, 2:6] = q
+    strided = big[:, 2:6]  # same shape and dtype, other strides and storage offset
+    out2 = torch.zeros(2, 4, 64)
+    mla_decode(strided, cache, out2, table, lens, 20, 0.1, 64)
+    torch.testing.assert_close(out2.double(), ref, atol=2e-5, rtol=0)
+    with pytest.raises(ValueError, match="softmax_scale"):
+        mla_decode(q, cache, out, table, lens, 20, float("nan"), 64)
+    with pytest.raises(ValueError, match="max_seq_len"):
+        mla_decode(q, cache, out, table, lens, -1, 0.1, 64)
+    with pytest.raises(TypeError, match="query_len"):
+        mla_decode(q, cache, out, table, lens, 20, 0.1, 64, query_len=True)
+    gapped = torch.zeros(2, 4, 2 * q.shape[2])[:, :, ::2]  # q's shape, a non-dense last dim
+    with pytest.raises(ValueError, match="contiguous in its last dim"):
+        mla_decode(gapped, cache, out, table, lens, 20, 0.1, 64)
+
+
+def test_cached_plans_keep_no_caller_tensor() -> None:
+    """Plans and their launch templates hold placeholders, never a caller's tensors: a cache and
+    its queries are freed once the caller drops them."""
+    import gc
+    import weakref
+
+    c = make_latent_case([20, 5], 4, 64, 16, 16, torch.float32, seed=4)
+    refs = [weakref.ref(c["kv_cache"]), weakref.ref(c["q"])]
+    out = torch.zeros(2, 4, 64)
+    mla_decode(c["q"], c["kv_cache"], out, c["block_table"], c["seq_lens"], 20, 0.1, 64, num_kv_splits=2)
+    del c
+    gc.collect()
+    assert all(r() is None for r in refs)

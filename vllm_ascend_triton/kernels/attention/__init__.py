@@ -92,8 +92,9 @@ Ascend design
   heads of the group. Q, the output and the split workspace are addressed through the 3-D
   `[BLOCK_Q, QPK_PAD, HEAD_PAD]` view (affine per axis) and `tl.reshape`d to/from the 2-D rows:
   addressing rows through `r // QPK_PAD` made the adapter scalarize the output store.
-- The KV loop is tiled BY CACHE BLOCK: a KV tile is `TILE_N` keys with `TILE_N` a power of two
-  dividing `block_size`, so a tile never straddles blocks. Per tile the kernel loads ONE scalar
+- The KV loop is tiled BY CACHE BLOCK (the walk is shared with MLA: `kernels.paged`): a KV tile
+  is `TILE_N` keys with `TILE_N` a power of two dividing `block_size`, so a tile never straddles
+  blocks. Per tile the kernel loads ONE scalar
   block id from the block table, then K and V as contiguous `[TILE_N, HEAD_PAD]` tiles at a
   scalar (int64) base address. Looking the block id up per row (the GPU style) makes the
   Ascend adapter scalarize the KV loads (discrete accesses); the scalar lookup gives none.
@@ -133,7 +134,6 @@ Ascend design
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 
 import torch
@@ -144,6 +144,7 @@ from vllm_ascend_triton.runtime import launch as _launch  # noqa: F401  # isort:
 
 import triton  # noqa: E402  # isort: skip
 
+from vllm_ascend_triton.kernels import paged
 from vllm_ascend_triton.kernels.attention._kernels import (
     _attention_kernel,
     _reshape_and_cache_kernel,
@@ -185,8 +186,6 @@ __all__ = [
 ]
 
 _MIN_BLOCK_M = 16  # cube fractal: fewer rows waste the same cube pass anyway
-_AUTO_MAX_SPLITS = 16  # the wrapper's own split choice stays at or below this
-_MIN_TILES_PER_SPLIT = 2
 # reshape_and_cache live tiles per program: the K and V tiles and their casts to the cache dtype.
 _RC_LIVE_TILES = 4
 
@@ -204,16 +203,12 @@ def _ub_estimate(block_m: int, tile_n: int, head_pad: int, elem_bytes: int) -> i
     )
 
 
-def _largest_pow2_divisor(n: int) -> int:
-    return n & -n
-
-
 def _default_attention_config(
     head_pad: int, block_size: int, elem_bytes: int, block_m: int, ub_budget: int
 ) -> dict:
     """The widest KV tile (a power of two dividing the block, at most 128) whose live tiles fit
     the SKU's UB budget (`runtime.ub.ub_budget_bytes`: double buffering counted)."""
-    tile_n = min(_largest_pow2_divisor(block_size), 128)
+    tile_n = min(paged.largest_pow2_divisor(block_size), 128)
     while tile_n > 16 and _ub_estimate(block_m, tile_n, head_pad, elem_bytes) > ub_budget:
         tile_n //= 2
     return {"BLOCK_M": block_m, "TILE_N": tile_n}
@@ -245,7 +240,7 @@ def _attention_launch_config(
         logger.debug(
             "unified_attention: TILE_N %d from %s cut to divide block_size %d", tile_n, sku, block_size
         )
-        tile_n = _largest_pow2_divisor(block_size)
+        tile_n = paged.largest_pow2_divisor(block_size)
     # Decode tiles hold one real token; the cube still wants >= 16 rows, so the tile keeps the
     # minimum row count (its extra tokens are past the sequence's single query and masked).
     rows = _MIN_BLOCK_M if decode else max(_MIN_BLOCK_M, int(cfg["BLOCK_M"]))
@@ -263,18 +258,100 @@ def _attention_launch_config(
 def _choose_splits(
     num_seqs: int, num_kv_heads: int, max_seqlen_q: int, max_seqlen_k: int, tile_n: int, cube_cores: int
 ) -> int:
-    """Decode batches that leave cube cores idle cut each context into segments."""
-    items = num_seqs * num_kv_heads
-    if max_seqlen_q != 1 or items >= cube_cores:
+    """Decode batches that leave cube cores idle cut each context into segments (prefill never)."""
+    if max_seqlen_q != 1:
         return 1
-    by_cores = -(-cube_cores // items)
-    by_length = max_seqlen_k // (tile_n * _MIN_TILES_PER_SPLIT)
-    return max(1, min(by_cores, by_length, _AUTO_MAX_SPLITS))
+    return paged.choose_splits(num_seqs * num_kv_heads, max_seqlen_k, tile_n, cube_cores)
+
+
+_PLANS = ShapeCache("attention")
 
 
 # ----------------------------------------------------------------------------------------------
-# Host API
+# reshape_and_cache
 # ----------------------------------------------------------------------------------------------
+
+
+def _plan_cache_write(key, value, key_cache, value_cache, slot_mapping) -> paged.Plan:
+    """Static checks and the launch template of a `reshape_and_cache` call shape."""
+    check_tensor("key", key, dtypes=FLOAT_DTYPES, ndim=3)
+    check_tensor("value", value, dtypes=FLOAT_DTYPES, ndim=3)
+    check_tensor("key_cache", key_cache, dtypes=FLOAT_DTYPES, ndim=4)
+    check_tensor("value_cache", value_cache, dtypes=FLOAT_DTYPES, ndim=4)
+    check_tensor("slot_mapping", slot_mapping, dtypes=INDEX_DTYPES, ndim=1)
+    paged.check_dense_vector("slot_mapping", slot_mapping)
+    check_same_device(
+        key=key, value=value, key_cache=key_cache, value_cache=value_cache, slot_mapping=slot_mapping
+    )
+    num_blocks, block_size, num_heads, head_size = key_cache.shape
+    if value_cache.shape != key_cache.shape:
+        raise ValueError(
+            f"value_cache shape {tuple(value_cache.shape)} must equal key_cache shape "
+            f"{tuple(key_cache.shape)}"
+        )
+    if key.shape[1:] != (num_heads, head_size):
+        raise ValueError(
+            f"key must be [tokens, {num_heads}, {head_size}] to match key_cache, got {tuple(key.shape)}"
+        )
+    if value.shape[1:] != (num_heads, head_size):
+        raise ValueError(
+            f"value must be [tokens, {num_heads}, {head_size}] to match value_cache, got {tuple(value.shape)}"
+        )
+    num_tokens = slot_mapping.shape[0]
+    if key.shape[0] < num_tokens or value.shape[0] < num_tokens:
+        raise ValueError(
+            f"key/value need at least len(slot_mapping)={num_tokens} rows, "
+            f"got {key.shape[0]} and {value.shape[0]}"
+        )
+    if not 1 <= head_size <= ATTENTION_MAX_HEAD_SIZE:
+        raise ValueError(f"key_cache's head_size must be in [1, {ATTENTION_MAX_HEAD_SIZE}], got {head_size}")
+    for name, t in (("key", key), ("value", value), ("key_cache", key_cache), ("value_cache", value_cache)):
+        check_last_dim_contiguous(name, t)
+    bf16 = torch.bfloat16
+    plan = paged.Plan(
+        n=num_tokens, num_slots=num_blocks * block_size,
+        shim=bf16 in (key.dtype, value.dtype, key_cache.dtype, value_cache.dtype),
+    )  # fmt: skip
+    if num_tokens == 0:
+        return plan
+    dev = current_device()
+    head_pad = triton.next_power_of_2(head_size)
+    # Tiles hold the wider of the input and cache dtypes (the cast happens in registers).
+    elem = max(dtype_bytes(key.dtype), dtype_bytes(key_cache.dtype))
+    tile = tile_elements(_RC_LIVE_TILES, elem, device=dev)
+    cfg = lookup_config(
+        dev.sku.name,
+        "reshape_and_cache",
+        {"head_size": head_size, "num_kv_heads": num_heads},
+        {"BLOCK_H": max(1, min(triton.next_power_of_2(num_heads), tile // head_pad))},
+    )
+    block_h = cfg.get("BLOCK_H")
+    if not isinstance(block_h, int) or block_h < 1 or block_h & (block_h - 1):
+        raise ValueError(
+            f"reshape_and_cache config for {dev.sku.name} needs a power-of-two BLOCK_H, got {block_h!r}"
+        )
+    ph = paged.dummy(key.device)
+    plan.template = LaunchSpec(
+        "reshape_and_cache", _reshape_and_cache_kernel, persistent_grid(num_tokens, device=dev),
+        _cache_write_args(ph, ph, ph, ph, slot_mapping, num_tokens, num_heads, block_size, plan.num_slots,
+                          key, value, key_cache, value_cache),
+        dict(HEAD_SIZE=head_size, HEAD_PAD=head_pad, BLOCK_H=block_h),
+        cfg,
+    )  # fmt: skip
+    return plan
+
+
+def _cache_write_args(k, v, kc, vc, slots, num_tokens, num_heads, block_size, num_slots, ks, vs, kcs, vcs):
+    """Runtime arguments of the cache write (`k`..`vc` the pointers, strides read from `ks`..`vcs`,
+    the tensors the kernel gets)."""
+    return dict(
+        key_ptr=k, value_ptr=v, kc_ptr=kc, vc_ptr=vc, slot_ptr=slots,
+        num_tokens=num_tokens, num_heads=num_heads, block_size=block_size, num_slots=num_slots,
+        key_stride_t=ks.stride(0), key_stride_h=ks.stride(1),
+        value_stride_t=vs.stride(0), value_stride_h=vs.stride(1),
+        kc_stride_b=kcs.stride(0), kc_stride_s=kcs.stride(1), kc_stride_h=kcs.stride(2),
+        vc_stride_b=vcs.stride(0), vc_stride_s=vcs.stride(1), vc_stride_h=vcs.stride(2),
+    )  # fmt: skip
 
 
 def reshape_and_cache(
@@ -304,110 +381,34 @@ def reshape_and_cache(
             cache or below -1. With checks off such a slot is skipped; nothing outside the caches'
             valid rows is written.
     """
-    check_tensor("key", key, dtypes=FLOAT_DTYPES, ndim=3)
-    check_tensor("value", value, dtypes=FLOAT_DTYPES, ndim=3)
-    check_tensor("key_cache", key_cache, dtypes=FLOAT_DTYPES, ndim=4)
-    check_tensor("value_cache", value_cache, dtypes=FLOAT_DTYPES, ndim=4)
-    check_tensor("slot_mapping", slot_mapping, dtypes=INDEX_DTYPES, ndim=1)
-    _check_dense_vector("slot_mapping", slot_mapping)
-    check_same_device(
-        key=key, value=value, key_cache=key_cache, value_cache=value_cache, slot_mapping=slot_mapping
-    )
-    num_blocks, block_size, num_heads, head_size = key_cache.shape
-    if value_cache.shape != key_cache.shape:
-        raise ValueError(
-            f"value_cache shape {tuple(value_cache.shape)} must equal key_cache shape "
-            f"{tuple(key_cache.shape)}"
-        )
-    if key.shape[1:] != (num_heads, head_size):
-        raise ValueError(
-            f"key must be [tokens, {num_heads}, {head_size}] to match key_cache, got {tuple(key.shape)}"
-        )
-    if value.shape[1:] != (num_heads, head_size):
-        raise ValueError(
-            f"value must be [tokens, {num_heads}, {head_size}] to match value_cache, got {tuple(value.shape)}"
-        )
-    num_tokens = slot_mapping.shape[0]
-    if key.shape[0] < num_tokens or value.shape[0] < num_tokens:
-        raise ValueError(
-            f"key/value need at least len(slot_mapping)={num_tokens} rows, "
-            f"got {key.shape[0]} and {value.shape[0]}"
-        )
-    if not 1 <= head_size <= ATTENTION_MAX_HEAD_SIZE:
-        raise ValueError(f"key_cache's head_size must be in [1, {ATTENTION_MAX_HEAD_SIZE}], got {head_size}")
-    for name, t in (("key", key), ("value", value), ("key_cache", key_cache), ("value_cache", value_cache)):
-        check_last_dim_contiguous(name, t)
-    if checks_enabled() and num_tokens:
-        lo, hi = int(slot_mapping.min()), int(slot_mapping.max())
-        if lo < -1 or hi >= num_blocks * block_size:
-            raise ValueError(
-                f"slot_mapping values must be -1 or in [0, {num_blocks * block_size}), got range [{lo}, {hi}]"
-            )
-    if num_tokens == 0:
-        return
-    plan_key = ("reshape_and_cache", head_size, num_heads, key.dtype, key_cache.dtype, num_tokens)
-    plan = _PLANS.get(plan_key)
+    tensors = (key, value, key_cache, value_cache, slot_mapping)
+    plan = paged.cache_write_plan(_PLANS, _plan_cache_write, tensors)
     if plan is None:
-        plan = _PLANS.put(
-            plan_key, _plan_cache_write(head_size, num_heads, key.dtype, key_cache.dtype, num_tokens)
-        )
-    head_pad, block_h, cfg, grid = plan
+        return
+    n = plan.n
+    template = plan.template
+    if not plan.shim:
+        # The kernel reads rows [0, n) only: the caller's (padded) tensors go in as they are.
+        template.with_args(
+            {**template.args, "key_ptr": key, "value_ptr": value, "kc_ptr": key_cache, "vc_ptr": value_cache,
+             "slot_ptr": slot_mapping}
+        ).launch()  # fmt: skip
+        return
+    a = template.args
     with bf16_shim() as shim:
-        k_in, v_in = shim.input(key[:num_tokens]), shim.input(value[:num_tokens])
+        k_in, v_in = shim.input(key[:n]), shim.input(value[:n])
         kc, vc = shim.output(key_cache), shim.output(value_cache)
-        LaunchSpec(
-            name="reshape_and_cache",
-            kernel=_reshape_and_cache_kernel,
-            grid=grid,
-            args=dict(
-                key_ptr=k_in, value_ptr=v_in, kc_ptr=kc, vc_ptr=vc, slot_ptr=slot_mapping,
-                num_tokens=num_tokens, num_heads=num_heads, block_size=block_size,
-                num_slots=num_blocks * block_size,
-                key_stride_t=k_in.stride(0), key_stride_h=k_in.stride(1),
-                value_stride_t=v_in.stride(0), value_stride_h=v_in.stride(1),
-                kc_stride_b=kc.stride(0), kc_stride_s=kc.stride(1), kc_stride_h=kc.stride(2),
-                vc_stride_b=vc.stride(0), vc_stride_s=vc.stride(1), vc_stride_h=vc.stride(2),
-            ),
-            constexprs=dict(HEAD_SIZE=head_size, HEAD_PAD=head_pad, BLOCK_H=block_h),
-            config=cfg,
+        template.with_args(
+            _cache_write_args(
+                k_in, v_in, kc, vc, slot_mapping, n, a["num_heads"], a["block_size"], a["num_slots"],
+                k_in, v_in, kc, vc,
+            )
         ).launch()  # fmt: skip
 
 
-_PLANS = ShapeCache("attention")
-# One fp32 element per device, passed for pointers a launch never dereferences (workspaces of an
-# unsplit launch, absent ALiBi slopes or sinks).
-_DUMMIES: dict[torch.device, torch.Tensor] = {}
-
-
-def _dummy(device: torch.device) -> torch.Tensor:
-    dummy = _DUMMIES.get(device)
-    if dummy is None:
-        dummy = _DUMMIES[device] = torch.zeros(1, dtype=torch.float32, device=device)
-    return dummy
-
-
-def _plan_cache_write(
-    head_size: int, num_heads: int, dtype: torch.dtype, cache_dtype: torch.dtype, num_tokens: int
-) -> tuple[int, int, dict, tuple[int]]:
-    """(HEAD_PAD, BLOCK_H, config, grid) of a `reshape_and_cache` launch."""
-    key_dtype = dtype
-    head_pad = triton.next_power_of_2(head_size)
-    dev = current_device()
-    # Tiles hold the wider of the input and cache dtypes (the cast happens in registers).
-    elem = max(dtype_bytes(key_dtype), dtype_bytes(cache_dtype))
-    tile = tile_elements(_RC_LIVE_TILES, elem, device=dev)
-    cfg = lookup_config(
-        dev.sku.name,
-        "reshape_and_cache",
-        {"head_size": head_size, "num_kv_heads": num_heads},
-        {"BLOCK_H": max(1, min(triton.next_power_of_2(num_heads), tile // head_pad))},
-    )
-    block_h = cfg.get("BLOCK_H")
-    if not isinstance(block_h, int) or block_h < 1 or block_h & (block_h - 1):
-        raise ValueError(
-            f"reshape_and_cache config for {dev.sku.name} needs a power-of-two BLOCK_H, got {block_h!r}"
-        )
-    return head_pad, block_h, cfg, persistent_grid(num_tokens, device=dev)
+# ----------------------------------------------------------------------------------------------
+# unified_attention
+# ----------------------------------------------------------------------------------------------
 
 
 def _check_query_group_fits(qpk: int, head_size: int, dtype: torch.dtype, sku: str, ub_bytes: int) -> None:
@@ -424,26 +425,11 @@ def _check_query_group_fits(qpk: int, head_size: int, dtype: torch.dtype, sku: s
         )
 
 
-def _check_dense_vector(name: str, t: torch.Tensor | None) -> None:
-    if t is not None and t.shape[0] > 1 and t.stride(0) != 1:
-        raise ValueError(f"{name} must be contiguous, got stride {t.stride(0)}")
-
-
-def _check_float(name: str, value: object) -> float:
-    """A finite Python number (a scalar argument, not data: always checked)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    return float(value)
-
-
 def _validate_attention(
-    q, k_cache, v_cache, out, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k,
-    softmax_scale, causal, window_size, block_table, softcap, alibi_slopes, sinks, num_kv_splits,
-) -> tuple[int, int]:  # fmt: skip
-    """Static checks (shapes, dtypes, devices) and, with checks on, the metadata's values.
-    Returns (left window, number of sequences)."""
+    q, k_cache, v_cache, out, cu_seqlens_q, seqused_k, block_table, causal, alibi_slopes, sinks
+) -> int:  # fmt: skip
+    """Static checks of an attention call shape (tensors and `causal`); returns the number of
+    sequences."""
     check_tensor("q", q, dtypes=FLOAT_DTYPES, ndim=3)
     check_tensor("k_cache", k_cache, dtypes=FLOAT_DTYPES, ndim=4)
     check_tensor("v_cache", v_cache, dtypes=FLOAT_DTYPES, ndim=4)
@@ -492,12 +478,7 @@ def _validate_attention(
         raise ValueError(
             f"cu_seqlens_q must have len(seqused_k) + 1 = {num_seqs + 1} entries, got {cu_seqlens_q.shape[0]}"
         )
-    if block_table.shape[0] < num_seqs:
-        raise ValueError(f"block_table must have a row per sequence ({num_seqs}), got {block_table.shape[0]}")
-    if block_table.shape[1] > 1 and block_table.stride(1) != 1:
-        raise ValueError(
-            f"block_table must be contiguous along its last dim, got strides {block_table.stride()}"
-        )
+    paged.check_block_table(block_table, num_seqs)
     # The kernel reads these as dense vectors (element i at offset i).
     for name, t in (
         ("cu_seqlens_q", cu_seqlens_q),
@@ -505,10 +486,18 @@ def _validate_attention(
         ("alibi_slopes", alibi_slopes),
         ("sinks", sinks),
     ):
-        _check_dense_vector(name, t)
+        paged.check_dense_vector(name, t)
     for name, t, n in (("alibi_slopes", alibi_slopes, num_q_heads), ("sinks", sinks, num_q_heads)):
         if t is not None and t.shape[0] != n:
             raise ValueError(f"{name} must have one entry per query head ({n}), got {t.shape[0]}")
+    if not isinstance(causal, bool):
+        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
+    return num_seqs
+
+
+def _check_attention_scalars(max_seqlen_q, max_seqlen_k, softmax_scale, window_size, softcap, num_kv_splits):
+    """Per-call checks of the host values that may change between calls of one shape; returns
+    the left window (-1 = none)."""
     check_positive_int("max_seqlen_q", max_seqlen_q, minimum=0)
     check_positive_int("max_seqlen_k", max_seqlen_k, minimum=0)
     if max_seqlen_k >= ATTENTION_MAX_POSITION:
@@ -516,10 +505,8 @@ def _validate_attention(
             f"max_seqlen_k must be < {ATTENTION_MAX_POSITION} (positions are compared in fp32), "
             f"got {max_seqlen_k}"
         )
-    _check_float("softmax_scale", softmax_scale)
-    if not isinstance(causal, bool):
-        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
-    if _check_float("softcap", softcap) < 0:
+    paged.check_float("softmax_scale", softmax_scale)
+    if paged.check_float("softcap", softcap) < 0:
         raise ValueError(f"softcap must be >= 0 (0 = off), got {softcap!r}")
     if type(window_size) not in (tuple, list) and (
         not isinstance(window_size, Sequence) or isinstance(window_size, str)
@@ -536,42 +523,126 @@ def _validate_attention(
         check_positive_int("num_kv_splits", num_kv_splits)
         if num_kv_splits > ATTENTION_MAX_KV_SPLITS:
             raise ValueError(f"num_kv_splits must be <= {ATTENTION_MAX_KV_SPLITS}, got {num_kv_splits}")
+    return window_size[0]
 
-    if checks_enabled() and num_seqs:
-        cu = cu_seqlens_q.tolist()
-        used = seqused_k.tolist()
-        q_lens = [b - a for a, b in zip(cu, cu[1:], strict=False)]
-        if cu[0] != 0 or min(q_lens) < 0 or cu[-1] > num_tokens:
-            raise ValueError(
-                f"cu_seqlens_q must start at 0, not decrease and end <= {num_tokens} (q rows), got {cu}"
-            )
-        if max(q_lens) > max_seqlen_q:
-            raise ValueError(f"a query length ({max(q_lens)}) exceeds max_seqlen_q={max_seqlen_q}")
-        bad = [s for s in range(num_seqs) if used[s] < q_lens[s]]
-        if bad:
-            s = bad[0]
-            raise ValueError(
-                f"seqused_k[{s}]={used[s]} is smaller than the sequence's query length {q_lens[s]}"
-            )
-        if max(used) > max_seqlen_k:
-            raise ValueError(f"a seqused_k value ({max(used)}) exceeds max_seqlen_k={max_seqlen_k}")
-        need = [-(-u // block_size) for u in used]
-        if max(need) > block_table.shape[1]:
-            s = need.index(max(need))
-            raise ValueError(
-                f"block_table has {block_table.shape[1]} entries per sequence but seqused_k[{s}]={used[s]} "
-                f"needs {need[s]} blocks of {block_size}"
-            )
-        num_blocks = k_cache.shape[0]
-        cols = torch.arange(block_table.shape[1], device=block_table.device)
-        in_use = cols[None, :] < torch.tensor(need, device=block_table.device)[:, None]
-        ids = block_table[:num_seqs][in_use]
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= num_blocks):
-            raise ValueError(
-                f"block_table entries in use must be in [0, {num_blocks}), "
-                f"got [{int(ids.min())}, {int(ids.max())}]"
-            )
-    return window_size[0], num_seqs
+
+def _check_attention_values(
+    cu_seqlens_q, seqused_k, block_table, num_tokens, max_seqlen_q, max_seqlen_k, block_size, num_blocks
+) -> None:  # fmt: skip
+    """Data checks (input checks on): query offsets, key counts and the block table."""
+    q_lens = paged.check_cu_seqlens(
+        "cu_seqlens_q", cu_seqlens_q.tolist(), num_tokens, "max_seqlen_q", max_seqlen_q
+    )
+    used = seqused_k.tolist()
+    bad = [s for s in range(len(used)) if used[s] < q_lens[s]]
+    if bad:
+        s = bad[0]
+        raise ValueError(f"seqused_k[{s}]={used[s]} is smaller than the sequence's query length {q_lens[s]}")
+    if max(used) > max_seqlen_k:
+        raise ValueError(f"a seqused_k value ({max(used)}) exceeds max_seqlen_k={max_seqlen_k}")
+    paged.check_block_table_values("seqused_k", used, block_table, block_size, num_blocks)
+
+
+def _plan_attention(
+    q, k_cache, v_cache, out, cu_seqlens_q, seqused_k, block_table, alibi_slopes, sinks, causal
+) -> paged.Plan:  # fmt: skip
+    """Static checks and the shape facts of an attention call shape (configs and templates are
+    added per launch variant by `_attention_templates`)."""
+    num_seqs = _validate_attention(
+        q, k_cache, v_cache, out, cu_seqlens_q, seqused_k, block_table, causal, alibi_slopes, sinks
+    )
+    num_tokens, num_q_heads, head_size = q.shape
+    num_blocks, block_size, num_kv_heads, _ = k_cache.shape
+    qpk = num_q_heads // num_kv_heads
+    device = current_device()
+    _check_query_group_fits(qpk, head_size, q.dtype, device.sku.name, device.ub_bytes)
+    return paged.Plan(
+        num_seqs=num_seqs, num_tokens=num_tokens, num_q_heads=num_q_heads, num_kv_heads=num_kv_heads,
+        head_size=head_size, block_size=block_size, num_blocks=num_blocks, qpk=qpk, dtype=q.dtype,
+        device=device, causal=causal, alibi=alibi_slopes is not None, sinks=sinks is not None,
+        placeholder=paged.dummy(q.device), shim=q.dtype is torch.bfloat16, launches={}, configs={},
+        static=_attention_static_args(
+            q, k_cache, v_cache, out, block_table, num_seqs, num_tokens, block_size
+        ),
+    )  # fmt: skip
+
+
+def _attention_static_args(q, k, v, o, block_table, num_seqs, num_tokens, block_size) -> dict:
+    """Runtime arguments of the attention kernel that depend only on shapes and strides (read from
+    the tensors the kernel gets)."""
+    return dict(
+        num_seqs=num_seqs, num_tokens=num_tokens, num_blocks=k.shape[0],
+        max_keys=block_table.shape[1] * block_size,
+        q_stride_t=q.stride(0), q_stride_h=q.stride(1), o_stride_t=o.stride(0), o_stride_h=o.stride(1),
+        k_stride_b=k.stride(0), k_stride_s=k.stride(1), k_stride_h=k.stride(2),
+        v_stride_b=v.stride(0), v_stride_s=v.stride(1), v_stride_h=v.stride(2),
+        bt_stride=block_table.stride(0),
+    )  # fmt: skip
+
+
+def _plan_config(plan: paged.Plan, decode: bool) -> dict:
+    """The launch config of a plan for decode or prefill batches (computed once each)."""
+    cfg = plan.configs.get(decode)
+    if cfg is None:
+        cfg = plan.configs[decode] = _attention_launch_config(
+            plan.device.sku.name, plan.head_size, plan.block_size, plan.dtype, plan.qpk, decode=decode
+        )
+    return cfg
+
+
+_ATTENTION_TENSORS = (
+    "q_ptr", "k_ptr", "v_ptr", "out_ptr", "cu_q_ptr", "seqused_ptr", "bt_ptr", "alibi_ptr", "sinks_ptr",
+    "ws_acc_ptr", "ws_m_ptr", "ws_l_ptr",
+)  # fmt: skip
+
+
+def _attention_templates(
+    plan: paged.Plan, decode: bool, use_window: bool, use_softcap: bool, splits: int
+) -> tuple[dict, LaunchSpec, LaunchSpec | None]:
+    """(config, main template, reduce template or None) of a plan for one launch variant."""
+    variant = (decode, use_window, use_softcap, splits)
+    hit = plan.launches.get(variant)
+    if hit is not None:
+        return hit
+    cfg = _plan_config(plan, decode)
+    ph, split = plan.placeholder, splits > 1
+    num_q_tiles = plan.num_tokens // cfg["BLOCK_Q"] + plan.num_seqs
+    main = LaunchSpec(
+        "unified_attention", _attention_kernel,
+        persistent_grid(num_q_tiles * plan.num_kv_heads * splits, uses_cube=True, device=plan.device),
+        {
+            **dict.fromkeys(_ATTENTION_TENSORS, ph), **plan.static, "num_q_tiles": num_q_tiles,
+            "num_kv_heads": plan.num_kv_heads, "num_segments": splits, "scale": 1.0, "softcap": 0.0,
+            "window": 0,
+        },
+        dict(
+            HEAD_SIZE=plan.head_size, HEAD_PAD=cfg["HEAD_PAD"], QPK=plan.qpk, QPK_PAD=cfg["QPK_PAD"],
+            BLOCK_Q=cfg["BLOCK_Q"], BLOCK_M=cfg["BLOCK_M"], BLOCK_SIZE=plan.block_size, TILE_N=cfg["TILE_N"],
+            CAUSAL=plan.causal, USE_WINDOW=use_window, USE_SOFTCAP=use_softcap, USE_ALIBI=plan.alibi,
+            USE_SINKS=plan.sinks, SPLIT=split,
+        ),
+        cfg,
+        uses_cube=True,
+    )  # fmt: skip
+    reduce = None
+    if split:
+        reduce = LaunchSpec(
+            "unified_attention_split_reduce", _split_reduce_kernel,
+            persistent_grid(plan.num_tokens * plan.num_q_heads, device=plan.device),
+            dict(
+                out_ptr=ph, ws_acc_ptr=ph, ws_m_ptr=ph, ws_l_ptr=ph, sinks_ptr=ph, cu_q_ptr=ph,
+                num_seqs=plan.num_seqs, num_tokens=plan.num_tokens, num_q_heads=plan.num_q_heads,
+                num_segments=splits, o_stride_t=plan.static["o_stride_t"],
+                o_stride_h=plan.static["o_stride_h"],
+            ),
+            dict(
+                HEAD_SIZE=plan.head_size, HEAD_PAD=cfg["HEAD_PAD"], SEG_PAD=triton.next_power_of_2(splits),
+                USE_SINKS=plan.sinks,
+            ),
+            {"num_kv_splits": splits},
+        )  # fmt: skip
+    hit = plan.launches[variant] = (cfg, main, reduce)
+    return hit
 
 
 def unified_attention(
@@ -622,90 +693,68 @@ def unified_attention(
             checks on, inconsistent metadata (block ids, coverage, lengths). With checks off, out-of-range
             block ids read nothing outside the caches (module docstring).
     """
-    left, num_seqs = _validate_attention(
-        q, k_cache, v_cache, out, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k,
-        softmax_scale, causal, window_size, block_table, softcap, alibi_slopes, sinks, num_kv_splits,
+    plan = paged.plan_call(
+        _PLANS, "attention", _plan_attention,
+        (q, k_cache, v_cache, out, cu_seqlens_q, seqused_k, block_table, alibi_slopes, sinks), (causal,),
     )  # fmt: skip
-    num_tokens, num_q_heads, head_size = q.shape
-    _, block_size, num_kv_heads, _ = k_cache.shape
-    qpk = num_q_heads // num_kv_heads
-    decode = max_seqlen_q == 1
-    plan_key = ("unified_attention", head_size, block_size, q.dtype, qpk, decode)
-    plan = _PLANS.get(plan_key)
-    if plan is None:
-        device = current_device()
-        _check_query_group_fits(qpk, head_size, q.dtype, device.sku.name, device.ub_bytes)
-        if num_tokens == 0 or num_seqs == 0 or max_seqlen_q == 0:
-            return out
-        cfg = _attention_launch_config(device.sku.name, head_size, block_size, q.dtype, qpk, decode=decode)
-        plan = _PLANS.put(plan_key, (device, cfg))
-    device, cfg = plan
+    left = _check_attention_scalars(
+        max_seqlen_q, max_seqlen_k, softmax_scale, window_size, softcap, num_kv_splits
+    )
+    num_seqs, num_tokens = plan.num_seqs, plan.num_tokens
+    if checks_enabled() and num_seqs:
+        _check_attention_values(
+            cu_seqlens_q, seqused_k, block_table, num_tokens, max_seqlen_q, max_seqlen_k, plan.block_size,
+            plan.num_blocks,
+        )  # fmt: skip
     if num_tokens == 0 or num_seqs == 0 or max_seqlen_q == 0:
         return out
-    splits = num_kv_splits or _choose_splits(
-        num_seqs, num_kv_heads, max_seqlen_q, max_seqlen_k, cfg["TILE_N"], device.cube_cores
-    )
-    num_q_tiles = num_tokens // cfg["BLOCK_Q"] + num_seqs
-    head_pad = cfg["HEAD_PAD"]
-    split = splits > 1
-    with bf16_shim() as shim:
-        q_in, k_in, v_in = shim.input(q), shim.input(k_cache), shim.input(v_cache)
-        o = shim.output(out)
-        sinks_in = shim.input(sinks)
-        dummy = _dummy(q.device)
-        if split:
-            ws_acc = torch.empty(
-                num_tokens * num_q_heads * splits * head_pad, dtype=torch.float32, device=q.device
+    decode = max_seqlen_q == 1
+    splits = num_kv_splits
+    if splits is None:
+        # From max_seqlen_k, which may change between graph replays: the kernel derives each
+        # segment from seqused_k on the device, so any recorded count is correct for any lengths.
+        splits = 1
+        if decode:
+            tile_n = _plan_config(plan, True)["TILE_N"]
+            splits = paged.choose_splits(
+                num_seqs * plan.num_kv_heads, max_seqlen_k, tile_n, plan.device.cube_cores
             )
-            ws_m = torch.empty(num_tokens * num_q_heads * splits, dtype=torch.float32, device=q.device)
-            ws_l = torch.empty_like(ws_m)
-        else:
-            ws_acc = ws_m = ws_l = dummy
-        work = num_q_tiles * num_kv_heads * splits
-        sinks_arg = sinks_in if sinks is not None else dummy
-        LaunchSpec(
-            name="unified_attention",
-            kernel=_attention_kernel,
-            grid=persistent_grid(work, uses_cube=True, device=device),
-            args=dict(
-                q_ptr=q_in, k_ptr=k_in, v_ptr=v_in, out_ptr=o, cu_q_ptr=cu_seqlens_q,
-                seqused_ptr=seqused_k, bt_ptr=block_table,
-                alibi_ptr=alibi_slopes if alibi_slopes is not None else dummy, sinks_ptr=sinks_arg,
-                ws_acc_ptr=ws_acc, ws_m_ptr=ws_m, ws_l_ptr=ws_l,
-                num_seqs=num_seqs, num_q_tiles=num_q_tiles, num_kv_heads=num_kv_heads, num_segments=splits,
-                num_tokens=num_tokens, num_blocks=k_cache.shape[0],
-                max_keys=block_table.shape[1] * block_size,
-                q_stride_t=q_in.stride(0), q_stride_h=q_in.stride(1),
-                o_stride_t=o.stride(0), o_stride_h=o.stride(1),
-                k_stride_b=k_in.stride(0), k_stride_s=k_in.stride(1), k_stride_h=k_in.stride(2),
-                v_stride_b=v_in.stride(0), v_stride_s=v_in.stride(1), v_stride_h=v_in.stride(2),
-                bt_stride=block_table.stride(0),
-                scale=float(softmax_scale), softcap=float(softcap), window=left + 1,
-            ),
-            constexprs=dict(
-                HEAD_SIZE=head_size, HEAD_PAD=head_pad, QPK=qpk, QPK_PAD=cfg["QPK_PAD"],
-                BLOCK_Q=cfg["BLOCK_Q"], BLOCK_M=cfg["BLOCK_M"], BLOCK_SIZE=block_size, TILE_N=cfg["TILE_N"],
-                CAUSAL=causal, USE_WINDOW=left >= 0, USE_SOFTCAP=softcap > 0,
-                USE_ALIBI=alibi_slopes is not None, USE_SINKS=sinks is not None, SPLIT=split,
-            ),
-            config=cfg,
-            uses_cube=True,
-        ).launch()  # fmt: skip
-        if split:
-            LaunchSpec(
-                name="unified_attention_split_reduce",
-                kernel=_split_reduce_kernel,
-                grid=persistent_grid(num_tokens * num_q_heads, device=device),
-                args=dict(
-                    out_ptr=o, ws_acc_ptr=ws_acc, ws_m_ptr=ws_m, ws_l_ptr=ws_l, sinks_ptr=sinks_arg,
-                    cu_q_ptr=cu_seqlens_q, num_seqs=num_seqs, num_tokens=num_tokens,
-                    num_q_heads=num_q_heads, num_segments=splits,
-                    o_stride_t=o.stride(0), o_stride_h=o.stride(1),
-                ),
-                constexprs=dict(
-                    HEAD_SIZE=head_size, HEAD_PAD=head_pad, SEG_PAD=triton.next_power_of_2(splits),
-                    USE_SINKS=sinks is not None,
-                ),
-                config={"num_kv_splits": splits},
-            ).launch()  # fmt: skip
+    _, main, reduce = _attention_templates(plan, decode, left >= 0, softcap > 0, splits)
+    ph = plan.placeholder
+    if splits > 1:
+        rows = num_tokens * plan.num_q_heads * splits
+        ws_acc = torch.empty(rows * main.constexprs["HEAD_PAD"], dtype=torch.float32, device=q.device)
+        ws_m = torch.empty(rows, dtype=torch.float32, device=q.device)
+        ws_l = torch.empty_like(ws_m)
+    else:
+        ws_acc = ws_m = ws_l = ph
+    sinks_arg = sinks if sinks is not None else ph
+    args = {
+        **main.args, "q_ptr": q, "k_ptr": k_cache, "v_ptr": v_cache, "out_ptr": out, "cu_q_ptr": cu_seqlens_q,
+        "seqused_ptr": seqused_k, "bt_ptr": block_table,
+        "alibi_ptr": alibi_slopes if alibi_slopes is not None else ph, "sinks_ptr": sinks_arg,
+        "ws_acc_ptr": ws_acc, "ws_m_ptr": ws_m, "ws_l_ptr": ws_l,
+        "scale": float(softmax_scale), "softcap": float(softcap), "window": left + 1,
+    }  # fmt: skip
+    if reduce is not None:
+        reduce_args = {
+            **reduce.args, "out_ptr": out, "ws_acc_ptr": ws_acc, "ws_m_ptr": ws_m, "ws_l_ptr": ws_l,
+            "sinks_ptr": sinks_arg, "cu_q_ptr": cu_seqlens_q,
+        }  # fmt: skip
+    if not plan.shim:
+        main.with_args(args).launch()
+        if reduce is not None:
+            reduce.with_args(reduce_args).launch()
+        return out
+    with bf16_shim() as shim:
+        q_in, k_in, v_in, o = shim.input(q), shim.input(k_cache), shim.input(v_cache), shim.output(out)
+        sinks_in = shim.input(sinks) if sinks is not None else ph
+        args.update(q_ptr=q_in, k_ptr=k_in, v_ptr=v_in, out_ptr=o, sinks_ptr=sinks_in)
+        args.update(
+            _attention_static_args(q_in, k_in, v_in, o, block_table, num_seqs, num_tokens, plan.block_size)
+        )
+        main.with_args(args).launch()
+        if reduce is not None:
+            reduce_args.update(out_ptr=o, sinks_ptr=sinks_in, o_stride_t=o.stride(0), o_stride_h=o.stride(1))
+            reduce.with_args(reduce_args).launch()
     return out

@@ -3,7 +3,17 @@
 import triton
 import triton.language as tl
 
-from vllm_ascend_triton.runtime import launch as _launch  # noqa: F401  (applies VAT_BACKEND before @triton.jit)
+from vllm_ascend_triton.runtime import launch as _launch  # noqa: F401  # isort: skip  (VAT_BACKEND before @triton.jit)
+
+from vllm_ascend_triton.kernels.paged.jit import (  # noqa: E402
+    kv_tile_block,
+    merge_segments,
+    query_tile_sequence,
+    segment_tiles,
+    slot_position,
+    softmax_step,
+    store_normalized,
+)
 
 
 @triton.jit
@@ -35,11 +45,8 @@ def _reshape_and_cache_kernel(
     offs_d = tl.arange(0, HEAD_PAD)
     d_mask = offs_d < HEAD_SIZE
     for t in range(tl.program_id(0), num_tokens, tl.num_programs(0)):
-        slot = tl.load(slot_ptr + t).to(tl.int64)
-        # -1 skips the token (vLLM); so does any slot outside [0, num_slots): never a stray write.
-        if (slot >= 0) & (slot < num_slots):
-            blk = slot // block_size
-            row = slot - blk * block_size
+        ok, blk, row = slot_position(slot_ptr, t, num_slots, block_size)
+        if ok:  # -1 (vLLM's skip) and slots outside the cache write nothing
             kc_base = blk * kc_stride_b + row * kc_stride_s
             vc_base = blk * vc_stride_b + row * vc_stride_s
             k_src = tl.cast(t, tl.int64) * key_stride_t
@@ -129,19 +136,7 @@ def _attention_kernel(
         rest = w // num_segments
         kvh = rest % num_kv_heads
         qt = rest // num_kv_heads
-        # Sequence of tile qt: the last s with cu_q[s] // BLOCK_Q + s <= qt (scalar search).
-        lo = num_seqs * 0
-        hi = num_seqs - 1
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            first_tile = tl.load(cu_q_ptr + mid).to(tl.int32) // BLOCK_Q + mid
-            take = first_tile <= qt
-            lo = tl.where(take, mid, lo)
-            hi = tl.where(take, hi, mid - 1)
-        seq = lo
-        q_start = tl.load(cu_q_ptr + seq).to(tl.int32)
-        q_len = tl.load(cu_q_ptr + seq + 1).to(tl.int32) - q_start
-        tok0 = (qt - (q_start // BLOCK_Q + seq)) * BLOCK_Q
+        seq, q_start, q_len, tok0 = query_tile_sequence(cu_q_ptr, num_seqs, qt, BLOCK_Q)
         # Rows that exist in q/out whatever cu_seqlens_q says (it is not range-checked with checks
         # off): positions still follow q_len, memory follows q_rows.
         q_rows = tl.minimum(q_len, num_tokens - q_start)
@@ -186,9 +181,7 @@ def _attention_kernel(
             j_lo = k_lo // TILE_N
             j_hi = (k_hi + TILE_N - 1) // TILE_N
             if SPLIT:
-                per_seg = (j_hi - j_lo + num_segments - 1) // num_segments
-                j_lo = j_lo + seg * per_seg
-                j_hi = tl.minimum(j_hi, j_lo + per_seg)
+                j_lo, j_hi = segment_tiles(j_lo, j_hi, seg, num_segments)
 
             m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
             l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -208,14 +201,8 @@ def _attention_kernel(
             bt_row = bt_ptr + tl.cast(seq, tl.int64) * bt_stride
             for j in range(j_lo, j_hi):
                 k0 = j * TILE_N
-                blk_idx = k0 // BLOCK_SIZE
-                # One scalar block id per tile; the tile is contiguous inside that block.
-                blk = tl.load(bt_row + blk_idx).to(tl.int64)
-                # A block id outside the cache masks the whole tile out of the softmax; the
-                # address is clamped too, so nothing outside the cache is ever addressed.
-                blk_ok = (blk >= 0) & (blk < num_blocks)
-                blk = tl.where(blk_ok, blk, 0)
-                in_blk = k0 - blk_idx * BLOCK_SIZE
+                # One scalar block id per tile (clamped; blk_ok masks the tile out otherwise).
+                blk, blk_ok, in_blk = kv_tile_block(bt_row, j, num_blocks, TILE_N, BLOCK_SIZE)
                 # Only keys some row of the tile may see are loaded (others read as 0), so a
                 # non-finite value in a key nobody here sees cannot reach the P.V product.
                 k_idx = k0 + offs_n
@@ -247,13 +234,8 @@ def _attention_kernel(
                 s = tl.where(visible, s, float("-inf"))
                 if USE_ALIBI:
                     s = s + slope[:, None] * (kpos_f - ctx_f)[None, :]
-                m_new = tl.maximum(m_i, tl.max(s, 1))
-                m_safe = tl.where(m_new > float("-inf"), m_new, 0.0)
-                p = tl.exp(s - m_safe[:, None])
-                alpha = tl.exp(m_i - m_safe)
-                l_i = l_i * alpha + tl.sum(p, 1)
+                p, alpha, m_i, l_i = softmax_step(s, m_i, l_i)
                 acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-                m_i = m_new
 
             if SPLIT:
                 # Workspace [token, head, segment, HEAD_PAD] (fp32), addressed per axis like q.
@@ -268,18 +250,10 @@ def _attention_kernel(
                     mask=ok2[:, :, None],
                 )
             else:
-                # `== 0` (a row with no key and no sink: 0), not `> 0`: a NaN sum must stay NaN.
-                l_safe = tl.where(l_i == 0.0, 1.0, l_i)
-                o = tl.reshape(acc / l_safe[:, None], (BLOCK_Q, QPK_PAD, HEAD_PAD))
-                tl.store(
-                    out_ptr
-                    + row0 * o_stride_t
-                    + offs_qt[:, None, None] * o_stride_t
-                    + head3[None, :, None] * o_stride_h
-                    + offs_d[None, None, :],
-                    o.to(out_ptr.dtype.element_ty),
-                    mask=ok3,
-                )
+                store_normalized(
+                    out_ptr, row0, offs_qt, head3, offs_d, acc, l_i, o_stride_t, o_stride_h, ok3,
+                    BLOCK_Q, QPK_PAD, HEAD_PAD,
+                )  # fmt: skip
 
 
 @triton.jit
@@ -311,24 +285,13 @@ def _split_reduce_kernel(
         h = w % num_q_heads
         if t < valid_tokens:
             row0 = (tl.cast(t, tl.int64) * num_q_heads + h) * num_segments
-            m = tl.load(ws_m_ptr + row0 + offs_s, mask=s_mask, other=float("-inf"))
-            l_seg = tl.load(ws_l_ptr + row0 + offs_s, mask=s_mask, other=0.0)
-            m_max = tl.max(m, 0)
+            sink = 0.0
             if USE_SINKS:
                 sink = tl.load(sinks_ptr + h).to(tl.float32)
-                m_max = tl.maximum(m_max, sink)
-            m_safe = tl.where(m_max > float("-inf"), m_max, 0.0)
-            wgt = tl.exp(m - m_safe)
-            l_tot = tl.sum(l_seg * wgt, 0)
-            if USE_SINKS:
-                l_tot += tl.exp(sink - m_safe)
-            acc = tl.load(
-                ws_acc_ptr + row0 * HEAD_PAD + offs_s[:, None] * HEAD_PAD + offs_d[None, :],
-                mask=s_mask[:, None],
-                other=0.0,
-            )
-            # `== 0` (no key, no sink: 0), not `> 0`: a NaN sink or sum must stay NaN.
-            o = tl.sum(acc * wgt[:, None], 0) / tl.where(l_tot == 0.0, 1.0, l_tot)
+            o, _, _ = merge_segments(
+                ws_m_ptr, ws_l_ptr, ws_acc_ptr, row0, offs_s, s_mask, offs_d, s_mask[:, None], sink,
+                HEAD_PAD, USE_SINKS,
+            )  # fmt: skip
             tl.store(
                 out_ptr + tl.cast(t, tl.int64) * o_stride_t + h * o_stride_h + offs_d,
                 o.to(out_ptr.dtype.element_ty),

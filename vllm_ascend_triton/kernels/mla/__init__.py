@@ -58,9 +58,10 @@ Ascend design
   (sequence, head group of `BLOCK_H` heads, KV segment, value chunk). All `query_len` tokens and
   the group's heads share one tile (`BLOCK_M = QL_PAD * BLOCK_H >= 16` rows, addressed through a
   3-D `[QL_PAD, BLOCK_H, dim]` view, affine per axis), so each KV tile is read once per group.
-  The KV loop is tiled BY CACHE BLOCK: `TILE_N` divides the block size, one scalar block id per
-  tile, then contiguous `[TILE_N, ...]` tiles at a scalar int64 base (0 discrete accesses: the
-  per-row lookup of GPU kernels scalarizes on the Ascend adapter). Scores are accumulated over
+  The KV loop is tiled BY CACHE BLOCK (the walk is shared with attention: `kernels.paged`):
+  `TILE_N` divides the block size, one scalar block id per tile, then contiguous `[TILE_N, ...]`
+  tiles at a scalar int64 base (0 discrete accesses: the per-row lookup of GPU kernels
+  scalarizes on the Ascend adapter). Scores are accumulated over
   the latent in `KC`-wide chunks plus the rope part (small live tiles); the P.V product uses the
   latent columns `[vc * DV, (vc + 1) * DV)` of the same cache rows, so the fp32 accumulator is
   `BLOCK_M x DV`: with L = 512 a full-width accumulator (32 KB fp32 at 16 rows, plus its rescaled
@@ -83,7 +84,6 @@ Ascend design
 from __future__ import annotations
 
 import logging
-import math
 
 import torch
 
@@ -92,6 +92,7 @@ from vllm_ascend_triton.runtime import launch as _launch  # noqa: F401  # isort:
 
 import triton  # noqa: E402  # isort: skip
 
+from vllm_ascend_triton.kernels import paged
 from vllm_ascend_triton.kernels.limits import (
     MLA_MAX_KV_LORA_RANK,
     MLA_MAX_KV_SPLITS,
@@ -121,7 +122,7 @@ from vllm_ascend_triton.runtime.checks import (
     check_same_device,
     check_tensor,
 )
-from vllm_ascend_triton.runtime.configs import ShapeCache, lookup_config
+from vllm_ascend_triton.runtime.configs import ShapeCache, dtype_key, lookup_config
 from vllm_ascend_triton.runtime.device import current_device, plan_for
 from vllm_ascend_triton.runtime.launch import LaunchSpec, bf16_shim, checks_enabled, persistent_grid
 from vllm_ascend_triton.runtime.ub import dtype_bytes, ub_budget_bytes
@@ -142,23 +143,13 @@ __all__ = [
 
 _MIN_ROWS = 16  # cube fractal: fewer rows waste the same cube pass anyway
 _MIN_DOT = 16  # tl.dot wants every tile axis >= 16
-_AUTO_MAX_SPLITS = 16
-_MIN_TILES_PER_SPLIT = 2
 _MAX_KC = 128
-# Launch decisions per shape (configs depend only on shapes, dtypes and the device): computed once.
+# Launch plans per call shape (static checks passed, configs, templates): computed once.
 _PLANS = ShapeCache("mla")
 
 
 def _pow2(n: int) -> int:
     return triton.next_power_of_2(max(1, n))
-
-
-def _largest_pow2_divisor(n: int) -> int:
-    return n & -n
-
-
-def _dtype_key(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -190,18 +181,6 @@ def _check_pow2(kernel: str, sku: str, name: str, value: object, minimum: int = 
 def _decode_config(
     sku: str, lora: int, rope: int, block_size: int, dtype: torch.dtype, query_len: int, num_heads: int
 ) -> dict:
-    key = ("decode", sku, lora, rope, block_size, dtype, query_len, num_heads)
-    cached = _PLANS.get(key)
-    if cached is None:
-        cached = _PLANS.put(
-            key, _decode_config_uncached(sku, lora, rope, block_size, dtype, query_len, num_heads)
-        )
-    return cached
-
-
-def _decode_config_uncached(
-    sku: str, lora: int, rope: int, block_size: int, dtype: torch.dtype, query_len: int, num_heads: int
-) -> dict:
     lora_pad, rope_pad, ql_pad = max(_MIN_DOT, _pow2(lora)), max(_MIN_DOT, _pow2(rope)), _pow2(query_len)
     eb = dtype_bytes(dtype)
     with plan_for(sku) as dev:
@@ -209,7 +188,7 @@ def _decode_config_uncached(
     block_h = max(1, _MIN_ROWS // ql_pad)
     block_m = ql_pad * block_h
     kc = min(lora_pad, _MAX_KC)
-    tile_max = min(_largest_pow2_divisor(block_size), 64)
+    tile_max = min(paged.largest_pow2_divisor(block_size), 64)
     default = None
     dv = lora_pad
     # Widest value chunk first (each extra chunk recomputes the scores), then the widest KV tile.
@@ -230,7 +209,7 @@ def _decode_config_uncached(
         "rope_dim": rope,
         "block_size": block_size,
         "query_len": query_len,
-        "dtype": _dtype_key(dtype),
+        "dtype": dtype_key(dtype),
     }
     cfg = lookup_config(sku, "mla_decode", key, default)
     block_h = _check_pow2("mla_decode", sku, "BLOCK_H", cfg.get("BLOCK_H"))
@@ -239,7 +218,7 @@ def _decode_config_uncached(
     dv = _check_pow2("mla_decode", sku, "DV", cfg.get("DV"), _MIN_DOT)
     # The nearest tuned entry may come from another shape: keep every tile legal for this one.
     if block_size % tile_n:
-        tile_n = _largest_pow2_divisor(block_size)
+        tile_n = paged.largest_pow2_divisor(block_size)
     kc, dv = min(kc, lora_pad), min(dv, lora_pad)
     block_h = max(block_h, _MIN_ROWS // ql_pad)
     # Never more heads per tile than the layer has (past the minimum rows the cube wants).
@@ -257,14 +236,6 @@ def _decode_config_uncached(
 
 
 def _prefill_config(sku: str, qk_head: int, v_head: int, dtype: torch.dtype, causal: bool) -> dict:
-    key = ("prefill", sku, qk_head, v_head, dtype, causal)
-    cached = _PLANS.get(key)
-    if cached is None:
-        cached = _PLANS.put(key, _prefill_config_uncached(sku, qk_head, v_head, dtype, causal))
-    return cached
-
-
-def _prefill_config_uncached(sku: str, qk_head: int, v_head: int, dtype: torch.dtype, causal: bool) -> dict:
     da = 1 << (qk_head.bit_length() - 1)
     db = qk_head - da
     db_pad = max(_MIN_DOT, _pow2(db)) if db else _MIN_DOT
@@ -277,20 +248,11 @@ def _prefill_config_uncached(sku: str, qk_head: int, v_head: int, dtype: torch.d
         if prefill_ub_estimate(block_q, tile_n, da + db_pad, dv_pad, eb) <= budget:
             default = {"BLOCK_Q": block_q, "TILE_N": tile_n}
             break
-    key = {"qk_head_size": qk_head, "v_head_size": v_head, "dtype": _dtype_key(dtype), "causal": causal}
+    key = {"qk_head_size": qk_head, "v_head_size": v_head, "dtype": dtype_key(dtype), "causal": causal}
     cfg = lookup_config(sku, "mla_prefill", key, default)
     block_q = _check_pow2("mla_prefill", sku, "BLOCK_Q", cfg.get("BLOCK_Q"), _MIN_DOT)
     tile_n = _check_pow2("mla_prefill", sku, "TILE_N", cfg.get("TILE_N"), _MIN_DOT)
     return {"BLOCK_Q": block_q, "TILE_N": tile_n, "DA": da, "DB": db, "DB_PAD": db_pad, "DV_PAD": dv_pad}
-
-
-def _choose_splits(work_items: int, max_seq_len: int, tile_n: int, cube_cores: int) -> int:
-    """Decode batches that leave cube cores idle cut each context into segments."""
-    if work_items >= cube_cores:
-        return 1
-    by_cores = -(-cube_cores // max(work_items, 1))
-    by_length = max_seq_len // (tile_n * _MIN_TILES_PER_SPLIT)
-    return max(1, min(by_cores, by_length, _AUTO_MAX_SPLITS))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -298,21 +260,9 @@ def _choose_splits(work_items: int, max_seq_len: int, tile_n: int, cube_cores: i
 # ----------------------------------------------------------------------------------------------
 
 
-def _check_float(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    return float(value)
-
-
-def _check_dense_vector(name: str, t: torch.Tensor | None) -> None:
-    if t is not None and t.shape[0] > 1 and t.stride(0) != 1:
-        raise ValueError(f"{name} must be contiguous, got stride {t.stride(0)}")
-
-
 def _latent_view(kv_cache: object) -> object:
-    """vLLM's Triton MLA path views the cache with a head axis of 1: take it as the 3-D cache."""
+    """vLLM's Triton MLA path views the cache with a head axis of 1: take it as the 3-D cache
+    (the view starts at the same address, so launches may pass either)."""
     if isinstance(kv_cache, torch.Tensor) and kv_cache.dim() == 4 and kv_cache.shape[2] == 1:
         return kv_cache[:, :, 0]
     return kv_cache
@@ -341,6 +291,53 @@ def _check_latent_dims(lora: int, rope: int) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
+def _plan_cache_write(kv_c, k_pe, kv_cache, slot_mapping) -> paged.Plan:
+    """Static checks and the launch template of a `concat_and_cache_mla` call shape."""
+    view = _latent_view(kv_cache)
+    check_tensor("kv_c", kv_c, dtypes=FLOAT_DTYPES, ndim=2)
+    check_tensor("k_pe", k_pe, dtypes=FLOAT_DTYPES, ndim=(2, 3))
+    check_tensor("slot_mapping", slot_mapping, dtypes=INDEX_DTYPES, ndim=1)
+    num_blocks, block_size, dim = _check_cache(view)
+    check_same_device(kv_c=kv_c, k_pe=k_pe, kv_cache=view, slot_mapping=slot_mapping)
+    paged.check_dense_vector("slot_mapping", slot_mapping)
+    if k_pe.dim() == 3:
+        if k_pe.shape[1] != 1:
+            raise ValueError(f"k_pe must be [tokens, R] or [tokens, 1, R], got {tuple(k_pe.shape)}")
+        k_pe = k_pe[:, 0]
+    lora, rope = kv_c.shape[1], k_pe.shape[1]
+    _check_latent_dims(lora, rope)
+    if lora + rope != dim:
+        raise ValueError(
+            f"kv_cache rows must hold kv_c ({lora}) + k_pe ({rope}) = {lora + rope} dims, got {dim}"
+        )
+    check_last_dim_contiguous("kv_c", kv_c)
+    check_last_dim_contiguous("k_pe", k_pe)
+    n = slot_mapping.shape[0]
+    if kv_c.shape[0] < n or k_pe.shape[0] < n:
+        raise ValueError(
+            f"kv_c/k_pe need at least len(slot_mapping)={n} rows, got {kv_c.shape[0]} and {k_pe.shape[0]}"
+        )
+    plan = paged.Plan(n=n, num_slots=num_blocks * block_size, shim=kv_c.dtype is torch.bfloat16 or
+                 k_pe.dtype is torch.bfloat16 or view.dtype is torch.bfloat16)  # fmt: skip
+    if n:
+        ph = paged.dummy(kv_c.device)
+        plan.template = LaunchSpec(
+            "concat_and_cache_mla", _concat_and_cache_mla_kernel, persistent_grid(n, device=current_device()),
+            _cache_write_args(ph, ph, ph, ph, n, kv_c, k_pe, view, block_size, plan.num_slots),
+            dict(LORA=lora, LORA_PAD=_pow2(lora), ROPE=rope, ROPE_PAD=_pow2(rope)), {},
+        )  # fmt: skip
+    return plan
+
+
+def _cache_write_args(kvc_ptr, kpe_ptr, cache_ptr, slot_ptr, n, kv_c, k_pe, cache, block_size, num_slots):
+    """Runtime arguments of the cache write; strides are read from the tensors the kernel gets."""
+    return dict(
+        kvc_ptr=kvc_ptr, kpe_ptr=kpe_ptr, cache_ptr=cache_ptr, slot_ptr=slot_ptr, num_tokens=n,
+        block_size=block_size, num_slots=num_slots, kvc_stride_t=kv_c.stride(0), kpe_stride_t=k_pe.stride(0),
+        c_stride_b=cache.stride(0), c_stride_s=cache.stride(1),
+    )  # fmt: skip
+
+
 def concat_and_cache_mla(
     kv_c: torch.Tensor, k_pe: torch.Tensor, kv_cache: torch.Tensor, slot_mapping: torch.Tensor
 ) -> None:
@@ -361,55 +358,34 @@ def concat_and_cache_mla(
         ValueError: shapes that do not match, a non-dense last dim, dims past `kernels.limits`,
             and (input checks on) a slot outside `[-1, num_blocks * block_size)`.
     """
-    kv_cache = _latent_view(kv_cache)
-    check_tensor("kv_c", kv_c, dtypes=FLOAT_DTYPES, ndim=2)
-    check_tensor("k_pe", k_pe, dtypes=FLOAT_DTYPES, ndim=(2, 3))
-    check_tensor("slot_mapping", slot_mapping, dtypes=INDEX_DTYPES, ndim=1)
-    num_blocks, block_size, dim = _check_cache(kv_cache)
-    check_same_device(kv_c=kv_c, k_pe=k_pe, kv_cache=kv_cache, slot_mapping=slot_mapping)
-    _check_dense_vector("slot_mapping", slot_mapping)
-    if k_pe.dim() == 3:
-        if k_pe.shape[1] != 1:
-            raise ValueError(f"k_pe must be [tokens, R] or [tokens, 1, R], got {tuple(k_pe.shape)}")
-        k_pe = k_pe[:, 0]
-    lora, rope = kv_c.shape[1], k_pe.shape[1]
-    _check_latent_dims(lora, rope)
-    if lora + rope != dim:
-        raise ValueError(
-            f"kv_cache rows must hold kv_c ({lora}) + k_pe ({rope}) = {lora + rope} dims, got {dim}"
-        )
-    check_last_dim_contiguous("kv_c", kv_c)
-    check_last_dim_contiguous("k_pe", k_pe)
-    n = slot_mapping.shape[0]
-    if kv_c.shape[0] < n or k_pe.shape[0] < n:
-        raise ValueError(
-            f"kv_c/k_pe need at least len(slot_mapping)={n} rows, got {kv_c.shape[0]} and {k_pe.shape[0]}"
-        )
-    if checks_enabled() and n:
-        lo, hi = int(slot_mapping.min()), int(slot_mapping.max())
-        if lo < -1 or hi >= num_blocks * block_size:
-            raise ValueError(
-                f"slot_mapping values must be -1 or in [0, {num_blocks * block_size}), got range [{lo}, {hi}]"
-            )
-    if n == 0:
+    plan = paged.cache_write_plan(_PLANS, _plan_cache_write, (kv_c, k_pe, kv_cache, slot_mapping))
+    if plan is None:
         return
-    dev = current_device()
+    n = plan.n
+    template = plan.template
+    if not plan.shim:
+        # The kernel reads rows [0, n) only and a [T, 1, R] k_pe or a [.., .., 1, L + R] cache
+        # starts where its squeezed view does: the caller's tensors go in as they are.
+        template.with_args(
+            {
+                **template.args,
+                "kvc_ptr": kv_c,
+                "kpe_ptr": k_pe,
+                "cache_ptr": kv_cache,
+                "slot_ptr": slot_mapping,
+            }
+        ).launch()
+        return
+    if k_pe.dim() == 3:
+        k_pe = k_pe[:, 0]
+    c = template.args
     with bf16_shim() as shim:
         kvc_in, kpe_in = shim.input(kv_c[:n]), shim.input(k_pe[:n])
-        cache = shim.output(kv_cache)
-        LaunchSpec(
-            name="concat_and_cache_mla",
-            kernel=_concat_and_cache_mla_kernel,
-            grid=persistent_grid(n, device=dev),
-            args=dict(
-                kvc_ptr=kvc_in, kpe_ptr=kpe_in, cache_ptr=cache, slot_ptr=slot_mapping, num_tokens=n,
-                block_size=block_size, num_slots=num_blocks * block_size,
-                kvc_stride_t=kvc_in.stride(0), kpe_stride_t=kpe_in.stride(0),
-                c_stride_b=cache.stride(0), c_stride_s=cache.stride(1),
-            ),
-            constexprs=dict(LORA=lora, LORA_PAD=_pow2(lora), ROPE=rope, ROPE_PAD=_pow2(rope)),
-            config={},
-        ).launch()  # fmt: skip
+        cache = shim.output(_latent_view(kv_cache))
+        args = _cache_write_args(
+            kvc_in, kpe_in, cache, slot_mapping, n, kvc_in, kpe_in, cache, c["block_size"], c["num_slots"]
+        )
+        template.with_args(args).launch()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -418,8 +394,10 @@ def concat_and_cache_mla(
 
 
 def _validate_decode(
-    q, kv_cache, out, block_table, seq_lens, max_seq_len, softmax_scale, kv_lora_rank, query_len, lse, splits
-) -> tuple[int, int]:  # fmt: skip
+    q, kv_cache, out, block_table, seq_lens, kv_lora_rank, query_len, lse
+) -> tuple[int, int]:
+    """Static checks of a decode call shape (tensors and the plan-deciding ints); returns
+    (num_seqs, block_size)."""
     check_tensor("q", q, dtypes=FLOAT_DTYPES, ndim=3)
     check_tensor("out", out, dtypes=FLOAT_DTYPES, ndim=3)
     check_tensor("block_table", block_table, dtypes=INDEX_DTYPES, ndim=2)
@@ -447,46 +425,105 @@ def _validate_decode(
     num_seqs = seq_lens.shape[0]
     if rows != num_seqs * query_len:
         raise ValueError(f"q must have len(seq_lens) * query_len = {num_seqs * query_len} rows, got {rows}")
-    if block_table.shape[0] < num_seqs:
-        raise ValueError(f"block_table must have a row per sequence ({num_seqs}), got {block_table.shape[0]}")
-    if block_table.shape[1] > 1 and block_table.stride(1) != 1:
-        raise ValueError(
-            f"block_table must be contiguous along its last dim, got strides {block_table.stride()}"
-        )
-    _check_dense_vector("seq_lens", seq_lens)
+    paged.check_block_table(block_table, num_seqs)
+    paged.check_dense_vector("seq_lens", seq_lens)
     for name, t in (("q", q), ("out", out)):
         check_last_dim_contiguous(name, t)
+    return num_seqs, block_size
+
+
+def _check_decode_scalars(max_seq_len: object, softmax_scale: object, splits: object) -> None:
+    """Per-call checks of the host values that may change between calls of one shape."""
     check_positive_int("max_seq_len", max_seq_len, minimum=0)
     if max_seq_len >= MLA_MAX_POSITION:
         raise ValueError(f"max_seq_len must be < {MLA_MAX_POSITION} (positions are compared in fp32)")
-    _check_float("softmax_scale", softmax_scale)
+    paged.check_float("softmax_scale", softmax_scale)
     if splits is not None:
         check_positive_int("num_kv_splits", splits)
         if splits > MLA_MAX_KV_SPLITS:
             raise ValueError(f"num_kv_splits must be <= {MLA_MAX_KV_SPLITS}, got {splits}")
-    if checks_enabled() and num_seqs:
-        used = seq_lens.tolist()
-        if min(used) < query_len:
-            s = min(range(num_seqs), key=lambda i: used[i])
-            raise ValueError(f"seq_lens[{s}]={used[s]} is smaller than query_len={query_len}")
-        if max(used) > max_seq_len:
-            raise ValueError(f"a seq_lens value ({max(used)}) exceeds max_seq_len={max_seq_len}")
-        need = [-(-u // block_size) for u in used]
-        if max(need) > block_table.shape[1]:
-            s = need.index(max(need))
-            raise ValueError(
-                f"block_table has {block_table.shape[1]} entries per sequence but seq_lens[{s}]={used[s]} "
-                f"needs {need[s]} blocks of {block_size}"
-            )
-        cols = torch.arange(block_table.shape[1], device=block_table.device)
-        in_use = cols[None, :] < torch.tensor(need, device=block_table.device)[:, None]
-        ids = block_table[:num_seqs][in_use]
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= num_blocks):
-            raise ValueError(
-                f"block_table entries in use must be in [0, {num_blocks}), "
-                f"got [{int(ids.min())}, {int(ids.max())}]"
-            )
-    return num_seqs, block_size
+
+
+def _check_decode_values(seq_lens, query_len, max_seq_len, block_table, block_size, num_blocks) -> None:
+    """Data checks (input checks on): lengths against query_len, max_seq_len and the block table."""
+    used = seq_lens.tolist()
+    if min(used) < query_len:
+        s = min(range(len(used)), key=lambda i: used[i])
+        raise ValueError(f"seq_lens[{s}]={used[s]} is smaller than query_len={query_len}")
+    if max(used) > max_seq_len:
+        raise ValueError(f"a seq_lens value ({max(used)}) exceeds max_seq_len={max_seq_len}")
+    paged.check_block_table_values("seq_lens", used, block_table, block_size, num_blocks)
+
+
+def _plan_decode(q, kv_cache, out, block_table, seq_lens, lse, kv_lora_rank, query_len) -> paged.Plan:
+    """Static checks, config and unsplit facts of a decode call shape."""
+    view = _latent_view(kv_cache)
+    num_seqs, block_size = _validate_decode(q, view, out, block_table, seq_lens, kv_lora_rank, query_len, lse)
+    rows, num_heads, dim = q.shape
+    plan = paged.Plan(num_seqs=num_seqs, block_size=block_size, num_blocks=view.shape[0], rows=rows,
+                 shim=q.dtype is torch.bfloat16, launches={})  # fmt: skip
+    if rows == 0 or num_seqs == 0:
+        return plan
+    device = current_device()
+    rope = dim - kv_lora_rank
+    cfg = _decode_config(device.sku.name, kv_lora_rank, rope, block_size, q.dtype, query_len, num_heads)
+    ph = paged.dummy(q.device)
+    plan.__dict__.update(
+        device=device, cfg=cfg, placeholder=ph, num_heads=num_heads, lora=kv_lora_rank, rope=rope,
+        query_len=query_len, write_lse=lse is not None,
+        work=num_seqs * -(-num_heads // cfg["BLOCK_H"]) * (cfg["LORA_PAD"] // cfg["DV"]),
+        static=_decode_static_args(q, view, out, block_table, num_seqs, num_heads, block_size),
+    )  # fmt: skip
+    return plan
+
+
+def _decode_static_args(q, cache, out, block_table, num_seqs, num_heads, block_size) -> dict:
+    """Runtime arguments of the decode kernel that depend only on shapes and strides (read from
+    the tensors the kernel gets)."""
+    return dict(
+        num_seqs=num_seqs, num_heads=num_heads, num_blocks=cache.shape[0],
+        max_keys=block_table.shape[1] * block_size,
+        q_stride_t=q.stride(0), q_stride_h=q.stride(1), o_stride_t=out.stride(0), o_stride_h=out.stride(1),
+        c_stride_b=cache.stride(0), c_stride_s=cache.stride(1), bt_stride=block_table.stride(0),
+    )  # fmt: skip
+
+
+def _decode_templates(plan: paged.Plan, splits: int) -> tuple[LaunchSpec, LaunchSpec | None]:
+    """The decode (and, when split, reduce) launch templates of a plan for a split count."""
+    templates = plan.launches.get(splits)
+    if templates is not None:
+        return templates
+    cfg, ph, split = plan.cfg, plan.placeholder, splits > 1
+    tensors = ("q_ptr", "cache_ptr", "out_ptr", "lse_ptr", "bt_ptr", "seqlens_ptr", "ws_acc_ptr", "ws_m_ptr",
+               "ws_l_ptr")  # fmt: skip
+    main = LaunchSpec(
+        "mla_decode", _mla_decode_kernel,
+        persistent_grid(plan.work * splits, uses_cube=True, device=plan.device),
+        {**dict.fromkeys(tensors, ph), **plan.static, "num_segments": splits, "scale": 1.0},
+        dict(
+            LORA=plan.lora, LORA_PAD=cfg["LORA_PAD"], ROPE=plan.rope, ROPE_PAD=cfg["ROPE_PAD"], KC=cfg["KC"],
+            DV=cfg["DV"], QL=plan.query_len, QL_PAD=cfg["QL_PAD"], BLOCK_H=cfg["BLOCK_H"],
+            BLOCK_M=cfg["BLOCK_M"], BLOCK_SIZE=plan.block_size, TILE_N=cfg["TILE_N"], SPLIT=split,
+            WRITE_LSE=plan.write_lse,
+        ),
+        {"BLOCK_H": cfg["BLOCK_H"], "TILE_N": cfg["TILE_N"], "TILE_KC": cfg["KC"], "DV": cfg["DV"]},
+        uses_cube=True,
+    )  # fmt: skip
+    reduce = None
+    if split:
+        reduce = LaunchSpec(
+            "mla_decode_reduce", _mla_decode_reduce_kernel,
+            persistent_grid(plan.rows * plan.num_heads, device=plan.device),
+            dict(
+                out_ptr=ph, lse_ptr=ph, ws_acc_ptr=ph, ws_m_ptr=ph, ws_l_ptr=ph, num_rows=plan.rows,
+                num_heads=plan.num_heads, num_segments=splits, o_stride_t=plan.static["o_stride_t"],
+                o_stride_h=plan.static["o_stride_h"],
+            ),
+            dict(LORA=plan.lora, LORA_PAD=cfg["LORA_PAD"], SEG_PAD=_pow2(splits), WRITE_LSE=plan.write_lse),
+            {"num_kv_splits": splits},
+        )  # fmt: skip
+    templates = plan.launches[splits] = (main, reduce)
+    return templates
 
 
 def mla_decode(
@@ -527,76 +564,55 @@ def mla_decode(
         ValueError: shapes, layouts, limits of `kernels.limits` and (input checks on) metadata
             values outside what the cache and block table hold.
     """
-    kv_cache = _latent_view(kv_cache)
-    num_seqs, block_size = _validate_decode(
-        q, kv_cache, out, block_table, seq_lens, max_seq_len, softmax_scale, kv_lora_rank, query_len, lse,
-        num_kv_splits,
-    )  # fmt: skip
-    rows, num_heads, dim = q.shape
-    if rows == 0 or num_seqs == 0:
-        return out
-    device = current_device()
-    rope = dim - kv_lora_rank
-    cfg = _decode_config(device.sku.name, kv_lora_rank, rope, block_size, q.dtype, query_len, num_heads)
-    num_hg = -(-num_heads // cfg["BLOCK_H"])
-    num_dv = cfg["LORA_PAD"] // cfg["DV"]
-    splits = num_kv_splits or _choose_splits(
-        num_seqs * num_hg * num_dv, max_seq_len, cfg["TILE_N"], device.cube_cores
+    plan = paged.plan_call(
+        _PLANS,
+        "decode",
+        _plan_decode,
+        (q, kv_cache, out, block_table, seq_lens, lse),
+        (kv_lora_rank, query_len),
     )
-    split = splits > 1
-    write_lse = lse is not None
-    lora_pad = cfg["LORA_PAD"]
+    _check_decode_scalars(max_seq_len, softmax_scale, num_kv_splits)
+    num_seqs = plan.num_seqs
+    if checks_enabled() and num_seqs:
+        _check_decode_values(seq_lens, query_len, max_seq_len, block_table, plan.block_size, plan.num_blocks)
+    if plan.rows == 0 or num_seqs == 0:
+        return out
+    # The split count follows max_seq_len (a host value that may change between graph replays);
+    # the kernel derives each segment from seq_lens on the device, so any count is correct.
+    splits = num_kv_splits
+    if splits is None:
+        splits = paged.choose_splits(plan.work, max_seq_len, plan.cfg["TILE_N"], plan.device.cube_cores)
+    main, reduce = _decode_templates(plan, splits)
+    if splits > 1:
+        n = plan.rows * plan.num_heads * splits
+        ws_m = torch.empty(n, dtype=torch.float32, device=q.device)
+        ws_l = torch.empty_like(ws_m)
+        ws_acc = torch.empty(n * plan.cfg["LORA_PAD"], dtype=torch.float32, device=q.device)
+    else:
+        ws_acc = ws_m = ws_l = plan.placeholder
+    lse_arg = lse if lse is not None else plan.placeholder
+    # A [.., .., 1, L + R] cache starts where its 3-D view does: it goes in as it is.
+    args = {**main.args, "q_ptr": q, "cache_ptr": kv_cache, "out_ptr": out, "lse_ptr": lse_arg,
+            "bt_ptr": block_table, "seqlens_ptr": seq_lens, "ws_acc_ptr": ws_acc, "ws_m_ptr": ws_m,
+            "ws_l_ptr": ws_l, "scale": float(softmax_scale)}  # fmt: skip
+    if reduce is not None:
+        reduce_args = {**reduce.args, "out_ptr": out, "lse_ptr": lse_arg, "ws_acc_ptr": ws_acc,
+                       "ws_m_ptr": ws_m, "ws_l_ptr": ws_l}  # fmt: skip
+    if not plan.shim:
+        main.with_args(args).launch()
+        if reduce is not None:
+            reduce.with_args(reduce_args).launch()
+        return out
     with bf16_shim() as shim:
-        q_in, c_in, o = shim.input(q), shim.input(kv_cache), shim.output(out)
-        dummy = torch.empty(1, dtype=torch.float32, device=q.device)
-        if split:
-            ws_m = torch.empty(rows * num_heads * splits, dtype=torch.float32, device=q.device)
-            ws_l = torch.empty_like(ws_m)
-            ws_acc = torch.empty(rows * num_heads * splits * lora_pad, dtype=torch.float32, device=q.device)
-        else:
-            ws_acc = ws_m = ws_l = dummy
-        lse_arg = lse if lse is not None else dummy
-        LaunchSpec(
-            name="mla_decode",
-            kernel=_mla_decode_kernel,
-            grid=persistent_grid(num_seqs * num_hg * splits * num_dv, uses_cube=True, device=device),
-            args=dict(
-                q_ptr=q_in, cache_ptr=c_in, out_ptr=o, lse_ptr=lse_arg, bt_ptr=block_table,
-                seqlens_ptr=seq_lens, ws_acc_ptr=ws_acc, ws_m_ptr=ws_m, ws_l_ptr=ws_l,
-                num_seqs=num_seqs, num_heads=num_heads, num_segments=splits, num_blocks=kv_cache.shape[0],
-                max_keys=block_table.shape[1] * block_size,
-                q_stride_t=q_in.stride(0), q_stride_h=q_in.stride(1),
-                o_stride_t=o.stride(0), o_stride_h=o.stride(1),
-                c_stride_b=c_in.stride(0), c_stride_s=c_in.stride(1), bt_stride=block_table.stride(0),
-                scale=float(softmax_scale),
-            ),
-            constexprs=dict(
-                LORA=kv_lora_rank, LORA_PAD=lora_pad, ROPE=rope, ROPE_PAD=cfg["ROPE_PAD"], KC=cfg["KC"],
-                DV=cfg["DV"], QL=query_len, QL_PAD=cfg["QL_PAD"], BLOCK_H=cfg["BLOCK_H"],
-                BLOCK_M=cfg["BLOCK_M"], BLOCK_SIZE=block_size, TILE_N=cfg["TILE_N"], SPLIT=split,
-                WRITE_LSE=write_lse,
-            ),
-            config={
-                "BLOCK_H": cfg["BLOCK_H"], "TILE_N": cfg["TILE_N"],
-                "TILE_KC": cfg["KC"], "DV": cfg["DV"],
-            },
-            uses_cube=True,
-        ).launch()  # fmt: skip
-        if split:
-            LaunchSpec(
-                name="mla_decode_reduce",
-                kernel=_mla_decode_reduce_kernel,
-                grid=persistent_grid(rows * num_heads, device=device),
-                args=dict(
-                    out_ptr=o, lse_ptr=lse_arg, ws_acc_ptr=ws_acc, ws_m_ptr=ws_m, ws_l_ptr=ws_l,
-                    num_rows=rows, num_heads=num_heads, num_segments=splits,
-                    o_stride_t=o.stride(0), o_stride_h=o.stride(1),
-                ),
-                constexprs=dict(
-                    LORA=kv_lora_rank, LORA_PAD=lora_pad, SEG_PAD=_pow2(splits), WRITE_LSE=write_lse
-                ),
-                config={"num_kv_splits": splits},
-            ).launch()  # fmt: skip
+        q_in, c_in, o = shim.input(q), shim.input(_latent_view(kv_cache)), shim.output(out)
+        args.update(q_ptr=q_in, cache_ptr=c_in, out_ptr=o)
+        args.update(
+            _decode_static_args(q_in, c_in, o, block_table, num_seqs, plan.num_heads, plan.block_size)
+        )
+        main.with_args(args).launch()
+        if reduce is not None:
+            reduce_args.update(out_ptr=o, o_stride_t=o.stride(0), o_stride_h=o.stride(1))
+            reduce.with_args(reduce_args).launch()
     return out
 
 
@@ -605,9 +621,8 @@ def mla_decode(
 # ----------------------------------------------------------------------------------------------
 
 
-def _validate_prefill(
-    q, k, v, out, cu_q, cu_k, max_seqlen_q, max_seqlen_k, softmax_scale, causal, lse
-) -> int:
+def _validate_prefill(q, k, v, out, cu_q, cu_k, causal, lse) -> int:
+    """Static checks of a prefill call shape; returns the number of sequences."""
     for name, t in (("q", q), ("k", k), ("v", v), ("out", out)):
         check_tensor(name, t, dtypes=FLOAT_DTYPES, ndim=3)
         check_last_dim_contiguous(name, t)
@@ -640,33 +655,68 @@ def _validate_prefill(
             f"cu_seqlens_q and cu_seqlens_k must both have num_seqs + 1 >= 1 entries, got "
             f"{cu_q.shape[0]} and {cu_k.shape[0]}"
         )
-    _check_dense_vector("cu_seqlens_q", cu_q)
-    _check_dense_vector("cu_seqlens_k", cu_k)
+    paged.check_dense_vector("cu_seqlens_q", cu_q)
+    paged.check_dense_vector("cu_seqlens_k", cu_k)
+    if not isinstance(causal, bool):
+        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
+    return num_seqs
+
+
+def _check_prefill_scalars(max_seqlen_q: object, max_seqlen_k: object, softmax_scale: object) -> None:
     check_positive_int("max_seqlen_q", max_seqlen_q, minimum=0)
     check_positive_int("max_seqlen_k", max_seqlen_k, minimum=0)
     if max_seqlen_k >= MLA_MAX_POSITION:
         raise ValueError(f"max_seqlen_k must be < {MLA_MAX_POSITION} (positions are compared in fp32)")
-    _check_float("softmax_scale", softmax_scale)
-    if not isinstance(causal, bool):
-        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
-    if checks_enabled() and num_seqs > 0:
-        for name, cu, limit, max_len in (
-            ("cu_seqlens_q", cu_q.tolist(), num_tokens, max_seqlen_q),
-            ("cu_seqlens_k", cu_k.tolist(), k.shape[0], max_seqlen_k),
-        ):
-            lens = [b - a for a, b in zip(cu, cu[1:], strict=False)]
-            if cu[0] != 0 or min(lens) < 0 or cu[-1] > limit:
-                raise ValueError(f"{name} must start at 0, not decrease and end <= {limit}, got {cu}")
-            if max(lens) > max_len:
-                raise ValueError(f"a length in {name} ({max(lens)}) exceeds its max ({max_len})")
-        if causal:
-            ql = (cu_q[1:] - cu_q[:-1]).tolist()
-            kl = (cu_k[1:] - cu_k[:-1]).tolist()
-            bad = [s for s in range(num_seqs) if kl[s] < ql[s]]
-            if bad:
-                s = bad[0]
-                raise ValueError(f"causal: sequence {s} has {kl[s]} keys for {ql[s]} queries (needs >=)")
-    return num_seqs
+    paged.check_float("softmax_scale", softmax_scale)
+
+
+def _check_prefill_values(cu_q, cu_k, num_tokens, num_keys, max_seqlen_q, max_seqlen_k, causal) -> None:
+    """Data checks (input checks on): both offset vectors, and keys >= queries when causal."""
+    ql = paged.check_cu_seqlens("cu_seqlens_q", cu_q.tolist(), num_tokens, "max_seqlen_q", max_seqlen_q)
+    kl = paged.check_cu_seqlens("cu_seqlens_k", cu_k.tolist(), num_keys, "max_seqlen_k", max_seqlen_k)
+    if causal:
+        bad = [s for s in range(len(ql)) if kl[s] < ql[s]]
+        if bad:
+            s = bad[0]
+            raise ValueError(f"causal: sequence {s} has {kl[s]} keys for {ql[s]} queries (needs >=)")
+
+
+def _plan_prefill(q, k, v, out, cu_q, cu_k, lse, causal) -> paged.Plan:
+    num_seqs = _validate_prefill(q, k, v, out, cu_q, cu_k, causal, lse)
+    num_tokens, num_heads, qk_head = q.shape
+    plan = paged.Plan(num_seqs=num_seqs, num_tokens=num_tokens, shim=q.dtype is torch.bfloat16)
+    if num_tokens == 0 or num_seqs == 0:
+        return plan
+    device = current_device()
+    cfg = _prefill_config(device.sku.name, qk_head, v.shape[2], q.dtype, causal)
+    num_q_tiles = num_tokens // cfg["BLOCK_Q"] + num_seqs
+    ph = paged.dummy(q.device)
+    tensors = ("q_ptr", "k_ptr", "v_ptr", "out_ptr", "lse_ptr", "cu_q_ptr", "cu_k_ptr")
+    plan.placeholder = ph
+    plan.template = LaunchSpec(
+        "mla_prefill", _mla_prefill_kernel,
+        persistent_grid(num_q_tiles * num_heads, uses_cube=True, device=device),
+        {
+            **dict.fromkeys(tensors, ph), "num_seqs": num_seqs, "num_q_tiles": num_q_tiles,
+            "num_heads": num_heads, "num_tokens": num_tokens, "num_keys": k.shape[0],
+            **_prefill_strides(q, k, v, out), "lse_stride_h": lse.stride(0) if lse is not None else 0,
+            "scale": 1.0,
+        },
+        dict(
+            DA=cfg["DA"], DB=cfg["DB"], DB_PAD=cfg["DB_PAD"], DV=v.shape[2], DV_PAD=cfg["DV_PAD"],
+            BLOCK_Q=cfg["BLOCK_Q"], TILE_N=cfg["TILE_N"], CAUSAL=causal, WRITE_LSE=lse is not None,
+        ),
+        {"BLOCK_Q": cfg["BLOCK_Q"], "TILE_N": cfg["TILE_N"]},
+        uses_cube=True,
+    )  # fmt: skip
+    return plan
+
+
+def _prefill_strides(q, k, v, out) -> dict:
+    return dict(
+        q_stride_t=q.stride(0), q_stride_h=q.stride(1), k_stride_t=k.stride(0), k_stride_h=k.stride(1),
+        v_stride_t=v.stride(0), v_stride_h=v.stride(1), o_stride_t=out.stride(0), o_stride_h=out.stride(1),
+    )  # fmt: skip
 
 
 def mla_prefill(
@@ -704,38 +754,25 @@ def mla_prefill(
         ValueError: shapes, layouts, limits of `kernels.limits` and (input checks on) offsets
             that are not consistent with the tensors.
     """
-    num_seqs = _validate_prefill(
-        q, k, v, out, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale, causal, lse
+    plan = paged.plan_call(
+        _PLANS, "prefill", _plan_prefill, (q, k, v, out, cu_seqlens_q, cu_seqlens_k, lse), (causal,)
     )
-    num_tokens, num_heads, qk_head = q.shape
-    if num_tokens == 0 or num_seqs == 0 or max_seqlen_q == 0:
+    _check_prefill_scalars(max_seqlen_q, max_seqlen_k, softmax_scale)
+    if checks_enabled() and plan.num_seqs > 0:
+        _check_prefill_values(
+            cu_seqlens_q, cu_seqlens_k, plan.num_tokens, k.shape[0], max_seqlen_q, max_seqlen_k, causal
+        )
+    if plan.num_tokens == 0 or plan.num_seqs == 0 or max_seqlen_q == 0:
         return out
-    device = current_device()
-    cfg = _prefill_config(device.sku.name, qk_head, v.shape[2], q.dtype, causal)
-    num_q_tiles = num_tokens // cfg["BLOCK_Q"] + num_seqs
+    template = plan.template
+    lse_arg = lse if lse is not None else plan.placeholder
+    args = {**template.args, "q_ptr": q, "k_ptr": k, "v_ptr": v, "out_ptr": out, "lse_ptr": lse_arg,
+            "cu_q_ptr": cu_seqlens_q, "cu_k_ptr": cu_seqlens_k, "scale": float(softmax_scale)}  # fmt: skip
+    if not plan.shim:
+        template.with_args(args).launch()
+        return out
     with bf16_shim() as shim:
         q_in, k_in, v_in, o = shim.input(q), shim.input(k), shim.input(v), shim.output(out)
-        lse_arg = lse if lse is not None else torch.empty(1, dtype=torch.float32, device=q.device)
-        LaunchSpec(
-            name="mla_prefill",
-            kernel=_mla_prefill_kernel,
-            grid=persistent_grid(num_q_tiles * num_heads, uses_cube=True, device=device),
-            args=dict(
-                q_ptr=q_in, k_ptr=k_in, v_ptr=v_in, out_ptr=o, lse_ptr=lse_arg, cu_q_ptr=cu_seqlens_q,
-                cu_k_ptr=cu_seqlens_k, num_seqs=num_seqs, num_q_tiles=num_q_tiles, num_heads=num_heads,
-                num_tokens=num_tokens, num_keys=k.shape[0],
-                q_stride_t=q_in.stride(0), q_stride_h=q_in.stride(1),
-                k_stride_t=k_in.stride(0), k_stride_h=k_in.stride(1),
-                v_stride_t=v_in.stride(0), v_stride_h=v_in.stride(1),
-                o_stride_t=o.stride(0), o_stride_h=o.stride(1),
-                lse_stride_h=lse.stride(0) if lse is not None else 0,
-                scale=float(softmax_scale),
-            ),
-            constexprs=dict(
-                DA=cfg["DA"], DB=cfg["DB"], DB_PAD=cfg["DB_PAD"], DV=v.shape[2], DV_PAD=cfg["DV_PAD"],
-                BLOCK_Q=cfg["BLOCK_Q"], TILE_N=cfg["TILE_N"], CAUSAL=causal, WRITE_LSE=lse is not None,
-            ),
-            config={"BLOCK_Q": cfg["BLOCK_Q"], "TILE_N": cfg["TILE_N"]},
-            uses_cube=True,
-        ).launch()  # fmt: skip
+        args.update(q_ptr=q_in, k_ptr=k_in, v_ptr=v_in, out_ptr=o, **_prefill_strides(q_in, k_in, v_in, o))
+        template.with_args(args).launch()
     return out

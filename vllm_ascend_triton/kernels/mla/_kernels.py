@@ -3,7 +3,19 @@
 import triton
 import triton.language as tl
 
-from vllm_ascend_triton.runtime import launch as _launch  # noqa: F401  (applies VAT_BACKEND before @triton.jit)
+from vllm_ascend_triton.runtime import launch as _launch  # noqa: F401  # isort: skip  (VAT_BACKEND before @triton.jit)
+
+from vllm_ascend_triton.kernels.paged.jit import (  # noqa: E402
+    kv_tile_block,
+    log_sum_exp,
+    merge_segments,
+    query_tile_sequence,
+    safe_denominator,
+    segment_tiles,
+    slot_position,
+    softmax_step,
+    store_normalized,
+)
 
 
 @triton.jit
@@ -29,11 +41,8 @@ def _concat_and_cache_mla_kernel(
     c_mask = offs_c < LORA
     r_mask = offs_r < ROPE
     for t in range(tl.program_id(0), num_tokens, tl.num_programs(0)):
-        slot = tl.load(slot_ptr + t).to(tl.int64)
-        # -1 skips the token (vLLM); so does any slot outside [0, num_slots): never a stray write.
-        if (slot >= 0) & (slot < num_slots):
-            blk = slot // block_size
-            row = slot - blk * block_size
+        ok, blk, row = slot_position(slot_ptr, t, num_slots, block_size)
+        if ok:  # -1 (vLLM's skip) and slots outside the cache write nothing
             dst = cache_ptr + blk * c_stride_b + row * c_stride_s
             t64 = tl.cast(t, tl.int64)
             kvc = tl.load(kvc_ptr + t64 * kvc_stride_t + offs_c, mask=c_mask)
@@ -123,9 +132,7 @@ def _mla_decode_kernel(
         j_lo = seq_len * 0
         j_hi = (k_hi + TILE_N - 1) // TILE_N
         if SPLIT:
-            per_seg = (j_hi + num_segments - 1) // num_segments
-            j_lo = seg * per_seg
-            j_hi = tl.minimum(j_hi, j_lo + per_seg)
+            j_lo, j_hi = segment_tiles(j_lo, j_hi, seg, num_segments)
         q_r = tl.reshape(
             tl.load(
                 q_base + LORA + offs_rp[None, None, :],
@@ -142,14 +149,8 @@ def _mla_decode_kernel(
         bt_row = bt_ptr + tl.cast(seq, tl.int64) * bt_stride
         for j in range(j_lo, j_hi):
             k0 = j * TILE_N
-            blk_idx = k0 // BLOCK_SIZE
-            # One scalar block id per tile; the tile is contiguous inside that block.
-            blk = tl.load(bt_row + blk_idx).to(tl.int64)
-            # A block id outside the cache masks the whole tile out of the softmax; the address
-            # is clamped too, so nothing outside the cache is ever addressed.
-            blk_ok = (blk >= 0) & (blk < num_blocks)
-            blk = tl.where(blk_ok, blk, 0)
-            in_blk = k0 - blk_idx * BLOCK_SIZE
+            # One scalar block id per tile (clamped; blk_ok masks the tile out otherwise).
+            blk, blk_ok, in_blk = kv_tile_block(bt_row, j, num_blocks, TILE_N, BLOCK_SIZE)
             n_ok = ((k0 + offs_n) < k_hi) & blk_ok
             base = cache_ptr + blk * c_stride_b + (in_blk + offs_n[:, None]) * c_stride_s
             # Scores over the latent in KC-wide chunks (small live tiles), then the rope part.
@@ -171,15 +172,10 @@ def _mla_decode_kernel(
             kpos_f = offs_n_f + k0
             visible = row_ok[:, None] & (kpos_f[None, :] < lim_f[:, None]) & n_ok[None, :]
             s = tl.where(visible, s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            m_safe = tl.where(m_new > float("-inf"), m_new, 0.0)
-            p = tl.exp(s - m_safe[:, None])
-            alpha = tl.exp(m_i - m_safe)
-            l_i = l_i * alpha + tl.sum(p, 1)
+            p, alpha, m_i, l_i = softmax_step(s, m_i, l_i)
             # Values are the latent itself (its DV-wide column chunk of this work item).
             v = tl.load(base + dv_cols[None, :], mask=n_ok[:, None] & dv_mask[None, :], other=0.0)
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-            m_i = m_new
 
         ok3 = ok2[:, :, None] & dv_mask[None, None, :]
         if SPLIT:
@@ -194,24 +190,15 @@ def _mla_decode_kernel(
                 mask=ok3,
             )
         else:
-            # `== 0` (a row that sees no key: 0), not `> 0`: a NaN sum must stay NaN.
-            l_safe = tl.where(l_i == 0.0, 1.0, l_i)
-            o = tl.reshape(acc / l_safe[:, None], (QL_PAD, BLOCK_H, DV))
-            tl.store(
-                out_ptr
-                + row0 * o_stride_t
-                + offs_qt[:, None, None] * o_stride_t
-                + heads[None, :, None] * o_stride_h
-                + dv_cols[None, None, :],
-                o.to(out_ptr.dtype.element_ty),
-                mask=ok3,
-            )
+            store_normalized(
+                out_ptr, row0, offs_qt, heads, dv_cols, acc, l_i, o_stride_t, o_stride_h, ok3,
+                QL_PAD, BLOCK_H, DV,
+            )  # fmt: skip
             if WRITE_LSE:
                 if vc == 0:
-                    lse = tl.where(l_i == 0.0, float("-inf"), m_i + tl.log(tl.where(l_i == 0.0, 1.0, l_i)))
                     tl.store(
                         lse_ptr + (row0 + offs_qt[:, None]) * num_heads + heads[None, :],
-                        tl.reshape(lse, (QL_PAD, BLOCK_H)),
+                        tl.reshape(log_sum_exp(m_i, l_i), (QL_PAD, BLOCK_H)),
                         mask=ok2,
                     )
 
@@ -241,27 +228,17 @@ def _mla_decode_reduce_kernel(
         t = w // num_heads
         h = w % num_heads
         row0 = (tl.cast(t, tl.int64) * num_heads + h) * num_segments
-        m = tl.load(ws_m_ptr + row0 + offs_s, mask=s_mask, other=float("-inf"))
-        l_seg = tl.load(ws_l_ptr + row0 + offs_s, mask=s_mask, other=0.0)
-        m_max = tl.max(m, 0)
-        m_safe = tl.where(m_max > float("-inf"), m_max, 0.0)
-        wgt = tl.exp(m - m_safe)
-        l_tot = tl.sum(l_seg * wgt, 0)
-        acc = tl.load(
-            ws_acc_ptr + row0 * LORA_PAD + offs_s[:, None] * LORA_PAD + offs_d[None, :],
-            mask=s_mask[:, None] & d_mask[None, :],
-            other=0.0,
-        )
-        # `== 0` (no key: 0), not `> 0`: a NaN sum must stay NaN.
-        o = tl.sum(acc * wgt[:, None], 0) / tl.where(l_tot == 0.0, 1.0, l_tot)
+        o, m_safe, l_tot = merge_segments(
+            ws_m_ptr, ws_l_ptr, ws_acc_ptr, row0, offs_s, s_mask, offs_d, s_mask[:, None] & d_mask[None, :],
+            0.0, LORA_PAD, False,
+        )  # fmt: skip
         tl.store(
             out_ptr + tl.cast(t, tl.int64) * o_stride_t + h * o_stride_h + offs_d,
             o.to(out_ptr.dtype.element_ty),
             mask=d_mask,
         )
         if WRITE_LSE:
-            lse = tl.where(l_tot == 0.0, float("-inf"), m_safe + tl.log(tl.where(l_tot == 0.0, 1.0, l_tot)))
-            tl.store(lse_ptr + tl.cast(t, tl.int64) * num_heads + h, lse)
+            tl.store(lse_ptr + tl.cast(t, tl.int64) * num_heads + h, log_sum_exp(m_safe, l_tot))
 
 
 @triton.jit
@@ -312,19 +289,7 @@ def _mla_prefill_kernel(
     for w in range(tl.program_id(0), total, tl.num_programs(0)):
         h = w % num_heads
         qt = w // num_heads
-        # Sequence of tile qt: the last s with cu_q[s] // BLOCK_Q + s <= qt (scalar search).
-        lo = num_seqs * 0
-        hi = num_seqs - 1
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            first_tile = tl.load(cu_q_ptr + mid).to(tl.int32) // BLOCK_Q + mid
-            take = first_tile <= qt
-            lo = tl.where(take, mid, lo)
-            hi = tl.where(take, hi, mid - 1)
-        seq = lo
-        q_start = tl.load(cu_q_ptr + seq).to(tl.int32)
-        q_len = tl.load(cu_q_ptr + seq + 1).to(tl.int32) - q_start
-        tok0 = (qt - (q_start // BLOCK_Q + seq)) * BLOCK_Q
+        seq, q_start, q_len, tok0 = query_tile_sequence(cu_q_ptr, num_seqs, qt, BLOCK_Q)
         # Rows and keys that exist whatever the (unchecked) cu_seqlens say: memory follows these.
         q_rows = tl.minimum(q_len, num_tokens - q_start)
         k_start = tl.load(cu_k_ptr + seq).to(tl.int32)
@@ -358,22 +323,15 @@ def _mla_prefill_kernel(
                 if CAUSAL:
                     visible = visible & ((offs_n_f + k0)[None, :] < lim_f[:, None])
                 s = tl.where(visible, s, float("-inf"))
-                m_new = tl.maximum(m_i, tl.max(s, 1))
-                m_safe = tl.where(m_new > float("-inf"), m_new, 0.0)
-                p = tl.exp(s - m_safe[:, None])
-                alpha = tl.exp(m_i - m_safe)
-                l_i = l_i * alpha + tl.sum(p, 1)
+                p, alpha, m_i, l_i = softmax_step(s, m_i, l_i)
                 v_base = v_ptr + (k_row0 + k0) * v_stride_t + offs_n[:, None] * v_stride_t + h * v_stride_h
                 v = tl.load(v_base + offs_v[None, :], mask=n_ok[:, None] & v_mask[None, :], other=0.0)
                 acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-                m_i = m_new
-            l_safe = tl.where(l_i == 0.0, 1.0, l_i)
-            o = acc / l_safe[:, None]
+            o = acc / safe_denominator(l_i)[:, None]
             tl.store(
                 out_ptr + row0 * o_stride_t + offs_m[:, None] * o_stride_t + h * o_stride_h + offs_v[None, :],
                 o.to(out_ptr.dtype.element_ty),
                 mask=row_ok[:, None] & v_mask[None, :],
             )
             if WRITE_LSE:
-                lse = tl.where(l_i == 0.0, float("-inf"), m_i + tl.log(tl.where(l_i == 0.0, 1.0, l_i)))
-                tl.store(lse_ptr + h * lse_stride_h + row0 + offs_m, lse, mask=row_ok)
+                tl.store(lse_ptr + h * lse_stride_h + row0 + offs_m, log_sum_exp(m_i, l_i), mask=row_ok)
