@@ -808,6 +808,34 @@ def check_route_values(topk_ids: torch.Tensor, expert_map: torch.Tensor | None, 
         check_expert_map_values(expert_map, shape.num_local)
 
 
+def begin_experts(
+    plan: Any, hidden_states: torch.Tensor, topk_ids: torch.Tensor, expert_map: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, tuple | None]:
+    """What every expert-MLP call does first with its cached plan: the data-dependent checks (with
+    input checks on), the output, and the permutation.
+
+    Args:
+        plan: the call's plan (an object with `shape` and `route`), or its `ExpertsShape` alone when
+            it has no tokens. hidden_states, topk_ids, expert_map: the call's.
+
+    Returns:
+        (contiguous hidden_states, the output `[M, H]` (contiguous, unwritten), the `RoutePlan.run`
+        results or None without tokens).
+
+    Raises:
+        ValueError: with input checks on, an id or a map entry out of range.
+    """
+    shape = plan if isinstance(plan, ExpertsShape) else plan.shape
+    if checks_enabled():
+        check_route_values(topk_ids, expert_map, shape)
+    x = hidden_states.contiguous()
+    out = torch.empty_like(x)  # contiguous, as x
+    if plan is shape:
+        return x, out, None
+    emap = expert_map.contiguous() if expert_map is not None else None
+    return x, out, plan.route.run(topk_ids.contiguous(), emap)
+
+
 def fused_experts(
     hidden_states: torch.Tensor,
     w13: torch.Tensor,
@@ -852,15 +880,10 @@ def fused_experts(
         plan = _plan_experts(shape, hidden_states.dtype, expert_map is not None) or shape
         if key is not None:
             _PLANS.put(key, plan)
-    shape = plan if isinstance(plan, ExpertsShape) else plan.shape
-    if checks_enabled():
-        check_route_values(topk_ids, expert_map, shape)
-    x = hidden_states.contiguous()
-    out = torch.empty_like(x)  # contiguous, as x
-    if plan is shape:  # no tokens
+    x, out, route = begin_experts(plan, hidden_states, topk_ids, expert_map)
+    if route is None:  # no tokens
         return out
-    emap = expert_map.contiguous() if expert_map is not None else None
-    _, offsets, inv_idx, permuted_idx = plan.route.run(topk_ids.contiguous(), emap)
+    _, offsets, inv_idx, permuted_idx = route
     weights = topk_weights.contiguous()
     if x.dtype is torch.bfloat16 or weights.dtype is torch.bfloat16:
         with bf16_shim() as shim:

@@ -63,8 +63,8 @@ from vllm_ascend_triton.kernels.fused_moe import (
     ExpertsShape,
     RoutePlan,
     _check_int32_extent,
+    begin_experts,
     check_experts,
-    check_route_values,
     experts_key,
     grouped_gemm_spec,
     launch_unpermute,
@@ -84,7 +84,7 @@ from vllm_ascend_triton.runtime.backend import Backend, current_backend
 from vllm_ascend_triton.runtime.checks import FLOAT_DTYPES, check_tensor
 from vllm_ascend_triton.runtime.configs import dtype_key, lookup_config
 from vllm_ascend_triton.runtime.device import current_device
-from vllm_ascend_triton.runtime.launch import LaunchSpec, bf16_shim, checks_enabled, persistent_grid
+from vllm_ascend_triton.runtime.launch import LaunchSpec, bf16_shim, persistent_grid
 from vllm_ascend_triton.runtime.ub import tile_elements, ub_budget_bytes
 
 logger = logging.getLogger(__name__)
@@ -395,16 +395,11 @@ def fused_experts_w8a8(
         )  # fmt: skip
         if key is not None:
             _PLANS.put(key, plan)
-    shape = plan if isinstance(plan, ExpertsShape) else plan.shape
-    if checks_enabled():
-        check_route_values(topk_ids, expert_map, shape)
-    x = hidden_states.contiguous()
-    out = torch.empty_like(x)  # contiguous, as x
-    if plan is shape:  # no tokens
+    x, out, route = begin_experts(plan, hidden_states, topk_ids, expert_map)
+    if route is None:  # no tokens
         return out
+    _, offsets, inv_idx, permuted_idx = route
     dtype = x.dtype
-    emap = expert_map.contiguous() if expert_map is not None else None
-    _, offsets, inv_idx, permuted_idx = plan.route.run(topk_ids.contiguous(), emap)
     s13, s2 = _fp32_scale(w13_scale), _fp32_scale(w2_scale)
     weights = topk_weights.contiguous()
     if dtype is torch.bfloat16 or weights.dtype is torch.bfloat16:
