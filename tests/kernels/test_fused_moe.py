@@ -10,26 +10,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.kernels._moe_inputs import expert_map as _expert_map
+from tests.kernels._moe_inputs import routing as _routing
 from vllm_ascend_triton.kernels import fused_experts, moe_permute, moe_unpermute
 from vllm_ascend_triton.kernels import fused_moe as fm
 
 SKU = "Ascend910B3"
 UB_BYTES = 192 * 1024
-
-
-def _routing(m: int, e: int, k: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    weights, ids = torch.topk(torch.randn(m, e, generator=gen).softmax(-1), k)
-    return weights.float(), ids.to(torch.int32)
-
-
-def _expert_map(e: int, num_local: int, seed: int = 1) -> torch.Tensor:
-    """A scattered (not range-shaped) global -> local map with num_local local experts."""
-    gen = torch.Generator().manual_seed(seed)
-    local = torch.randperm(e, generator=gen)[:num_local].sort().values
-    emap = torch.full((e,), -1, dtype=torch.int32)
-    emap[local] = torch.randperm(num_local, generator=gen).to(torch.int32)
-    return emap
 
 
 def _weights(e: int, h: int, i: int, dtype: torch.dtype, seed: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
@@ -374,3 +361,24 @@ def test_permute_property(m, e, k, local_share, seed):
     x = torch.randn(m, 16, generator=gen)
     emap = _expert_map(e, max(1, int(e * local_share)), seed) if local_share else None
     _assert_permute_equal(moe_permute(x, ids, e, emap), fm.moe_permute_ref(x, ids, e, emap))
+
+
+def test_cached_plan_keeps_every_check():
+    """A call whose shapes hit the plan cache still gets the data checks (input checks on) and a
+    call that differs in any validated property misses it and is validated afresh."""
+    from vllm_ascend_triton.runtime.launch import input_checks
+
+    x, w, ids, w13, w2 = _bad_input_cases()
+    with input_checks(True):
+        fused_experts(x, w13, w2, w, ids)  # plans and caches this key
+        with pytest.raises(ValueError, match="topk_ids values"):
+            fused_experts(x, w13, w2, w, ids + 8)
+        emap = torch.tensor([0, 1, 2, 3, 4, 5, 6, 9], dtype=torch.int32)
+        with pytest.raises(ValueError, match="expert_map values"):
+            fused_experts(x, w13, w2, w, ids, expert_map=emap)
+    with pytest.raises(TypeError, match="w13"):
+        fused_experts(x, w13.half(), w2, w, ids)
+    with pytest.raises(TypeError, match="hidden_states"):
+        fused_experts(x.numpy(), w13, w2, w, ids)
+    with pytest.raises(TypeError, match="num_experts"):
+        fused_experts(x, w13, w2, w, ids, global_num_experts=8.0)

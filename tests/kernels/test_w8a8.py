@@ -7,6 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.kernels._moe_inputs import expert_map as _expert_map
+from tests.kernels._moe_inputs import routing as _routing
 from vllm_ascend_triton.kernels import dynamic_per_token_quant, fused_experts_w8a8
 from vllm_ascend_triton.kernels.fused_moe import w8a8 as w8
 from vllm_ascend_triton.kernels.fused_moe.reference import fused_experts_ref
@@ -102,20 +104,6 @@ def test_int8_dot_accumulates_exactly_in_int32():
                     torch.float32)  # fmt: skip
     assert torch.equal(out, exact.float()), (out - exact.float()).abs().max()
     assert exact.abs().max() < 2**24  # so the fp32 output itself is exact
-
-
-def _routing(m: int, e: int, k: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    weights, ids = torch.topk(torch.randn(m, e, generator=gen).softmax(-1), k)
-    return weights.float(), ids.to(torch.int32)
-
-
-def _expert_map(e: int, num_local: int, seed: int = 1) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    local = torch.randperm(e, generator=gen)[:num_local].sort().values
-    emap = torch.full((e,), -1, dtype=torch.int32)
-    emap[local] = torch.randperm(num_local, generator=gen).to(torch.int32)
-    return emap
 
 
 def quantized_weights(e: int, h: int, i: int, seed: int = 2):
@@ -299,3 +287,23 @@ def test_k_limit_is_checked():
     with pytest.raises(ValueError, match="int32 accumulator"):
         fused_experts_w8a8(torch.zeros(1, big), w13, w2, torch.ones(1, 2, 1), torch.ones(1, big, 1),
                            torch.ones(1, 1), torch.zeros(1, 1, dtype=torch.int32))  # fmt: skip
+
+
+def test_replay_with_new_routes_and_hidden_states():
+    """A recorded W8A8 call re-launched on new contents of its inputs (as a captured graph replays):
+    the quant rows, scales and float rows its two halves share are rewritten in launch order."""
+    m, e, k, h, i = 6, 4, 2, 32, 48  # I > H: the shared buffers are sized by the wider of the two
+    weights, ids = _routing(m, e, k, seed=5)
+    w13, w2, s13, s2, _, _ = quantized_weights(e, h, i)
+    x = torch.randn(m, h, generator=torch.Generator().manual_seed(6))
+    with record_launches() as specs:
+        out = fused_experts_w8a8(x, w13, w2, s13, s2, weights, ids)
+    new_x = torch.randn(m, h, generator=torch.Generator().manual_seed(7)) * 3
+    new_w, new_ids = torch.rand(m, k), torch.tensor([[3, 0]] * m, dtype=torch.int32)
+    x.copy_(new_x)
+    weights.copy_(new_w)
+    ids.copy_(new_ids)
+    for spec in specs:
+        spec.launch()
+    want = fused_experts_w8a8_ref(new_x, w13, w2, s13, s2, new_w, new_ids)
+    torch.testing.assert_close(out, want, atol=1e-3 * want.abs().max().item(), rtol=0)
