@@ -207,7 +207,7 @@ def _check_routing(
 def _check_ids(topk_ids: torch.Tensor, num_experts: int) -> None:
     """With input checks on (a device sync on an NPU): every id in `[0, num_experts)`."""
     if topk_ids.numel():
-        lo, hi = int(topk_ids.min()), int(topk_ids.max())
+        lo, hi = (int(v) for v in torch.aminmax(topk_ids))  # one reduction, one host read each
         if lo < 0 or hi >= num_experts:
             raise ValueError(f"topk_ids values must be in [0, {num_experts}), got [{lo}, {hi}]")
 
