@@ -19,9 +19,16 @@ def test_deadline_bound_on_real_schedulers(escalate: int, hold: int) -> None:
     shape = SchedulerShape(
         max_num_seqs=8, max_num_batched_tokens=2048, max_model_len=32768, block_size=16, num_blocks=4000
     )
-    # hold_partners=0: hold whatever the arrival rate (this test has only a few arrivals).
+    # hold_partners=0: hold whatever the arrival rate (this test has only a few arrivals);
+    # continue_skewed=False: rank 0's long prompt would otherwise keep its skew release and
+    # nothing would be held (the continuation only ever lifts a limit).
     params = BalanceParams(
-        min_chunk=128, escalate_steps=escalate, hold_steps=hold, max_num_seqs=8, hold_partners=0
+        min_chunk=128,
+        escalate_steps=escalate,
+        hold_steps=hold,
+        max_num_seqs=8,
+        hold_partners=0,
+        continue_skewed=False,
     )
     assert starvation_bound(params, shape.max_num_batched_tokens) >= escalate + 1
     cfg = make_vllm_config(shape)

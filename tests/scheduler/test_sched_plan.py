@@ -88,7 +88,12 @@ def test_plan_bounds(loads: list[LoadVector]) -> None:
 
 def test_deadline_escalation_and_bound() -> None:
     params = BalanceParams(
-        min_chunk=512, escalate_steps=6, hold_steps=3, saturated_escalate_steps=2, backlog_hold_steps=8
+        min_chunk=512,
+        escalate_steps=6,
+        hold_steps=3,
+        saturated_escalate_steps=2,
+        backlog_hold_steps=8,
+        continue_skewed=False,  # the escalation schedule itself (the continuation: below)
     )
     # max(deadline 6 + 1, over capacity 8 + 1, saturated 2 * (4 doublings 512 -> 8192 + 1) + 1)
     assert starvation_bound(params, BUDGET) == 11
@@ -232,3 +237,22 @@ def test_params_validation() -> None:
     ):
         with pytest.raises(ValueError):
             BalanceParams(**bad)
+
+
+def test_a_skew_released_prefill_keeps_running() -> None:
+    # Rank 0 ran the first budget-sized chunk of a long prompt (skew release, so not held:
+    # age 0); its remainder is below one step's room and still 4x the quorum's pending.
+    params = BalanceParams()
+    loads = [lv(decode=100, run_pf=6000)] + [lv(decode=100)] * 7
+    assert compute_plan(loads, params, BUDGET)[0] == UNLIMITED
+    # Without the continuation the remainder is held like fresh prefill ...
+    off = dataclasses.replace(params, continue_skewed=False)
+    assert compute_plan(loads, off, BUDGET)[0].prefill_allowance == 0
+    # ... and the continuation applies only to a started, skewed remainder the plan is not
+    # already holding: a held one (age 1), fresh (waiting) prefill, one below min_chunk, or a
+    # cluster where most ranks have as much pending keep the hold.
+    assert compute_plan([lv(decode=100, run_pf=6000, starve=1)] + loads[1:], params, BUDGET)[0] != UNLIMITED
+    assert compute_plan([lv(decode=100, wait_pf=6000)] + loads[1:], params, BUDGET)[0].prefill_allowance == 0
+    assert compute_plan([lv(decode=100, run_pf=400)] + loads[1:], params, BUDGET)[0].prefill_allowance == 0
+    busy = [lv(decode=100, run_pf=6000)] + [lv(decode=100, wait_pf=3000)] * 7
+    assert compute_plan(busy, params, BUDGET)[0] != UNLIMITED

@@ -101,6 +101,13 @@ class BalanceParams:
     # rises so every other rank fills that step. (When most ranks have such a backlog the
     # cluster is saturated and the quorum level already runs big, shared steps.)
     skew_ratio: float = 4.0
+    # ... and a skew-released prefill keeps running: a rank at deferral age 0 (the plan has
+    # not held it) with a started chunked prefill of at least ``min_chunk`` tokens left that
+    # is still skewed. Its remainder is below one step's room (vLLM cut it at the budget), so
+    # without this it would lose the release and be held and spread like fresh prefill,
+    # delaying the first token of a long prompt whose other chunks every rank already paid
+    # for (the burst workload's TTFT p99, issue 24).
+    continue_skewed: bool = True
     # ``delay`` mode (SGLang's PrefillDelayer): maximum delayed passes, and the KV
     # token-usage low watermark (share of kv_capacity_tokens; None = off) below which a
     # rank with prefill forces it for everyone.
@@ -265,7 +272,14 @@ def _balance_plan(loads: Sequence[LoadVector], params: BalanceParams, token_budg
                 floor = 0  # a large prefill few ranks share waits for the quorum
         elif (
             age >= params.escalate_steps
-            or (r and pending >= r and pending >= params.skew_ratio * quorum_pending)
+            or (
+                r
+                and pending >= params.skew_ratio * quorum_pending
+                and (
+                    pending >= r
+                    or (params.continue_skewed and age == 0 and lv.running_prefill >= params.min_chunk)
+                )
+            )
             or (age < params.hold_steps and not partner_expected)
         ):
             # Deadline reached, skew, or nobody likely to share a held step: exactly vLLM.
