@@ -8,8 +8,10 @@ PYTEST_ARGS ?=
 env:
 	@bash scripts/setup_env.sh
 
-# On both cores (pytest-xdist; idle workers steal queued tests, so the long end-to-end tests spread).
-XDIST ?= -n 2 --dist worksteal
+# On both cores (pytest-xdist). loadgroup: the tests of one end-to-end module (marked
+# xdist_group) run on one worker, so its module fixtures start each engine process once; the
+# biggest groups are handed out first.
+XDIST ?= -n 2 --dist loadgroup
 
 test: env
 	$(PY) -m pytest -q $(XDIST) $(PYTEST_ARGS)

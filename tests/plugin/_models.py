@@ -17,6 +17,15 @@ PROMPTS = [
     [1] + [(13 * i + 5) % 500 + 3 for i in range(29)],
 ]
 MAX_TOKENS = 16
+# The tiny DeepSeek-V3 (MLA) prompts, lengths 3 to 70: with chunked prefill and a 32-token step
+# budget the 40- and 70-token prompts prefill over 2-3 steps.
+MLA_PROMPTS = [
+    [1, 17, 300],
+    [1, 45, 99, 310, 4, 77, 123, 8, 200],
+    [1] + [(7 * i + 11) % 500 + 3 for i in range(39)],
+    [1] + [(13 * i + 5) % 500 + 3 for i in range(69)],
+]
+MLA_MAX_TOKENS = 12
 
 
 def materialize(name: str, out_dir: Path, *, seed: int = 0, std: float = 0.2) -> Path:

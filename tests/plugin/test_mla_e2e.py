@@ -11,26 +11,30 @@ greedy-decodes four prompts of 3-70 tokens. Stock vLLM CPU with its ``CPU_MLA`` 
 turns chunked prefill off) is the reference; ours runs on the interpreter platform with chunked
 prefill and a 32-token step budget, so the long prompts prefill over their cached context in
 chunks while the short ones decode. Tokens must match, the counters must show our cache write,
-decode, prefill and context-chunk prefill ran, and a perturbed MLA output must fail the
-comparison.
+decode, prefill and context-chunk prefill ran, vLLM's compile mode must give the eager tokens, and
+a perturbed MLA output must fail the comparison.
 """
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from tests.plugin._engine import compare_greedy, engine_env
+from tests.plugin._engine import IN_PROCESS, compare_greedy, engine_env, offline_run, run_engine
+from tests.plugin._models import MLA_MAX_TOKENS, MLA_PROMPTS
 from vllm_ascend_triton.kernels.mla.reference import mla_prefill_reference
 from vllm_ascend_triton.plugin import counters
 
-WORKER = Path(__file__).with_name("_deepseek_worker.py")
 MODEL = "deepseek_v3_tiny"
+# Stock vLLM CPU's MLA decode kernel supports block 16 only.
+MLA_LLM = {"max_model_len": 128, "block_size": 16, "enable_prefix_caching": False}
+# Chunked prefill with a 32-token step budget (the long prompts prefill over their cached context).
+CHUNKED = {**MLA_LLM, "enable_chunked_prefill": True, "max_num_batched_tokens": 32}
+OURS = {**IN_PROCESS, "VAT_PLATFORM": "interpreter", "TRITON_INTERPRET": "1", "VAT_BACKEND": "interpreter",
+        "VLLM_CPU_CI_ENV": "1", "TORCH_LOGS": "graph_code"}  # fmt: skip
 
 
 # --- fast tests ------------------------------------------------------------------------------------
@@ -160,35 +164,30 @@ def test_platform_keeps_chunked_prefill_for_mla_on_our_backend() -> None:
 # --- end to end ------------------------------------------------------------------------------------
 
 
-def _run(model: Path, env: dict[str, str], *args: str) -> dict:
-    import json
-    import time
-
-    start = time.monotonic()
-    proc = subprocess.run(
-        [sys.executable, str(WORKER), str(model), *args], env=env, capture_output=True, text=True,
-        timeout=1500, start_new_session=True,
-    )  # fmt: skip
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, f"engine run failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-8000:]}"
-    result = json.loads(lines[-1].removeprefix("RESULT "))
-    result["wall_s"] = round(time.monotonic() - start, 1)
-    result["log"] = proc.stdout + proc.stderr
-    return result
-
-
 class _Runs:
     def __init__(self, tmp: Path) -> None:
         import tests.plugin._models as models
 
         self.model = models.materialize(MODEL, tmp / "model")
-        self.counts_dir = tmp / "counts"
-        self.stock = _run(self.model, engine_env(), "--attention-backend", "CPU_MLA")
-        ours_env = engine_env(VAT_PLATFORM="interpreter", VAT_PLUGIN_COUNTS_DIR=str(self.counts_dir))
-        self.ours = _run(self.model, ours_env, "--chunked")
-        self.counts = counters.totals(str(self.counts_dir))
+
+        def run(label: str, llm: dict, **spec) -> dict:
+            return offline_run(
+                label, self.model, prompts=MLA_PROMPTS, max_tokens=MLA_MAX_TOKENS, llm=llm, **spec
+            )
+
+        # vLLM turns chunked prefill off for its CPU MLA backend: no step budget there.
+        stock = run("stock", {**MLA_LLM, "attention_backend": "CPU_MLA", "max_num_batched_tokens": None})
+        self.stock = run_engine(engine_env(**IN_PROCESS), [stock], tmp)["stock"]
+        ours = [
+            run("ours", CHUNKED),
+            run("compiled", {**CHUNKED, "enforce_eager": False}),
+            run("mutated", CHUNKED, mutate="attention:0.5"),
+        ]
+        self.runs = run_engine(engine_env(**OURS), ours, tmp)
+        self.ours = self.runs["ours"]
+        self.counts = self.ours["counts"]
         print(
-            f"\n{MODEL}: stock {self.stock['wall_s']} s, ours {self.ours['wall_s']} s, counts {self.counts}"
+            f"\n{MODEL}: stock {self.stock['generate_s']} s, ours {self.ours['generate_s']} s, {self.counts}"
         )
 
 
@@ -198,10 +197,10 @@ def deepseek(tmp_path_factory) -> _Runs:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("mla_e2e")  # one worker: the engine runs start once
 def test_tiny_deepseek_v3_matches_stock_vllm_cpu_mla(deepseek) -> None:
-    from tests.plugin._deepseek_worker import MAX_TOKENS, PROMPTS
-
-    assert [len(t) for t in deepseek.ours["tokens"]] == [MAX_TOKENS] * len(PROMPTS)
+    MAX_TOKENS = MLA_MAX_TOKENS
+    assert [len(t) for t in deepseek.ours["tokens"]] == [MAX_TOKENS] * len(MLA_PROMPTS)
     assert compare_greedy(deepseek.stock, deepseek.ours) == []
     c = deepseek.counts
     # 2 MLA layers: every step writes the latent cache; decode steps ran our MQA decode; the
@@ -215,9 +214,22 @@ def test_tiny_deepseek_v3_matches_stock_vllm_cpu_mla(deepseek) -> None:
 
 
 @pytest.mark.slow
-def test_tiny_deepseek_v3_perturbed_mla_output_fails_the_comparison(deepseek, tmp_path) -> None:
-    env = engine_env(VAT_PLATFORM="interpreter", VAT_PLUGIN_COUNTS_DIR=str(tmp_path / "c"),
-                     VAT_PLUGIN_MUTATE="attention:0.5")  # fmt: skip
-    mutated = _run(deepseek.model, env, "--chunked")
-    assert counters.totals(str(tmp_path / "c")).get("mla_decode", 0) > 0
+@pytest.mark.xdist_group("mla_e2e")  # one worker: the engine runs start once
+def test_tiny_deepseek_v3_compile_mode_gives_the_eager_tokens(deepseek) -> None:
+    compiled = deepseek.runs["compiled"]
+    # Dynamo traced the model with our rope and routing as opaque nodes (attention runs between
+    # vLLM's piecewise graphs).
+    for node in ("TRACED GRAPH", "torch.ops.vat.rotary_embedding", "torch.ops.vat.grouped_topk"):
+        assert node in compiled["log"], (node, compiled["log"][-3000:])
+    assert compiled["tokens"] == deepseek.ours["tokens"]
+    assert compare_greedy(deepseek.ours, compiled) == []
+    for op in ("concat_and_cache_mla", "mla_decode", "mla_prefill", "mla_prefill_context_chunk"):
+        assert compiled["counts"].get(op, 0) > 0, compiled["counts"]
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("mla_e2e")  # one worker: the engine runs start once
+def test_tiny_deepseek_v3_perturbed_mla_output_fails_the_comparison(deepseek) -> None:
+    mutated = deepseek.runs["mutated"]
+    assert mutated["counts"].get("mla_decode", 0) > 0
     assert compare_greedy(deepseek.stock, mutated) != []
