@@ -382,3 +382,5 @@ def test_cached_plan_keeps_every_check():
         fused_experts(x.numpy(), w13, w2, w, ids)
     with pytest.raises(TypeError, match="num_experts"):
         fused_experts(x, w13, w2, w, ids, global_num_experts=8.0)
+    with pytest.raises(ValueError, match="activation"):  # unhashable: no cache key, validated
+        fused_experts(x, w13, w2, w, ids, activation=["silu"])

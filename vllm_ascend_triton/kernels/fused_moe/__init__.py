@@ -341,9 +341,9 @@ def experts_key(
     w2_scale: Any = None,
 ) -> tuple | None:
     """The plan-cache key of an expert-MLP call: every property its validation and launch plan read
-    (types, shapes, dtypes, devices, the plain arguments), None when an argument is not a tensor
-    (such a call takes the validating path, which raises). A call whose key equals one that was
-    validated and planned is valid and plans the same launches.
+    (shapes, dtypes, devices, the plain arguments); None when a tensor argument is not a tensor or a
+    plain argument is not an exact str / int (such a call takes the validating path every time). A
+    call whose key equals one that was validated and planned is valid and plans the same launches.
 
     Args:
         tag: the op. hidden_states ... global_num_experts: as `fused_experts`. w13_scale, w2_scale:
@@ -352,6 +352,10 @@ def experts_key(
     Returns:
         A hashable key, or None.
     """
+    if type(activation) is not str or (
+        global_num_experts is not None and type(global_num_experts) is not int
+    ):
+        return None  # not a plain str / int (a subclass, a bool): validated in full on every call
     try:
         key = (
             tag,
@@ -360,7 +364,7 @@ def experts_key(
             w2.shape, w2.dtype, w2.device,
             topk_weights.shape, topk_weights.dtype, topk_weights.device,
             topk_ids.shape, topk_ids.dtype, topk_ids.device,
-            activation, type(global_num_experts), global_num_experts,
+            activation, global_num_experts,
             None if expert_map is None else (expert_map.shape, expert_map.dtype, expert_map.device),
             None if w13_scale is None else (w13_scale.shape, w13_scale.dtype, w13_scale.device),
             None if w2_scale is None else (w2_scale.shape, w2_scale.dtype, w2_scale.device),
