@@ -17,10 +17,6 @@ gap of 0.1 nats instead of 1e-3)."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -28,7 +24,7 @@ import pytest
 import torch
 
 from tests.plugin import _engine
-from tests.plugin._engine import engine_env
+from tests.plugin._engine import IN_PROCESS, engine_env, offline_run, run_engine
 from tests.plugin._models import MAX_TOKENS, PROMPTS
 from tests.plugin._w8a8_model import expert_tensors, write_checkpoint
 from vllm_ascend_triton.kernels.fused_moe.w8a8_reference import (
@@ -37,15 +33,14 @@ from vllm_ascend_triton.kernels.fused_moe.w8a8_reference import (
 )
 from vllm_ascend_triton.plugin import counters
 
-WORKER = Path(__file__).with_name("_w8a8_worker.py")
-# One process per run (V1 multiprocessing off): half the memory of an engine core plus a worker,
-# and a worker's error reaches the log in full. The interpreter must then be on before Python
-# starts (the platform refuses it otherwise).
-IN_PROCESS = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+# The engine in the worker's process (V1 multiprocessing off): the interpreter must then be on
+# before Python starts (the platform refuses it otherwise). VLLM_CPU_CI_ENV: compile mode with
+# Dynamo's eager backend; TORCH_LOGS: Dynamo prints each graph it traced.
 OURS = {
     **IN_PROCESS, "TRITON_INTERPRET": "1", "VAT_BACKEND": "interpreter", "VAT_PLATFORM": "interpreter",
-    "VAT_PLUGIN_ROPE": "0", "VAT_PLUGIN_ATTENTION": "0",
+    "VAT_PLUGIN_ROPE": "0", "VAT_PLUGIN_ATTENTION": "0", "VLLM_CPU_CI_ENV": "1", "TORCH_LOGS": "graph_code",
 }  # fmt: skip
+BF16 = {"dtype": "bfloat16"}
 # bf16 runs: a chosen token's logprob may move by this much, and a reference top-2 gap below
 # BF16_TIE is a near tie where the greedy choice may flip (the rest of that sequence is skipped).
 BF16_LOGPROB_TOLERANCE = 0.1
@@ -59,24 +54,6 @@ def compare_greedy_bf16(ref: dict, got: dict) -> list[str]:
         return _engine.compare_greedy(ref, got)
     finally:
         _engine.TIE_TOLERANCE, _engine.LOGPROB_TOLERANCE = saved
-
-
-def run_w8a8(model: Path, env: dict[str, str], timeout: int = 900) -> dict:
-    start = time.monotonic()
-    proc = subprocess.run(
-        [sys.executable, str(WORKER), str(model)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        start_new_session=True,
-    )
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, f"engine run failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-8000:]}"
-    result = json.loads(lines[-1].removeprefix("RESULT "))
-    result["wall_s"] = round(time.monotonic() - start, 1)
-    result["log"] = proc.stdout + proc.stderr
-    return result
 
 
 # --- units (no engine) ---------------------------------------------------------------------------
@@ -219,12 +196,24 @@ def test_per_layer_agreement_with_stock_vllm_cpu_int8_moe(tmp_path):
 class _Runs:
     def __init__(self, tmp: Path) -> None:
         self.model = write_checkpoint(tmp / "model")
-        self.counts_dir = tmp / "counts"
-        self.stock = run_w8a8(self.model, engine_env(**IN_PROCESS))
-        self.ours = run_w8a8(self.model, engine_env(**OURS, VAT_PLUGIN_COUNTS_DIR=str(self.counts_dir)))
-        self.counts = counters.totals(str(self.counts_dir))
+        # Compile mode runs vLLM's native torch norms and activations instead of its CPU custom ops,
+        # which round differently in bf16: each mode has its own stock reference.
+        stock = [
+            offline_run("stock", self.model, llm=BF16),
+            offline_run("stock_compiled", self.model, llm={**BF16, "enforce_eager": False}),
+        ]
+        self.stock_runs = run_engine(engine_env(**IN_PROCESS, VLLM_CPU_CI_ENV="1"), stock, tmp)
+        self.stock = self.stock_runs["stock"]
+        ours = [
+            offline_run("ours", self.model, llm=BF16),
+            offline_run("compiled", self.model, llm={**BF16, "enforce_eager": False}),
+            offline_run("mutated", self.model, llm=BF16, mutate="moe:0.5"),
+        ]
+        self.runs = run_engine(engine_env(**OURS), ours, tmp)
+        self.ours = self.runs["ours"]
+        self.counts = self.ours["counts"]
         print(
-            f"\nW8A8 MoE: stock {self.stock['wall_s']} s, ours {self.ours['wall_s']} s, counts {self.counts}"
+            f"\nW8A8 MoE: stock {self.stock['generate_s']} s, ours {self.ours['generate_s']} s, {self.counts}"
         )
 
 
@@ -236,6 +225,7 @@ def w8a8_runs(tmp_path_factory) -> _Runs:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("w8a8_e2e")  # one worker: the engine runs start once
 def test_w8a8_moe_matches_stock_vllm_cpu_int8(w8a8_runs):
     runs = w8a8_runs
     assert all(len(t) == MAX_TOKENS for t in runs.ours["tokens"]) and len(runs.ours["tokens"]) == len(PROMPTS)
@@ -250,10 +240,17 @@ def test_w8a8_moe_matches_stock_vllm_cpu_int8(w8a8_runs):
 
 
 @pytest.mark.slow
-def test_w8a8_perturbed_moe_fails_the_comparison(w8a8_runs, tmp_path):
-    mutated = run_w8a8(
-        w8a8_runs.model,
-        engine_env(**OURS, VAT_PLUGIN_COUNTS_DIR=str(tmp_path / "c"), VAT_PLUGIN_MUTATE="moe:0.5"),
-    )
-    print(f"\nmutated W8A8 MoE run {mutated['wall_s']} s")
+@pytest.mark.xdist_group("w8a8_e2e")  # one worker: the engine runs start once
+def test_w8a8_compile_mode_matches_stock_vllm_compile_mode(w8a8_runs):
+    compiled = w8a8_runs.runs["compiled"]
+    assert "TRACED GRAPH" in compiled["log"], compiled["log"][-3000:]  # Dynamo traced the model
+    assert compare_greedy_bf16(w8a8_runs.stock_runs["stock_compiled"], compiled) == []
+    assert compiled["counts"].get("fused_experts_w8a8", 0) >= 2 * MAX_TOKENS, compiled["counts"]
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("w8a8_e2e")  # one worker: the engine runs start once
+def test_w8a8_perturbed_moe_fails_the_comparison(w8a8_runs):
+    mutated = w8a8_runs.runs["mutated"]
+    assert mutated["counts"].get("fused_experts_w8a8", 0) > 0
     assert compare_greedy_bf16(w8a8_runs.stock, mutated) != []
