@@ -16,6 +16,7 @@ script runs with upstream Triton. Inputs are fp16 (exact on Triton's interpreter
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import math
 from collections.abc import Callable
@@ -72,6 +73,7 @@ def _reference(family: str, name: str) -> Callable[..., Any]:
     raise LookupError(f"no reference {name} in the {family} family")
 
 
+@functools.cache  # resolved once: host-cost figures time the op, not the package's lazy import
 def _api(name: str) -> Callable[..., Any]:
     import vllm_ascend_triton.kernels as kernels
 
