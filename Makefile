@@ -8,10 +8,10 @@ PYTEST_ARGS ?=
 env:
 	@bash scripts/setup_env.sh
 
-# On both cores (pytest-xdist). loadgroup: the tests of one end-to-end module (marked
-# xdist_group) run on one worker, so its module fixtures start each engine process once; the
-# biggest groups are handed out first.
-XDIST ?= -n 2 --dist loadgroup
+# On both cores (pytest-xdist). loadfile: a test module runs on one worker, so the module fixtures
+# of an end-to-end module start each engine process once; modules are handed out in collection
+# order, where tests/conftest.py puts the modules with slow tests first (no long tail).
+XDIST ?= -n 2 --dist loadfile --no-loadscope-reorder
 
 test: env
 	$(PY) -m pytest -q $(XDIST) $(PYTEST_ARGS)

@@ -31,8 +31,7 @@ from tests.plugin._engine import IN_PROCESS, compare_greedy, offline_run, run_en
 from tests.plugin._models import MAX_TOKENS, PROMPTS, materialize
 from vllm_ascend_triton.plugin import counters
 
-# One worker runs the module (its fixture starts each engine process once).
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ascend_e2e")]
+pytestmark = pytest.mark.slow
 
 PROBE = "tests.ascend_standin._probe:probe"
 OURS = {"VAT_ASCEND": "1", "TRITON_INTERPRET": "1", "VAT_BACKEND": "interpreter"}

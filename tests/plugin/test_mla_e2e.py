@@ -197,7 +197,6 @@ def deepseek(tmp_path_factory) -> _Runs:
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("mla_e2e")  # one worker: the engine runs start once
 def test_tiny_deepseek_v3_matches_stock_vllm_cpu_mla(deepseek) -> None:
     MAX_TOKENS = MLA_MAX_TOKENS
     assert [len(t) for t in deepseek.ours["tokens"]] == [MAX_TOKENS] * len(MLA_PROMPTS)
@@ -214,7 +213,6 @@ def test_tiny_deepseek_v3_matches_stock_vllm_cpu_mla(deepseek) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("mla_e2e")  # one worker: the engine runs start once
 def test_tiny_deepseek_v3_compile_mode_gives_the_eager_tokens(deepseek) -> None:
     compiled = deepseek.runs["compiled"]
     # Dynamo traced the model with our rope and routing as opaque nodes (attention runs between
@@ -228,7 +226,6 @@ def test_tiny_deepseek_v3_compile_mode_gives_the_eager_tokens(deepseek) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("mla_e2e")  # one worker: the engine runs start once
 def test_tiny_deepseek_v3_perturbed_mla_output_fails_the_comparison(deepseek) -> None:
     mutated = deepseek.runs["mutated"]
     assert mutated["counts"].get("mla_decode", 0) > 0

@@ -41,8 +41,7 @@ from tests.plugin._engine import (
 from tests.plugin._models import MAX_TOKENS, PROMPTS, materialize
 from vllm_ascend_triton.plugin import counters
 
-# One worker runs the module (its fixtures start each engine process once).
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("plugin_e2e")]
+pytestmark = pytest.mark.slow
 
 OURS = {"VAT_PLATFORM": "interpreter"}
 # VLLM_CPU_CI_ENV=1: Dynamo's eager backend (no Inductor C++ build) and no warm-up; TORCH_LOGS:

@@ -225,7 +225,6 @@ def w8a8_runs(tmp_path_factory) -> _Runs:
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("w8a8_e2e")  # one worker: the engine runs start once
 def test_w8a8_moe_matches_stock_vllm_cpu_int8(w8a8_runs):
     runs = w8a8_runs
     assert all(len(t) == MAX_TOKENS for t in runs.ours["tokens"]) and len(runs.ours["tokens"]) == len(PROMPTS)
@@ -240,7 +239,6 @@ def test_w8a8_moe_matches_stock_vllm_cpu_int8(w8a8_runs):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("w8a8_e2e")  # one worker: the engine runs start once
 def test_w8a8_compile_mode_matches_stock_vllm_compile_mode(w8a8_runs):
     compiled = w8a8_runs.runs["compiled"]
     assert "TRACED GRAPH" in compiled["log"], compiled["log"][-3000:]  # Dynamo traced the model
@@ -249,7 +247,6 @@ def test_w8a8_compile_mode_matches_stock_vllm_compile_mode(w8a8_runs):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("w8a8_e2e")  # one worker: the engine runs start once
 def test_w8a8_perturbed_moe_fails_the_comparison(w8a8_runs):
     mutated = w8a8_runs.runs["mutated"]
     assert mutated["counts"].get("fused_experts_w8a8", 0) > 0
