@@ -111,8 +111,7 @@ from vllm_ascend_triton.kernels.moe_sort import (
     bin_lanes,
     check_expert_map_values,
     plan_sort,
-    sort_count,
-    sort_scatter,
+    sort_launches,
 )
 from vllm_ascend_triton.runtime.checks import (
     FLOAT_DTYPES,
@@ -392,9 +391,12 @@ def _align_layout_config(num_experts: int) -> dict:
     return _PLANS.put(plan_key, _plan_align_layout(num_experts))
 
 
-def _align_plan(numel: int, num_experts: int, num_blocks: int, size: int) -> tuple[Any, dict, tuple[int]]:
-    """Sort plan, layout config and layout grid of `moe_align_block_size` (cached per size)."""
-    plan_key = ("moe_align", numel, num_experts, num_blocks, size)
+def _align_plan(
+    numel: int, num_experts: int, num_blocks: int, size: int, block_size: int, has_map: bool
+) -> tuple[Any, LaunchSpec]:
+    """The sort's launches and the layout launch of `moe_align_block_size` as validated templates
+    (cached per size: a call only hands its tensors over)."""
+    plan_key = ("moe_align", numel, num_experts, num_blocks, size, block_size, has_map)
     cached = _PLANS.get(plan_key)
     if cached is not None:
         return cached
@@ -403,7 +405,25 @@ def _align_plan(numel: int, num_experts: int, num_blocks: int, size: int) -> tup
     plan = plan_sort(numel, num_experts, num_experts, has_map=False, device=dev)
     cfg = _align_layout_config(num_experts)
     block_work = max(triton.cdiv(num_blocks, cfg["BLOCK_B"]), triton.cdiv(size, cfg["BLOCK_S"]))
-    return _PLANS.put(plan_key, (plan, cfg, persistent_grid(block_work, device=dev)))
+    layout = LaunchSpec(
+        name="moe_align_layout",
+        kernel=_align_layout_kernel,
+        grid=persistent_grid(block_work, device=dev),
+        args=dict(
+            counts_ptr=None, expert_map_ptr=None, sorted_ids_ptr=None, expert_ids_ptr=None,
+            num_post_pad_ptr=None, num_runs=plan.runs, num_experts=num_experts,
+            block_size=block_size, numel=numel, max_padded=size, num_blocks=num_blocks,
+        ),
+        constexprs=dict(
+            HAS_MAP=has_map, BLOCK_E=bin_lanes(num_experts), BLOCK_B=cfg["BLOCK_B"], BLOCK_S=cfg["BLOCK_S"]
+        ),
+        config=cfg,
+    )  # fmt: skip
+    logger.debug(
+        "moe_align_block_size: %d routes, E=%d, %d runs of %d tiles, scratch %d bytes, config=%s",
+        numel, num_experts, plan.runs, plan.tiles_per_program, plan.scratch_bytes, cfg,
+    )  # fmt: skip
+    return _PLANS.put(plan_key, (sort_launches(plan, block_size, write_inv=False), layout))
 
 
 def _plan_align_layout(num_experts: int) -> dict:
@@ -468,42 +488,17 @@ def moe_align_block_size(
         return sorted_ids, expert_ids, num_post_pad
 
     flat = topk_ids.reshape(-1).contiguous()
-    plan, cfg, layout_grid = _align_plan(numel, num_experts, num_blocks, size)
-    logger.debug(
-        "moe_align_block_size: %d routes, E=%d, %d runs of %d tiles, scratch %d bytes, config=%s",
-        numel,
-        num_experts,
-        plan.runs,
-        plan.tiles_per_program,
-        plan.scratch_bytes,
-        cfg,
-    )
-    counts = sort_count(plan, flat, None)
-    LaunchSpec(
-        name="moe_align_layout",
-        kernel=_align_layout_kernel,
-        grid=layout_grid,
-        args=dict(
-            counts_ptr=counts,
-            expert_map_ptr=expert_map if expert_map is not None else counts,  # read only with HAS_MAP
-            sorted_ids_ptr=sorted_ids,
-            expert_ids_ptr=expert_ids,
-            num_post_pad_ptr=num_post_pad,
-            num_runs=plan.runs,
-            num_experts=num_experts,
-            block_size=block_size,
-            numel=numel,
-            max_padded=size,
-            num_blocks=num_blocks,
-        ),
-        constexprs=dict(
-            HAS_MAP=expert_map is not None,
-            BLOCK_E=bin_lanes(num_experts),
-            BLOCK_B=cfg["BLOCK_B"],
-            BLOCK_S=cfg["BLOCK_S"],
-        ),
-        config=cfg,
-    ).launch()
+    sorts, layout = _align_plan(numel, num_experts, num_blocks, size, block_size, expert_map is not None)
+    counts = sorts.count(flat, None)
+    args = {
+        **layout.args,
+        "counts_ptr": counts,
+        "expert_map_ptr": expert_map if expert_map is not None else counts,  # read only with HAS_MAP
+        "sorted_ids_ptr": sorted_ids,
+        "expert_ids_ptr": expert_ids,
+        "num_post_pad_ptr": num_post_pad,
+    }
+    layout.with_args(args).launch()
     # After the sentinel fill (same stream): route slots overwrite it.
-    sort_scatter(plan, flat, None, counts, sorted_ids, None, block_size)
+    sorts.scatter(flat, None, counts, sorted_ids, None)
     return sorted_ids, expert_ids, num_post_pad

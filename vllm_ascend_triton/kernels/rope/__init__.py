@@ -255,16 +255,18 @@ def _rotation_args(
     num_tokens: int,
     token_shape: tuple[int, ...],
     head_size: int,
+    layout: tuple[int, int, int, int, int, int],
 ) -> dict[str, Any]:
     """The runtime arguments both kernels share (query, key, cache and their layout), taken from
     the tensors the bf16 shim hands the kernel: its fp32 copies of bf16 views may be laid out
-    differently, so strides come from them."""
+    differently, so strides come from them (``layout``, the callers' tensors' one, serves when
+    the kernel gets the callers' tensors)."""
     q = shim.output(query)
     k = shim.output(key)
     cache = shim.input(_kernel_cache(cos_sin_cache, query, shim.active))
-    q_token_stride, q_head_stride, n_q, k_token_stride, k_head_stride, n_k = _qk_layout(
-        q, k, num_tokens, token_shape, head_size
-    )
+    if q is not query or k is not key:
+        layout = _qk_layout(q, k, num_tokens, token_shape, head_size)
+    q_token_stride, q_head_stride, n_q, k_token_stride, k_head_stride, n_k = layout
     return dict(
         q_ptr=q, k_ptr=k if k is not None else q, cache_ptr=cache, num_tokens=num_tokens,
         max_pos=cos_sin_cache.shape[0],
@@ -338,7 +340,7 @@ def rotary_embedding(
             args=dict(
                 pos_ptr=pos,
                 off_ptr=off if off is not None else pos,
-                **_rotation_args(shim, query, key, cos_sin_cache, num_tokens, token_shape, head_size),
+                **_rotation_args(shim, query, key, cos_sin_cache, num_tokens, token_shape, head_size, layout),
             ),
             constexprs=dict(
                 HALF_ROT=rot_dim // 2,
@@ -424,7 +426,9 @@ def mrope_rotary_embedding(
             args=dict(
                 pos_ptr=pos,
                 pos_row_stride=pos.stride(0),
-                **_rotation_args(shim, query, key, cos_sin_cache, num_tokens, (num_tokens,), head_size),
+                **_rotation_args(
+                    shim, query, key, cos_sin_cache, num_tokens, (num_tokens,), head_size, layout
+                ),
             ),
             constexprs=dict(
                 HALF_ROT=rot_dim // 2,
