@@ -122,11 +122,12 @@ def sort_scratch_bytes(
     return plan_sort(numel, num_bins, num_bins, has_map, device).scratch_bytes
 
 
-def _count_args(plan: SortPlan, ids: Any, expert_map: Any, counts: Any) -> dict[str, Any]:
+def _count_args(plan: SortPlan) -> dict[str, Any]:
+    """The count launch's arguments, its tensors placeholders (`SortLaunches.count_into` fills them)."""
     return {
-        "ids_ptr": ids,
-        "map_ptr": expert_map if expert_map is not None else ids,  # read only with HAS_MAP
-        "counts_ptr": counts,
+        "ids_ptr": None,
+        "map_ptr": None,
+        "counts_ptr": None,
         "numel": plan.numel,
         "num_ids": plan.num_ids,
         "num_bins": plan.num_bins,
@@ -147,15 +148,14 @@ def _count_spec(plan: SortPlan, args: dict[str, Any]) -> LaunchSpec:
     )
 
 
-def _scatter_args(
-    plan: SortPlan, ids: Any, expert_map: Any, counts: Any, sorted_out: Any, inv_out: Any, block_size: int
-) -> dict[str, Any]:
+def _scatter_args(plan: SortPlan, block_size: int) -> dict[str, Any]:
+    """The scatter launch's arguments, its tensors placeholders (`SortLaunches.scatter` fills them)."""
     return {
-        "ids_ptr": ids,
-        "map_ptr": expert_map if expert_map is not None else ids,
-        "counts_ptr": counts,
-        "sorted_ptr": sorted_out,
-        "inv_ptr": inv_out if inv_out is not None else sorted_out,  # written only with WRITE_INV
+        "ids_ptr": None,
+        "map_ptr": None,
+        "counts_ptr": None,
+        "sorted_ptr": None,
+        "inv_ptr": None,
         "num_runs": plan.runs,
         "numel": plan.numel,
         "num_ids": plan.num_ids,
@@ -182,53 +182,10 @@ def _scatter_spec(plan: SortPlan, args: dict[str, Any], write_inv: bool) -> Laun
     )
 
 
-def sort_count(plan: SortPlan, ids: torch.Tensor, expert_map: torch.Tensor | None) -> torch.Tensor:
-    """Launch the histogram (`moe_sort_count`).
-
-    Args:
-        plan: from `plan_sort`.
-        ids: int32/int64 route ids, `plan.numel` of them, on the launch device (validated by the caller).
-        expert_map: the map when `plan.has_map`, else None.
-
-    Returns:
-        The int32 `[plan.runs, plan.num_bins]` scratch the layout and scatter launches read.
-    """
-    counts = torch.empty(plan.runs, plan.num_bins, dtype=torch.int32, device=ids.device)
-    _count_spec(plan, _count_args(plan, ids, expert_map, counts)).launch()
-    return counts
-
-
-def sort_scatter(
-    plan: SortPlan,
-    ids: torch.Tensor,
-    expert_map: torch.Tensor | None,
-    counts: torch.Tensor,
-    sorted_out: torch.Tensor,
-    inv_out: torch.Tensor | None,
-    block_size: int,
-) -> None:
-    """Launch the scatter (`moe_sort_scatter`), with the plan and counts of `sort_count`.
-
-    Args:
-        plan, ids, expert_map: exactly as given to `sort_count`.
-        counts: its scratch.
-        sorted_out: int32, at least the padded total; `sorted_out[slot] = route` for every kept route
-            (other entries are left as the caller's layout launch filled them).
-        inv_out: optional int32 `[numel]`: `inv_out[route] = slot`, -1 for dropped routes.
-        block_size: every bin's start is padded to a multiple of it (1 for permute).
-
-    Returns:
-        None (writes `sorted_out` and `inv_out` in place).
-    """
-    args = _scatter_args(plan, ids, expert_map, counts, sorted_out, inv_out, block_size)
-    _scatter_spec(plan, args, inv_out is not None).launch()
-
-
 @dataclasses.dataclass(frozen=True)
 class SortLaunches:
     """The count and scatter launches of one `SortPlan`, built and validated once (`sort_launches`):
-    a serving call only hands its tensors over. They launch exactly what `sort_count` and
-    `sort_scatter` launch for the same plan."""
+    a serving call only hands its tensors over."""
 
     plan: SortPlan
     block_size: int
@@ -236,14 +193,15 @@ class SortLaunches:
     scatter_spec: LaunchSpec
 
     def count(self, ids: torch.Tensor, expert_map: torch.Tensor | None) -> torch.Tensor:
-        """As `sort_count(self.plan, ids, expert_map)`.
+        """Launch the histogram (`moe_sort_count`).
 
         Args:
-            ids: the route ids (any shape, contiguous, `plan.numel` of them).
+            ids: int32/int64 route ids (any shape, contiguous, `plan.numel` of them), on the launch
+                device (validated by the caller).
             expert_map: the map when `plan.has_map`, else None.
 
         Returns:
-            The count scratch.
+            The int32 `[plan.runs, plan.num_bins]` scratch the layout and scatter launches read.
         """
         plan = self.plan
         counts = torch.empty(plan.runs, plan.num_bins, dtype=torch.int32, device=ids.device)
@@ -260,7 +218,7 @@ class SortLaunches:
         args = {
             **self.count_spec.args,
             "ids_ptr": ids,
-            "map_ptr": expert_map if expert_map is not None else ids,
+            "map_ptr": expert_map if expert_map is not None else ids,  # read only with HAS_MAP
             "counts_ptr": counts,
         }
         self.count_spec.with_args(args).launch()
@@ -273,11 +231,16 @@ class SortLaunches:
         sorted_out: torch.Tensor,
         inv_out: torch.Tensor | None,
     ) -> None:
-        """As `sort_scatter(self.plan, ids, expert_map, counts, sorted_out, inv_out, self.block_size)`.
+        """Launch the scatter (`moe_sort_scatter`), with the counts of `count`.
 
         Args:
-            ids, expert_map, counts, sorted_out: as `sort_scatter`'s.
-            inv_out: given exactly when the launches were built with `write_inv`.
+            ids, expert_map: exactly as given to `count`.
+            counts: its scratch.
+            sorted_out: int32, at least the padded total; `sorted_out[slot] = route` for every kept
+                route (other entries are left as the caller's layout launch filled them); every
+                bin's start is padded to a multiple of `block_size` (1 for permute).
+            inv_out: int32 `[numel]`, `inv_out[route] = slot` (-1 for dropped routes), given exactly
+                when the launches were built with `write_inv`.
 
         Returns:
             None (writes `sorted_out` and `inv_out` in place).
@@ -288,7 +251,7 @@ class SortLaunches:
             "map_ptr": expert_map if expert_map is not None else ids,
             "counts_ptr": counts,
             "sorted_ptr": sorted_out,
-            "inv_ptr": inv_out if inv_out is not None else sorted_out,
+            "inv_ptr": inv_out if inv_out is not None else sorted_out,  # written only with WRITE_INV
         }
         self.scatter_spec.with_args(args).launch()
 
@@ -298,7 +261,7 @@ def sort_launches(plan: SortPlan, block_size: int, write_inv: bool) -> SortLaunc
 
     Args:
         plan: from `plan_sort`.
-        block_size: as `sort_scatter`'s.
+        block_size: every bin's start is padded to a multiple of it (1 for permute).
         write_inv: whether the scatter writes the inverse permutation.
 
     Returns:
@@ -307,8 +270,8 @@ def sort_launches(plan: SortPlan, block_size: int, write_inv: bool) -> SortLaunc
     return SortLaunches(
         plan,
         block_size,
-        _count_spec(plan, _count_args(plan, None, None, None)),
-        _scatter_spec(plan, _scatter_args(plan, None, None, None, None, None, block_size), write_inv),
+        _count_spec(plan, _count_args(plan)),
+        _scatter_spec(plan, _scatter_args(plan, block_size), write_inv),
     )
 
 
