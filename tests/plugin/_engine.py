@@ -67,10 +67,10 @@ def run_engine(env: dict[str, str], runs: list[dict], tmp: Path, *, timeout: int
     )
     wall = round(time.monotonic() - start, 1)
     for label, result in results.items():
-        head, _, rest = out.partition(START + label + "\n")
-        result["log"] = rest.partition(END + label + "\n")[0]
+        # The first run's part also holds what the process printed before it (start-up lines).
+        part = out if label == labels[0] else out.partition(START + label + "\n")[2]
+        result["log"] = part.partition(END + label + "\n")[0]
         result["process_wall_s"] = wall
-    results[labels[0]]["log"] = head + results[labels[0]]["log"]  # start-up lines belong to the first
     return results
 
 

@@ -45,13 +45,12 @@ def _call(ref: str, *args):
     return getattr(importlib.import_module(module), name)(*args)
 
 
-def _release(llm) -> None:
-    """Free one in-process engine so the next run starts clean."""
+def _release() -> None:
+    """After an in-process engine was shut down and dropped: free what it held, so the next run
+    starts clean."""
     import torch
     from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
 
-    llm.llm_engine.engine_core.shutdown()
-    del llm
     gc.collect()
     cleanup_dist_env_and_memory()
     torch._dynamo.reset()
@@ -95,7 +94,9 @@ def run_one(spec: dict, in_process: bool) -> dict:
     if spec.get("probe"):
         result["probe"] = _call(spec["probe"], llm, result["counts"])
     if in_process:
-        _release(llm)
+        llm.llm_engine.engine_core.shutdown()
+        del llm
+        _release()
     return result
 
 
