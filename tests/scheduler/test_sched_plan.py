@@ -16,8 +16,10 @@ from vllm_ascend_triton.scheduler.plan import (
     LoadVector,
     RankPlan,
     compute_plan,
+    cost_hold,
     escalation_levels,
     starvation_bound,
+    step_cost,
 )
 
 BUDGET = 8192
@@ -26,9 +28,9 @@ BUDGET = 8192
 # Busy by default: 8 arrivals per rank per 64-step window, so a partner is expected
 # within the hold (the low-load case sets arrivals=0 explicitly).
 def lv(
-    decode=0, run_pf=0, wait_pf=0, running=0, waiting=0, free=128, starve=0, ctx=0, arrivals=8
+    decode=0, run_pf=0, wait_pf=0, running=0, waiting=0, free=128, starve=0, ctx=0, arrivals=8, cost=(0, 0)
 ) -> LoadVector:
-    return LoadVector(decode, run_pf, wait_pf, running, waiting, free, starve, ctx, arrivals)
+    return LoadVector(decode, run_pf, wait_pf, running, waiting, free, starve, ctx, arrivals, 0, *cost)
 
 
 vectors = st.builds(
@@ -42,6 +44,9 @@ vectors = st.builds(
     st.integers(0, 64),
     st.integers(0, 10**6),
     st.integers(0, 64),
+    st.integers(0, 8192),
+    st.integers(0, 50_000),  # step fixed part, us
+    st.integers(0, 500_000),  # step cost per token, ns (0: no estimate)
 )
 
 
@@ -61,6 +66,7 @@ def test_plan_bounds(loads: list[LoadVector]) -> None:
     over_capacity = all(x.num_waiting > x.free_slots + backlog for x in loads)
     partner = sum(x.recent_arrivals for x in loads) * params.hold_steps >= params.arrival_window_steps
     top = escalation_levels(params, BUDGET)
+    cost = step_cost(loads)
     for load, p in zip(loads, plan, strict=True):
         assert p.admit_new
         room = max(0, BUDGET - load.decode_tokens)
@@ -75,11 +81,21 @@ def test_plan_bounds(loads: list[LoadVector]) -> None:
             forced = load.prefill_pending <= params.min_chunk or age >= params.saturated_escalate_steps
             floor = params.min_chunk if forced else 0
         else:
-            if age >= params.escalate_steps or (age < params.hold_steps and not partner):
+            # The step-cost hold lies between hold_steps and max_hold_steps whatever the fit.
+            hold = params.hold_steps
+            if cost is not None:
+                most = load.decode_tokens + min(room, load.prefill_pending)
+                hold = cost_hold(params, cost, most, 0, 1.0)  # the longest it can be
+                assert params.hold_steps <= hold <= params.max_hold_steps
+            deadline = params.escalate_steps + hold - params.hold_steps
+            if age >= deadline or (age < params.hold_steps and not partner):
                 assert p == UNLIMITED  # deadline, or nobody to wait for: exactly vLLM
-            left = params.escalate_steps - age
-            past_hold = params.hold_steps <= age < params.escalate_steps
-            floor = max(-(-load.prefill_pending // left), params.min_chunk) if past_hold else 0
+            if cost is None:
+                left = params.escalate_steps - age
+                past_hold = params.hold_steps <= age < params.escalate_steps
+                floor = max(-(-load.prefill_pending // left), params.min_chunk) if past_hold else 0
+            else:
+                floor = 0
         if p.prefill_allowance is None:
             continue
         assert 0 <= p.prefill_allowance <= room
@@ -94,9 +110,12 @@ def test_deadline_escalation_and_bound() -> None:
         saturated_escalate_steps=2,
         backlog_hold_steps=8,
         continue_skewed=False,  # the escalation schedule itself (the continuation: below)
+        hold_cost_factor=0.0,  # the fixed hold (the step-cost hold: test_step_cost_hold_*)
     )
     # max(deadline 6 + 1, over capacity 8 + 1, saturated 2 * (4 doublings 512 -> 8192 + 1) + 1)
     assert starvation_bound(params, BUDGET) == 11
+    # The step-cost hold moves the deadline by up to max_hold_steps - hold_steps.
+    assert starvation_bound(dataclasses.replace(params, hold_cost_factor=1.5, max_hold_steps=8), BUDGET) == 12
     assert starvation_bound(dataclasses.replace(params, backlog_hold_steps=20), BUDGET) == 21
     assert starvation_bound(BalanceParams(), BUDGET) == 81
     got = []
@@ -106,6 +125,42 @@ def test_deadline_escalation_and_bound() -> None:
     # Held for 3 steps, then the backlog spread over the steps left (6000/3, /2, /1), then
     # no limit: whatever was pending at the first hold is done by the deadline.
     assert got == [0, 0, 0, 2000, 3000, 6000, None, None]
+
+
+def test_step_cost_hold_follows_the_prefill_to_step_ratio() -> None:
+    params = BalanceParams()  # hold 3, up to 8 steps, factor 1.5
+    # Prefill-heavy: 15 ms fixed, 0.25 ms/token; 500 tokens over a 40-token decode level add
+    # 125 ms to a 25 ms step (r = 5), with the ranks' decode slots a third in use.
+    heavy = (15_000, 250_000)
+    assert cost_hold(params, heavy, 500, 40, 40.0) == 8  # ceil(1.5 * 1.0 * 5), capped at 8
+    assert cost_hold(params, heavy, 500, 40, 16.0) == 4  # half the weight: ceil(3.75)
+    # Cheap prefill against the step (25 ms fixed, 0.08 ms/token, 300 tokens: r = 0.85): 3.
+    assert cost_hold(params, (25_000, 80_000), 300, 40, 40.0) == 3
+    # Few decodes to protect (short outputs): the wait buys little, the hold stays 3.
+    assert cost_hold(params, heavy, 1500, 40, 2.0) == 3
+    # No estimate, or the factor off: the fixed hold.
+    assert cost_hold(params, None, 500, 40, 40.0) == 3
+    assert cost_hold(dataclasses.replace(params, hold_cost_factor=0.0), heavy, 500, 40, 40.0) == 3
+    # The cluster's fit is the lower median of the ranks that publish one.
+    loads = [lv(cost=(10, 100)), lv(cost=(30, 300)), lv(cost=(20, 200)), lv(), lv(cost=(40, 400))]
+    assert step_cost(loads) == (20, 200)
+    assert step_cost([lv(), lv()]) is None
+
+
+def test_step_cost_hold_in_the_plan() -> None:
+    # One rank with a fresh chat prompt while every rank decodes 40 sequences: under the
+    # prefill-heavy fit it is held 8 steps (not 3), then spread over 3, then unlimited.
+    heavy = (15_000, 250_000)
+    got = []
+    for age in range(13):
+        loads = [lv(decode=40, wait_pf=600, starve=age, cost=heavy)]
+        loads += [lv(decode=40, cost=heavy)] * 7
+        got.append(compute_plan(loads, BalanceParams(), BUDGET)[0].prefill_allowance)
+    assert got == [0] * 8 + [512, 512, 600, None, None]
+    # The same prompt under a cheap fit keeps the fixed 3-step hold.
+    cheap = (25_000, 80_000)
+    loads = [lv(decode=40, wait_pf=600, starve=3, cost=cheap)] + [lv(decode=40, cost=cheap)] * 7
+    assert compute_plan(loads, BalanceParams(), BUDGET)[0].prefill_allowance == 512
 
 
 def test_low_arrival_rate_means_no_hold() -> None:

@@ -20,6 +20,7 @@ explained once, in docs/scheduler.md.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
@@ -43,6 +44,7 @@ from vllm_ascend_triton.scheduler.plan import (
     compute_plan,
 )
 from vllm_ascend_triton.scheduler.stats import BalanceStats, estimated_padding_saved
+from vllm_ascend_triton.scheduler.stepcost import StepCostFit
 
 # A child of vLLM's "vllm" logger, so our lines show up in the engine core's log with vLLM's.
 logger = init_logger(f"vllm.{__name__}")
@@ -128,6 +130,13 @@ class BalanceMixin:
         self._arrivals_now = 0
         self._arrival_window: deque[int] = deque(maxlen=self.balance_params.arrival_window_steps)
         self._recent_arrivals = 0
+        # The step-time fit the plan's hold follows (scheduler/stepcost.py): a step is timed
+        # from schedule() to its boundary; the simulator replaces the clock with its own.
+        self.step_clock = time.perf_counter
+        self._step_fit = StepCostFit()
+        self._step_started: float | None = None
+        self._step_seconds: float | None = None
+        self._scheduled_tokens = 0
         # Running requests still prefilling, by id (kept from each step's admissions).
         self._prefilling: dict[str, Request] = {}
         self._balance_counters = BalanceStats()
@@ -156,7 +165,9 @@ class BalanceMixin:
         window.append(self._arrivals_now)
         self._recent_arrivals += self._arrivals_now
         self._arrivals_now = 0
-        return self.load_vector()
+        vector = self.load_vector()
+        self._scheduled_tokens = 0
+        return vector
 
     def load_vector(self) -> LoadVector:
         """This rank's load, O(prefilling + free slots): no scan of the running list."""
@@ -193,6 +204,8 @@ class BalanceMixin:
             self._starve_steps,
             self._kv_tokens_in_use(),
             self._recent_arrivals,
+            self._scheduled_tokens,
+            *self._step_fit.estimate(),
         )
 
     def _kv_tokens_in_use(self) -> int:
@@ -208,6 +221,8 @@ class BalanceMixin:
         if not self.balance_enabled:
             return
         self._dp_rank = exchange.rank
+        started, self._step_started = self._step_started, None
+        self._step_seconds = None if started is None else self.step_clock() - started
         inflight, self._inflight = self._inflight, None
         if inflight is not None and inflight[0] is exchange:
             self.overlapped_exchanges += 1
@@ -229,6 +244,9 @@ class BalanceMixin:
         snapshot = self._snapshot
         if snapshot is None or len(snapshot) <= 1:
             return None
+        if self._step_seconds is not None:
+            self._step_fit.observe(max(lv.scheduled_tokens for lv in snapshot), self._step_seconds)
+            self._step_seconds = None
         budget = self.max_num_scheduled_tokens
         plan = compute_plan(snapshot, self.balance_params, budget)
         self._balance_counters.padding_saved_tokens_est += estimated_padding_saved(snapshot, plan, budget)
@@ -266,6 +284,7 @@ class BalanceMixin:
     def schedule(self, *args: Any, **kwargs: Any) -> SchedulerOutput:
         if not self.balance_enabled:
             return super().schedule(*args, **kwargs)
+        self._step_started = self.step_clock()
         plan = self._take_plan()
         self.last_plan = plan
         if plan is None:
@@ -309,6 +328,7 @@ class BalanceMixin:
             self._inflight = (exchange, own, exchange.start(own))
 
     def _track_admissions(self, out: SchedulerOutput) -> None:
+        self._scheduled_tokens = out.total_num_scheduled_tokens
         requests = self.requests
         prefilling = self._prefilling
         for new in out.scheduled_new_reqs:

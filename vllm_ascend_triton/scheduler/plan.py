@@ -1,7 +1,7 @@
 """The DP balance plan: a pure, deterministic function of the exchanged load vectors.
 
 Every DP rank calls :func:`compute_plan` with the same snapshot (the all-gathered
-:class:`LoadVector` of every rank, ``LOAD_VECTOR_LEN`` = 9 int64 each) and the same
+:class:`LoadVector` of every rank, ``LOAD_VECTOR_LEN`` = 12 int64 each) and the same
 :class:`BalanceParams`, so every rank derives the same plan without a second round of
 communication; only integer arithmetic and stable sorts are used. No vLLM import: the
 simulator, the tests and the scheduler share it. Modes: ``off`` (exactly vLLM), ``balance``,
@@ -37,6 +37,12 @@ class LoadVector(NamedTuple):
     # Requests that arrived on this rank over the last ``arrival_window_steps`` steps: the
     # plan only holds fresh prefill when the cluster's arrival rate makes a partner likely.
     recent_arrivals: int = 0
+    # The step cost as this rank measured it (scheduler/stepcost.py): tokens it scheduled in
+    # the step this vector follows, and its fit of the lockstep step time, fixed part (us)
+    # and cost per token of the largest rank batch (ns); 0 = no estimate yet.
+    scheduled_tokens: int = 0
+    step_fixed_us: int = 0
+    step_token_ns: int = 0
 
     @property
     def prefill_pending(self) -> int:
@@ -78,6 +84,15 @@ class BalanceParams:
     # such a rank runs its prefill at once, as vLLM would.
     arrival_window_steps: int = 64
     hold_partners: float = 1.0
+    # The hold follows the measured step cost: a prefill whose step would cost ``r`` decode
+    # steps more than a decode step (the fit the ranks publish) waits up to
+    # ``ceil(hold_cost_factor * r)`` steps, at least ``hold_steps`` and at most
+    # ``max_hold_steps``, and its deadline moves by as much (the spreading window stays
+    # ``escalate_steps - hold_steps``). Where prefill is cheap against a decode step the hold
+    # stays short; where one rank's prefill step costs several decode steps, sharing it is
+    # worth a longer wait. 0 (or no estimate) = the fixed ``hold_steps``.
+    hold_cost_factor: float = 1.5
+    max_hold_steps: int = 8
     # Saturated cluster (some rank queues more requests than it has free slots): queueing,
     # not placement, sets TTFT there, and floors that grow with the backlog would turn the
     # plan back into vLLM's padded steps. Then small prompts (up to min_chunk) go at once,
@@ -136,6 +151,12 @@ class BalanceParams:
             raise ValueError(
                 f"hold_steps must be in [0, escalate_steps={self.escalate_steps}), got {self.hold_steps}"
             )
+        if self.hold_cost_factor < 0.0:
+            raise ValueError(f"hold_cost_factor must be >= 0, got {self.hold_cost_factor}")
+        if self.max_hold_steps < self.hold_steps:
+            raise ValueError(
+                f"max_hold_steps must be >= hold_steps={self.hold_steps}, got {self.max_hold_steps}"
+            )
         if self.arrival_window_steps < 1:
             raise ValueError(f"arrival_window_steps must be >= 1, got {self.arrival_window_steps}")
         if self.hold_partners < 0.0:
@@ -178,10 +199,12 @@ def starvation_bound(params: BalanceParams, token_budget: int) -> int:
     consecutive steps the plan has held prefill that vLLM would have run there, i.e. the
     age of the oldest request it deferred) and on its pending prefill ``P``:
 
-    * not saturated: 0 while ``a < hold_steps`` (and a partner is expected; otherwise no
-      limit), then ``max(ceil(P / (E - a)), min_chunk)`` with ``E = escalate_steps``, and
-      no limit once ``a >= E``: whatever was pending at the first hold is done by then.
-      Bound ``E + 1`` (the extra step covers a request that arrived after the snapshot the
+    * not saturated: 0 while ``a < H`` (and a partner is expected; otherwise no limit),
+      then ``max(ceil(P / (E - a)), min_chunk)``, and no limit once ``a >= E``: whatever was
+      pending at the first hold is done by then. ``H`` is the step-cost hold
+      (:func:`cost_hold`, from ``hold_steps`` to ``max_hold_steps``) and ``E`` is
+      ``escalate_steps`` moved by as much. Bound ``escalate_steps + max_hold_steps -
+      hold_steps + 1`` (the extra step covers a request that arrived after the snapshot the
       plan was computed from);
     * saturated: ``min_chunk << (a // S - 1)`` once ``a >= S = saturated_escalate_steps``,
       no limit once ``a // S`` exceeds :func:`escalation_levels`. Bound
@@ -190,10 +213,50 @@ def starvation_bound(params: BalanceParams, token_budget: int) -> int:
       ``a >= B = backlog_hold_steps``, then no limit. Bound ``B + 1``.
 
     The regime is decided per step and the age carries over, so the bound is the largest
-    of the three (7, 81 and 31 steps with the defaults and an 8192-token budget: 81). The
+    of the three (12, 81 and 31 steps with the defaults and an 8192-token budget: 81). The
     skew release only ever raises a floor."""
     saturated = params.saturated_escalate_steps * (escalation_levels(params, token_budget) + 1) + 1
-    return max(params.escalate_steps + 1, params.backlog_hold_steps + 1, saturated)
+    return max(params.escalate_steps + hold_extension(params) + 1, params.backlog_hold_steps + 1, saturated)
+
+
+def hold_extension(params: BalanceParams) -> int:
+    """The most steps the step-cost hold adds to ``hold_steps`` (and to the deadline)."""
+    return params.max_hold_steps - params.hold_steps if params.hold_cost_factor > 0 else 0
+
+
+def _median(values: list[int]) -> int:
+    values.sort()
+    return values[(len(values) - 1) // 2]
+
+
+def step_cost(loads: Sequence[LoadVector]) -> tuple[int, int] | None:
+    """The cluster's step-time fit ``(fixed_us, token_ns)``: the lower median over the ranks
+    that publish one (the same on every rank), None while none does."""
+    fits = [(lv.step_fixed_us, lv.step_token_ns) for lv in loads if lv.step_token_ns > 0]
+    if not fits:
+        return None
+    return _median([f for f, _ in fits]), _median([t for _, t in fits])
+
+
+def cost_hold(
+    params: BalanceParams, cost: tuple[int, int] | None, excess: int, level: int, decoding: float
+) -> int:
+    """Steps a fresh prefill waits for partners: ``hold_steps``, or ``ceil(hold_cost_factor *
+    r * w)`` up to ``max_hold_steps``. ``r`` is what running it now adds to the step that the
+    quorum runs anyway (``token_ns * excess``, ``excess`` its tokens above the ``level``) over
+    what that step costs (``fixed_us + token_ns * level``); ``w`` is the share of the ranks'
+    decode capacity in use (``decoding``: mean decode tokens per rank, against a quarter of
+    ``max_num_seqs``, at most 1): the wait protects the decodes a lone prefill step would
+    slow, so with few of them (short outputs) it buys little and only delays first tokens."""
+    if cost is None or params.hold_cost_factor <= 0 or params.max_hold_steps == params.hold_steps:
+        return params.hold_steps
+    fixed_us, token_ns = cost
+    step_ns = fixed_us * 1000 + token_ns * level
+    if step_ns <= 0:
+        return params.max_hold_steps
+    weight = min(1.0, 4.0 * decoding / params.max_num_seqs)
+    hold = math.ceil(params.hold_cost_factor * weight * token_ns * excess / step_ns)
+    return min(params.max_hold_steps, max(params.hold_steps, hold))
 
 
 def compute_plan(loads: Sequence[LoadVector], params: BalanceParams, token_budget: int) -> list[RankPlan]:
@@ -251,10 +314,14 @@ def _balance_plan(loads: Sequence[LoadVector], params: BalanceParams, token_budg
         sum(lv.recent_arrivals for lv in loads) * params.hold_steps
         >= params.hold_partners * params.arrival_window_steps
     )
+    cost = step_cost(loads) if not saturated else None
+    decoding = sum(lv.decode_tokens for lv in loads) / n
     floors = []
-    for lv, r in zip(loads, room, strict=True):
+    for lv, r, d in zip(loads, room, demand, strict=True):
         pending = lv.prefill_pending
         age = lv.starve_steps
+        hold = cost_hold(params, cost, max(0, lv.decode_tokens + d - level), level, decoding)
+        deadline = params.escalate_steps + hold - params.hold_steps
         if over_capacity:
             if age >= params.backlog_hold_steps:
                 floor = token_budget  # held long enough: exactly vLLM here
@@ -273,21 +340,21 @@ def _balance_plan(loads: Sequence[LoadVector], params: BalanceParams, token_budg
             else:
                 floor = 0  # a large prefill few ranks share waits for the quorum
         elif (
-            age >= params.escalate_steps
+            age >= deadline
             or (
                 r
                 and pending >= params.skew_ratio * quorum_pending
                 and (pending >= r or (params.continue_skewed and age == 0 and 2 * lv.running_prefill >= r))
             )
-            or (age < params.hold_steps and not partner_expected)
+            or (age < hold and not partner_expected)
         ):
             # Deadline reached, skew, or nobody likely to share a held step: exactly vLLM.
             floor = token_budget
-        elif age < params.hold_steps:
+        elif age < hold:
             floor = 0  # wait a little for a step that other ranks prefill in too
         else:
             # Spread the backlog over the steps left before its deadline, at least a chunk.
-            floor = max(-(-pending // (params.escalate_steps - age)), params.min_chunk)
+            floor = max(-(-pending // (deadline - age)), params.min_chunk)
         floors.append(floor)
     # Whatever a floor forces one rank to run, every rank pays through padding: raise the
     # common level to it so that every rank with pending prefill fills the same step.

@@ -276,6 +276,8 @@ def run_simulation(
 
     reqs: dict[str, _Req] = {}
     t = 0.0
+    for s in scheds:
+        s.step_clock = lambda: t  # the ranks time their steps (the plan's step-cost fit) in simulated seconds
     wall0 = time.perf_counter()
     step = 0
     wave_step = 0  # lockstep step counter of the current wave, as DPEngineCoreProc keeps it
