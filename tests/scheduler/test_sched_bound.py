@@ -21,7 +21,9 @@ def test_deadline_bound_on_real_schedulers(escalate: int, hold: int) -> None:
     )
     # hold_partners=0: hold whatever the arrival rate (this test has only a few arrivals);
     # continue_skewed=False: rank 0's long prompt would otherwise keep its skew release and
-    # nothing would be held (the continuation only ever lifts a limit).
+    # nothing would be held (the continuation only ever lifts a limit); hold_cost_factor=0:
+    # the fixed hold (these schedulers time their steps on the wall clock; the step-cost
+    # hold and its longer bound are tested on fixed fits in test_sched_plan.py).
     params = BalanceParams(
         min_chunk=128,
         escalate_steps=escalate,
@@ -29,6 +31,7 @@ def test_deadline_bound_on_real_schedulers(escalate: int, hold: int) -> None:
         max_num_seqs=8,
         hold_partners=0,
         continue_skewed=False,
+        hold_cost_factor=0.0,
     )
     assert starvation_bound(params, shape.max_num_batched_tokens) >= escalate + 1
     cfg = make_vllm_config(shape)

@@ -10,6 +10,7 @@ within 60 s of that exit (no orphan)."""
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 from pathlib import Path
 
@@ -49,6 +50,9 @@ def test_dp2_balance_structured_output_and_client_disconnects(tmp_path: Path) ->
         server.stop()
     print(f"\nstructured: {structured}\ndisconnect: {disconnect}")
     assert "DP balance scheduling: vllm-ascend-triton BalanceScheduler runs" in log
+    # The ranks timed their steps in the running engine: the step-cost hold had a fit.
+    fits = [(int(f), int(t)) for f, t in re.findall(r"step fit (\d+) us \+ (\d+) ns/token", log)]
+    assert any(t > 0 for _, t in fits), fits
     assert structured["completed"] == structured["requests"]
     assert structured["structured_valid"] == structured["structured"], structured["invalid_samples"]
     assert disconnect["dropped_mid_stream"] == disconnect["requests"] // 5

@@ -178,6 +178,8 @@ def test_cli_errors_and_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["sim", "--workload", "z", "--jobs", "1"]) == 2
     assert main(["sim", "--drain", "--steps", "10", "--jobs", "1"]) == 2  # drain needs a time bound
     assert main(["sim", "--hold-steps", "6", "--escalate-steps", "6", "--jobs", "1"]) == 2
+    assert main(["sim", "--hold-steps", "3", "--max-hold-steps", "2", "--jobs", "1"]) == 2
+    assert main(["sim", "--hold-cost-factor", "-1", "--jobs", "1"]) == 2
     with pytest.raises(SystemExit) as e:
         main(["sim", "--help"])
     assert e.value.code == 0

@@ -100,6 +100,13 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     b.add_argument("--quorum", type=float, default=None)
     b.add_argument("--escalate-steps", type=int, default=None)
     b.add_argument("--hold-steps", type=int, default=None, help="must stay below --escalate-steps")
+    b.add_argument(
+        "--hold-cost-factor",
+        type=float,
+        default=None,
+        help="how far the hold follows the measured step cost (0: the fixed --hold-steps)",
+    )
+    b.add_argument("--max-hold-steps", type=int, default=None, help="longest step-cost hold")
     p.add_argument(
         "--plan-cost",
         action="store_true",
@@ -221,6 +228,8 @@ def _run_sim(args: argparse.Namespace) -> int:
             ("quorum", args.quorum),
             ("escalate_steps", args.escalate_steps),
             ("hold_steps", args.hold_steps),
+            ("hold_cost_factor", args.hold_cost_factor),
+            ("max_hold_steps", args.max_hold_steps),
         )
         if v is not None
     }

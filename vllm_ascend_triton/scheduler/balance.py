@@ -316,7 +316,8 @@ class BalanceMixin:
         if counters.due(self._log_interval_s):
             line = counters.interval_line()
             if line is not None:
-                logger.info("%s", line)
+                fixed_us, token_ns = self._step_fit.estimate()
+                logger.info("%s; step fit %d us + %d ns/token", line, fixed_us, token_ns)
         self._post_after_schedule()
         return out
 
@@ -375,8 +376,11 @@ class BalanceMixin:
 
     # ---- observability -------------------------------------------------------------
     def balance_stats(self) -> dict[str, int]:
-        """Cumulative counters of what the plan did on this rank (JSON-safe ints)."""
-        return self._balance_counters.as_dict()
+        """Cumulative counters of what the plan did on this rank, and its current step-time
+        fit (``step_fixed_us``, ``step_token_ns``; 0 before it has one): JSON-safe ints."""
+        stats = self._balance_counters.as_dict()
+        stats["step_fixed_us"], stats["step_token_ns"] = self._step_fit.estimate()
+        return stats
 
     def make_stats(self, *args: Any, **kwargs: Any) -> SchedulerStats | None:
         stats = super().make_stats(*args, **kwargs)

@@ -320,7 +320,10 @@ def _balance_plan(loads: Sequence[LoadVector], params: BalanceParams, token_budg
     for lv, r, d in zip(loads, room, demand, strict=True):
         pending = lv.prefill_pending
         age = lv.starve_steps
-        hold = cost_hold(params, cost, max(0, lv.decode_tokens + d - level), level, decoding)
+        # A long prompt vLLM has started (at least half a step's room left) does not wait
+        # longer: its earlier chunks are paid for, a longer hold only delays its first token.
+        fresh_cost = cost if 2 * lv.running_prefill < r else None
+        hold = cost_hold(params, fresh_cost, max(0, lv.decode_tokens + d - level), level, decoding)
         deadline = params.escalate_steps + hold - params.hold_steps
         if over_capacity:
             if age >= params.backlog_hold_steps:
