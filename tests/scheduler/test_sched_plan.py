@@ -157,7 +157,11 @@ def test_step_cost_hold_in_the_plan() -> None:
         loads += [lv(decode=40, cost=heavy)] * 7
         got.append(compute_plan(loads, BalanceParams(), BUDGET)[0].prefill_allowance)
     assert got == [0] * 8 + [512, 512, 600, None, None]
-    # The same prompt under a cheap fit keeps the fixed 3-step hold.
+    # A long prompt vLLM has started (over half a step's room left) keeps the fixed hold:
+    # at age 3 its 5000 tokens are spread over the 3 steps left, not held to age 8.
+    loads = [lv(decode=40, run_pf=5000, starve=3, cost=heavy)] + [lv(decode=40, cost=heavy)] * 7
+    assert compute_plan(loads, BalanceParams(), BUDGET)[0].prefill_allowance == 1667
+    # The same chat prompt under a cheap fit keeps the fixed 3-step hold.
     cheap = (25_000, 80_000)
     loads = [lv(decode=40, wait_pf=600, starve=3, cost=cheap)] + [lv(decode=40, cost=cheap)] * 7
     assert compute_plan(loads, BalanceParams(), BUDGET)[0].prefill_allowance == 512

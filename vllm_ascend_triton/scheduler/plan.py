@@ -3,7 +3,8 @@
 Every DP rank calls :func:`compute_plan` with the same snapshot (the all-gathered
 :class:`LoadVector` of every rank, ``LOAD_VECTOR_LEN`` = 12 int64 each) and the same
 :class:`BalanceParams`, so every rank derives the same plan without a second round of
-communication; only integer arithmetic and stable sorts are used. No vLLM import: the
+communication; integer arithmetic and stable sorts, and floats only on the exchanged
+integers in a fixed order. No vLLM import: the
 simulator, the tests and the scheduler share it. Modes: ``off`` (exactly vLLM), ``balance``,
 and the anchors ``gate`` (vllm-ascend) and ``delay`` (SGLang's prefill delayer). The
 algorithm (token level, floors, the three regimes, the starvation bound) is explained once,
@@ -84,13 +85,13 @@ class BalanceParams:
     # such a rank runs its prefill at once, as vLLM would.
     arrival_window_steps: int = 64
     hold_partners: float = 1.0
-    # The hold follows the measured step cost: a prefill whose step would cost ``r`` decode
-    # steps more than a decode step (the fit the ranks publish) waits up to
-    # ``ceil(hold_cost_factor * r)`` steps, at least ``hold_steps`` and at most
-    # ``max_hold_steps``, and its deadline moves by as much (the spreading window stays
-    # ``escalate_steps - hold_steps``). Where prefill is cheap against a decode step the hold
-    # stays short; where one rank's prefill step costs several decode steps, sharing it is
-    # worth a longer wait. 0 (or no estimate) = the fixed ``hold_steps``.
+    # The hold follows the measured step cost (the fit the ranks publish, see cost_hold()):
+    # a fresh prefill whose lone step would cost ``r`` times the step the quorum runs anyway
+    # waits up to ``ceil(hold_cost_factor * r * w)`` steps (``w``: the decode capacity in
+    # use), at least ``hold_steps`` and at most ``max_hold_steps``, and its deadline moves by
+    # as much (the spreading window stays ``escalate_steps - hold_steps``). Where prefill is
+    # cheap against a step the hold stays short; where one rank's prefill step costs several,
+    # sharing it is worth a longer wait. 0 (or no fit yet) = the fixed ``hold_steps``.
     hold_cost_factor: float = 1.5
     max_hold_steps: int = 8
     # Saturated cluster (some rank queues more requests than it has free slots): queueing,
