@@ -316,16 +316,11 @@ def _balance_plan(loads: Sequence[LoadVector], params: BalanceParams, token_budg
         >= params.hold_partners * params.arrival_window_steps
     )
     cost = step_cost(loads) if not saturated else None
-    decoding = sum(lv.decode_tokens for lv in loads) / n
+    decoding = sum(lv.decode_tokens for lv in loads) / n if cost is not None else 0.0
     floors = []
     for lv, r, d in zip(loads, room, demand, strict=True):
         pending = lv.prefill_pending
         age = lv.starve_steps
-        # A long prompt vLLM has started (at least half a step's room left) does not wait
-        # longer: its earlier chunks are paid for, a longer hold only delays its first token.
-        fresh_cost = cost if 2 * lv.running_prefill < r else None
-        hold = cost_hold(params, fresh_cost, max(0, lv.decode_tokens + d - level), level, decoding)
-        deadline = params.escalate_steps + hold - params.hold_steps
         if over_capacity:
             if age >= params.backlog_hold_steps:
                 floor = token_budget  # held long enough: exactly vLLM here
@@ -343,22 +338,31 @@ def _balance_plan(loads: Sequence[LoadVector], params: BalanceParams, token_budg
                 floor = params.min_chunk  # small prompts go now (their padding is cheap)
             else:
                 floor = 0  # a large prefill few ranks share waits for the quorum
-        elif (
-            age >= deadline
-            or (
-                r
-                and pending >= params.skew_ratio * quorum_pending
-                and (pending >= r or (params.continue_skewed and age == 0 and 2 * lv.running_prefill >= r))
-            )
-            or (age < hold and not partner_expected)
-        ):
-            # Deadline reached, skew, or nobody likely to share a held step: exactly vLLM.
-            floor = token_budget
-        elif age < hold:
-            floor = 0  # wait a little for a step that other ranks prefill in too
         else:
-            # Spread the backlog over the steps left before its deadline, at least a chunk.
-            floor = max(-(-pending // (deadline - age)), params.min_chunk)
+            hold = params.hold_steps
+            # A long prompt vLLM has started (at least half a step's room left) does not wait
+            # longer: its earlier chunks are paid for, a longer hold only delays its first token.
+            if cost is not None and 2 * lv.running_prefill < r:
+                hold = cost_hold(params, cost, max(0, lv.decode_tokens + d - level), level, decoding)
+            deadline = params.escalate_steps + hold - params.hold_steps
+            if (
+                age >= deadline
+                or (
+                    r
+                    and pending >= params.skew_ratio * quorum_pending
+                    and (
+                        pending >= r or (params.continue_skewed and age == 0 and 2 * lv.running_prefill >= r)
+                    )
+                )
+                or (age < hold and not partner_expected)
+            ):
+                # Deadline reached, skew, or nobody likely to share a held step: exactly vLLM.
+                floor = token_budget
+            elif age < hold:
+                floor = 0  # wait a little for a step that other ranks prefill in too
+            else:
+                # Spread the backlog over the steps left before its deadline, at least a chunk.
+                floor = max(-(-pending // (deadline - age)), params.min_chunk)
         floors.append(floor)
     # Whatever a floor forces one rank to run, every rank pays through padding: raise the
     # common level to it so that every rank with pending prefill fills the same step.

@@ -44,6 +44,9 @@ def _snapshot(rng: np.random.Generator, dp: int, regime: int) -> list[LoadVector
                 starve_steps=int(rng.integers(0, 40)),
                 context_tokens=int(rng.integers(0, 600_000)),
                 recent_arrivals=int(rng.integers(0, 16)),
+                scheduled_tokens=int(rng.integers(0, 8192)),
+                step_fixed_us=int(rng.integers(10_000, 40_000)),  # a step-time fit on every rank
+                step_token_ns=int(rng.integers(50_000, 300_000)),
             )
         )
     return loads
