@@ -329,6 +329,8 @@ class BalanceMixin:
             self._inflight = (exchange, own, exchange.start(own))
 
     def _track_admissions(self, out: SchedulerOutput) -> None:
+        """After each schedule(): this step's token count (for the step-cost fit) and the
+        requests it started prefilling."""
         self._scheduled_tokens = out.total_num_scheduled_tokens
         requests = self.requests
         prefilling = self._prefilling
