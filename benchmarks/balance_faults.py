@@ -130,7 +130,10 @@ def write_model(model_dir: Path) -> Path:
 def start(out: Path, name: str) -> Server:
     model = write_model(out / "model")
     # vLLM's stats stay on (no --disable-log-stats): /metrics must be live for the checks.
-    server = Server(model, "balance", out / f"server_{name}.log", base_args=FAULT_SERVER_ARGS)
+    # Stats every 2 s (vLLM's default is 10): the short cases still log the plan's interval
+    # lines, with the ranks' step-time fit, which the tests read.
+    server = Server(model, "balance", out / f"server_{name}.log", base_args=FAULT_SERVER_ARGS,
+                    env={"VLLM_LOG_STATS_INTERVAL": "2"})  # fmt: skip
     server.wait_ready()
     return server
 
