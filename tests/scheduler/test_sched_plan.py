@@ -315,3 +315,31 @@ def test_a_skew_released_prefill_keeps_running() -> None:
     assert compute_plan([lv(decode=100, run_pf=400)] + loads[1:], params, BUDGET)[0].prefill_allowance == 0
     busy = [lv(decode=100, run_pf=6000)] + [lv(decode=100, wait_pf=3000)] * 7
     assert compute_plan(busy, params, BUDGET)[0] != UNLIMITED
+
+
+def _unseen_loads(allowance_level: int) -> list[LoadVector]:
+    # Rank 0 looked idle in the snapshot; the other ranks run a level of decode + prefill.
+    busy = LoadVector(8, allowance_level, 0, 9, 0, 119, 0, 4000, 20)
+    return [LoadVector(8, 0, 0, 8, 0, 120, 0, 4000, 20)] + [busy] * 7
+
+
+def test_unseen_release_needs_a_high_level_and_a_prompt_that_fills_the_room() -> None:
+    from vllm_ascend_triton.scheduler.plan import unseen_release
+
+    params = BalanceParams(max_num_seqs=128)
+    budget = 8192
+    room = budget - 8
+    # A 16K prompt arrived after the snapshot, the level already runs over half a step.
+    assert unseen_release(_unseen_loads(0), params, budget, 0, 16000, room - 800)
+    # A low level: the lone full step would pad every rank, so the next plan decides.
+    assert not unseen_release(_unseen_loads(0), params, budget, 0, 16000, room // 2 - 1)
+    # The new prompt does not fill the room on its own.
+    assert not unseen_release(_unseen_loads(0), params, budget, 0, room - 1, room - 800)
+    # The quorum has as much pending: no skew, no release.
+    assert not unseen_release(_unseen_loads(8000), params, budget, 0, 16000, room - 800)
+    # Saturated cluster, or the switch off.
+    sat = _unseen_loads(0)
+    sat[3] = sat[3]._replace(num_waiting=200)
+    assert not unseen_release(sat, params, budget, 0, 16000, room - 800)
+    off = BalanceParams(max_num_seqs=128, release_unseen=False)
+    assert not unseen_release(_unseen_loads(0), off, budget, 0, 16000, room - 800)

@@ -42,6 +42,7 @@ from vllm_ascend_triton.scheduler.plan import (
     LoadVector,
     RankPlan,
     compute_plan,
+    unseen_release,
 )
 from vllm_ascend_triton.scheduler.stats import BalanceStats, estimated_padding_saved
 from vllm_ascend_triton.scheduler.stepcost import StepCostFit
@@ -185,19 +186,10 @@ class BalanceMixin:
         num_running, num_waiting = self.get_request_counts()
         decode = (len(self.running) - len(prefilling)) * (1 + self.num_spec_tokens)
         free = max(0, self.max_num_running_reqs - len(self.running))
-        waiting_prefill = 0
-        if free:
-            taken = 0
-            for queue in (self.kv_holding_waiting, self.waiting):
-                for req in queue:
-                    if taken >= free:
-                        break
-                    waiting_prefill += max(0, req.num_tokens - req.num_computed_tokens)
-                    taken += 1
         return LoadVector(
             decode,
             running_prefill,
-            waiting_prefill,
+            self._waiting_prefill(free),
             num_running,
             num_waiting,
             free,
@@ -207,6 +199,18 @@ class BalanceMixin:
             self._scheduled_tokens,
             *self._step_fit.estimate(),
         )
+
+    def _waiting_prefill(self, free: int) -> int:
+        """Prompt tokens of the waiting requests that fit ``free`` slots, in queue order."""
+        waiting_prefill = 0
+        taken = 0
+        for queue in (self.kv_holding_waiting, self.waiting):
+            for req in queue:
+                if taken >= free:
+                    return waiting_prefill
+                waiting_prefill += max(0, req.num_tokens - req.num_computed_tokens)
+                taken += 1
+        return waiting_prefill
 
     def _kv_tokens_in_use(self) -> int:
         """Tokens of KV blocks held by requests (block granular), read from the pool."""
@@ -280,6 +284,21 @@ class BalanceMixin:
                     return True
         return False
 
+    def _unseen_release(self, plan: RankPlan) -> bool:
+        """Prompts that arrived after this rank's vector was taken get the skew release the
+        plan would have given them (plan.unseen_release); only checked when there are some."""
+        own, snapshot, allowance = self._own, self._snapshot, plan.prefill_allowance
+        if not self._arrivals_now or own is None or snapshot is None or allowance is None:
+            return False
+        free = max(0, self.max_num_running_reqs - len(self.running))
+        pending = own.running_prefill + self._waiting_prefill(free)
+        if pending <= own.prefill_pending or not unseen_release(
+            snapshot, self.balance_params, self.max_num_scheduled_tokens, self._dp_rank, pending, allowance
+        ):
+            return False
+        self._balance_counters.unseen_releases += 1
+        return True
+
     # ---- scheduling side -----------------------------------------------------------
     def schedule(self, *args: Any, **kwargs: Any) -> SchedulerOutput:
         if not self.balance_enabled:
@@ -293,7 +312,7 @@ class BalanceMixin:
             self._post_after_schedule()
             return out
         self._cut = False
-        if self._plan_can_cut(plan):
+        if self._plan_can_cut(plan) and not self._unseen_release(plan):
             self._prefill_allowance = plan.prefill_allowance
             self._admit_new = plan.admit_new
             # An instance attribute shadows the class method for this one call.

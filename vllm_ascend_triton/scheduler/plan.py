@@ -126,6 +126,11 @@ class BalanceParams:
     # delaying the first token of a long prompt whose other chunks every rank already paid
     # for (the burst workload's TTFT p99, issue 24).
     continue_skewed: bool = True
+    # ... and a long prompt that reached a rank after the snapshot (vLLM adds requests between
+    # the exchange and schedule(), so every arrival misses one plan) gets the skew release the
+    # plan would give it had it seen it, where the level already runs over half a step
+    # (unseen_release()), instead of the level's allowance its rank's stale vector earned.
+    release_unseen: bool = True
     # ``delay`` mode (SGLang's PrefillDelayer): maximum delayed passes, and the KV
     # token-usage low watermark (share of kv_capacity_tokens; None = off) below which a
     # rank with prefill forces it for everyone.
@@ -258,6 +263,41 @@ def cost_hold(
     weight = min(1.0, 4.0 * decoding / params.max_num_seqs)
     hold = math.ceil(params.hold_cost_factor * weight * token_ns * excess / step_ns)
     return min(params.max_hold_steps, max(params.hold_steps, hold))
+
+
+def unseen_release(
+    loads: Sequence[LoadVector],
+    params: BalanceParams,
+    token_budget: int,
+    rank: int,
+    pending: int,
+    allowance: int,
+) -> bool:
+    """Whether ``rank`` runs its prefill without limit this step because of prompts the
+    snapshot did not show. ``pending``: its pending prefill now (the snapshot's plus what
+    arrived since); ``allowance``: what its plan lets it run. Released when the cluster is
+    not saturated, the new prompts alone fill the rank's room, the plan would skew-release
+    them (the quorum's pending prefill under ``1/skew_ratio`` of ``pending``) and the
+    allowance is at least half the room. Only this rank knows of those prompts: the others
+    keep the snapshot's level this one step, so the release pads them by ``room -
+    allowance`` tokens. With a low level that lone full step is what the plan exists to
+    avoid (the next plan, having seen the prompt, raises the level so every rank fills that
+    step); with the level already over half a step it costs little, while the cut would cost
+    the prompt a third step (a ~16K prompt against an 8K budget)."""
+    n = len(loads)
+    if not params.release_unseen or params.mode != "balance" or n <= 1:
+        return False
+    own = loads[rank]
+    room = token_budget - own.decode_tokens
+    if room <= 0 or pending - own.prefill_pending < room or any(lv.num_waiting > lv.free_slots for lv in loads):
+        return False
+    if 2 * allowance < room:
+        return False
+    k = max(1, math.ceil(n * params.quorum))
+    pendings = [lv.prefill_pending for lv in loads]
+    pendings[rank] = pending
+    pendings.sort(reverse=True)
+    return pending >= params.skew_ratio * pendings[k - 1]
 
 
 def compute_plan(loads: Sequence[LoadVector], params: BalanceParams, token_budget: int) -> list[RankPlan]:

@@ -51,6 +51,7 @@ class BalanceStats:
     requests_held: int = 0  # admissions refused or chunks cut to zero
     longest_deferral_steps: int = 0  # most consecutive cut steps seen
     padding_saved_tokens_est: int = 0  # estimated lockstep padding removed (see module doc)
+    unseen_releases: int = 0  # steps a prompt the snapshot missed ran unlimited (skew release)
     _window_longest: int = field(default=0, repr=False)  # longest deferral this log interval
     _last: dict[str, int] = field(default_factory=dict, repr=False)
     _last_log: float = field(default_factory=time.monotonic, repr=False)
