@@ -289,9 +289,9 @@ def unseen_release(
         return False
     own = loads[rank]
     room = token_budget - own.decode_tokens
-    if room <= 0 or pending - own.prefill_pending < room or any(lv.num_waiting > lv.free_slots for lv in loads):
+    if room <= 0 or pending - own.prefill_pending < room or 2 * allowance < room:
         return False
-    if 2 * allowance < room:
+    if any(lv.num_waiting > lv.free_slots for lv in loads):
         return False
     k = max(1, math.ceil(n * params.quorum))
     pendings = [lv.prefill_pending for lv in loads]
