@@ -49,8 +49,12 @@ def test_quant_is_bit_exact_with_vllm(dtype, rows, hidden):
     vq, vscale, vazp = ops.scaled_int8_quant(x)
     assert vazp is None
     assert q.dtype == torch.int8 and q.shape == x.shape and scale.shape == (rows, 1)
-    assert torch.equal(q, vq), (q != vq).sum()
     assert torch.equal(scale, vscale)
+    # An all-zero row (scale 0): ours writes zeros; vLLM's AVX2 build divides by the zero scale
+    # and writes -128 there (its AVX-512 build writes zeros), so those rows are ours alone.
+    zero = (vscale == 0).squeeze(1)
+    assert torch.equal(q[~zero], vq[~zero]), (q[~zero] != vq[~zero]).sum()
+    assert not q[zero].any()
     ref_q, ref_scale = dynamic_per_token_quant_ref(x)
     assert torch.equal(q, ref_q) and torch.equal(scale, ref_scale)
 
